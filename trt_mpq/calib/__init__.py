@@ -1,0 +1,200 @@
+"""Calibration, once: activation ranges from ONNX Runtime's calibrators, cached on disk.
+
+The ranges are a value (`Ranges`) that every plan's materialization reuses; nothing is
+recalibrated per plan. The cache key is (prepared model digest, calibration data digest, config).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from trt_mpq.errors import CalibrationError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class CalibMethod(enum.Enum):
+    MINMAX = "minmax"
+    PERCENTILE = "percentile"
+    ENTROPY = "entropy"
+
+    @classmethod
+    def parse(cls, text: str) -> CalibMethod:
+        for m in cls:
+            if m.value == text.strip().lower():
+                return m
+        raise ConfigError(f"unknown calibration method {text!r}; use one of: "
+                          f"{', '.join(m.value for m in cls)}")
+
+
+@dataclass(frozen=True)
+class CalibConfig:
+    method: CalibMethod = CalibMethod.MINMAX
+    num_samples: int = 256  # taken from the task's calibration split (all of it if smaller)
+    batch_size: int = 16
+    percentile: float = 99.999  # PERCENTILE only
+    num_bins: int = 2048  # PERCENTILE / ENTROPY histograms
+
+    def __post_init__(self) -> None:
+        if self.num_samples < 1:
+            raise ConfigError("calibration needs at least one sample (num_samples >= 1)")
+        if self.batch_size < 1:
+            raise ConfigError("calibration batch_size must be >= 1")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError("percentile must be in (50, 100]")
+        if self.num_bins < 16:
+            raise ConfigError("num_bins must be >= 16")
+
+    def to_json_dict(self) -> dict:
+        return {"method": self.method.value, "num_samples": self.num_samples,
+                "batch_size": self.batch_size, "percentile": self.percentile,
+                "num_bins": self.num_bins}
+
+
+@dataclass(frozen=True)
+class Ranges:
+    """Per-tensor activation ranges (min, max) of the prepared FP32 graph."""
+
+    method: CalibMethod
+    values: Mapping[str, tuple[float, float]] = field(repr=False)
+    num_samples: int = 0
+
+    def __getitem__(self, tensor: str) -> tuple[float, float]:
+        return self.values[tensor]
+
+    def __contains__(self, tensor: object) -> bool:
+        return tensor in self.values
+
+    def amax(self, tensor: str) -> float:
+        lo, hi = self.values[tensor]
+        return max(abs(lo), abs(hi))
+
+    @property
+    def digest(self) -> str:
+        canon = json.dumps(self.to_json_dict(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def to_tensors_data(self):
+        """The same ranges as ONNX Runtime's `TensorsData`, for its quantizers."""
+        from onnxruntime.quantization.calibrate import CalibrationMethod, TensorData, TensorsData
+
+        ort_method = {CalibMethod.MINMAX: CalibrationMethod.MinMax,
+                      CalibMethod.PERCENTILE: CalibrationMethod.Percentile,
+                      CalibMethod.ENTROPY: CalibrationMethod.Entropy}[self.method]
+        data = {k: TensorData(lowest=np.array(lo, dtype=np.float32),
+                              highest=np.array(hi, dtype=np.float32))
+                for k, (lo, hi) in self.values.items()}
+        return TensorsData(ort_method, data)
+
+    def to_json_dict(self) -> dict:
+        return {"format": "trt-mpq-ranges/1", "method": self.method.value,
+                "num_samples": self.num_samples,
+                "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(self.values.items())}}
+
+    @classmethod
+    def from_json_dict(cls, data: dict) -> Ranges:
+        try:
+            return cls(method=CalibMethod.parse(data["method"]),
+                       values={k: (float(v[0]), float(v[1])) for k, v in data["ranges"].items()},
+                       num_samples=int(data.get("num_samples", 0)))
+        except (KeyError, TypeError, ValueError, IndexError) as e:
+            raise CalibrationError(f"calibration cache is malformed ({e}); delete it and "
+                                   "calibrate again") from None
+
+    def save(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_json_dict(), f)
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, path: Path) -> Ranges:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise CalibrationError(f"cannot read calibration cache {path} ({e}); delete it and "
+                                   "calibrate again") from None
+        return cls.from_json_dict(data)
+
+
+def cache_key(model_digest: str, data_digest: str, config: CalibConfig) -> str:
+    canon = json.dumps([model_digest, data_digest, config.to_json_dict()], sort_keys=True)
+    return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def calibrate(model_path: Path, batches: list[dict[str, np.ndarray]], config: CalibConfig,
+              cache_dir: Path | None = None, cache_tag: str | None = None,
+              progress: bool | None = None) -> Ranges:
+    """Collect activation ranges of every float tensor of `model_path` over `batches`.
+
+    With `cache_dir` and `cache_tag` (see `cache_key`), a previous result is loaded instead of
+    recomputed, and a new result is stored.
+    """
+    cache_file = cache_dir / "calibration" / f"{cache_tag}.json" if cache_dir and cache_tag else None
+    if cache_file is not None and cache_file.exists():
+        log.info("calibration: reusing %s", cache_file)
+        return Ranges.load(cache_file)
+    if not batches:
+        raise CalibrationError("the calibration split is empty; give the task calibration samples")
+
+    from onnxruntime.quantization.calibrate import CalibrationDataReader, create_calibrator
+    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
+    from tqdm.auto import tqdm
+
+    ort_method = {CalibMethod.MINMAX: OrtMethod.MinMax, CalibMethod.PERCENTILE: OrtMethod.Percentile,
+                  CalibMethod.ENTROPY: OrtMethod.Entropy}[config.method]
+    extra: dict = {"symmetric": False}
+    if config.method is CalibMethod.PERCENTILE:
+        extra.update(percentile=config.percentile, num_bins=config.num_bins)
+    elif config.method is CalibMethod.ENTROPY:
+        extra.update(num_bins=min(config.num_bins, 512))
+
+    class _Reader(CalibrationDataReader):
+        def __init__(self, chunk: list[dict[str, np.ndarray]]):
+            self._it = iter(chunk)
+
+        def get_next(self):
+            return next(self._it, None)
+
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    with tempfile.TemporaryDirectory(prefix="trt-mpq-calib-") as tmp:
+        try:
+            calibrator = create_calibrator(
+                Path(model_path), [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                calibrate_method=ort_method, extra_options=extra)
+        except Exception as e:
+            raise CalibrationError(f"ONNX Runtime could not prepare the model for calibration: "
+                                   f"{e}") from None
+        chunk = 4  # batches per collect call: bounds the memory of intermediate outputs
+        with tqdm(total=n, desc=f"calibrate ({config.method.value})", unit="sample",
+                  disable=None if progress is None else not progress, leave=False) as bar:
+            for i in range(0, len(batches), chunk):
+                part = batches[i:i + chunk]
+                try:
+                    calibrator.collect_data(_Reader(part))
+                except Exception as e:
+                    raise CalibrationError(f"calibration inference failed: {e}") from None
+                bar.update(sum(len(next(iter(b.values()))) for b in part))
+        tensors = calibrator.compute_data()
+    values: dict[str, tuple[float, float]] = {}
+    for name, td in tensors.data.items():
+        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in td.range_value)
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise CalibrationError(f"calibration produced a non-finite range for tensor {name!r}; "
+                                   "the model's outputs contain NaN or Inf on the calibration data")
+        values[name] = (lo, hi)
+    ranges = Ranges(method=config.method, values=values, num_samples=n)
+    if cache_file is not None:
+        ranges.save(cache_file)
+    return ranges

@@ -1,0 +1,171 @@
+"""Precisions and precision plans.
+
+A `Plan` is a frozen, hashable mapping group name -> `Precision`, covering every group of a model.
+It round-trips through JSON; its identity (`Plan.digest`) depends only on the mapping, never on the
+order groups were listed in.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+from trt_mpq.errors import PlanError
+
+
+class Precision(enum.Enum):
+    """How one group's compute runs. `value` is the spelling used in JSON and on the command line."""
+
+    FP32 = "fp32"
+    FP16 = "fp16"
+    INT8 = "int8"  # static: calibrated activation ranges, per-channel int8 weights
+    INT8_DYNAMIC = "int8-dynamic"  # activations quantized at run time (MatMul only)
+    FP8 = "fp8"  # E4M3, static ranges
+    INT4_WEIGHT = "int4w"  # weight-only, block-wise int4, float activations (MatMul only)
+
+    @classmethod
+    def parse(cls, text: str) -> Precision:
+        key = text.strip().lower().replace("_", "-")
+        aliases = {"int8-dyn": "int8-dynamic", "dynamic": "int8-dynamic", "int4": "int4w",
+                   "int4-weight": "int4w", "float32": "fp32", "float16": "fp16", "half": "fp16",
+                   "fp8-e4m3": "fp8"}
+        key = aliases.get(key, key)
+        for p in cls:
+            if p.value == key:
+                return p
+        raise PlanError(
+            f"unknown precision {text!r}; use one of: {', '.join(p.value for p in cls)}"
+        )
+
+    @property
+    def is_float(self) -> bool:
+        return self in (Precision.FP32, Precision.FP16)
+
+    @property
+    def bits(self) -> int:
+        """Weight bits, for reports and bit budgets."""
+        return {Precision.FP32: 32, Precision.FP16: 16, Precision.INT8: 8,
+                Precision.INT8_DYNAMIC: 8, Precision.FP8: 8, Precision.INT4_WEIGHT: 4}[self]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A complete assignment group -> precision. Build one with `Plan.of`, `Plan.uniform` or
+    `Plan.from_json`; never from list positions."""
+
+    items: tuple[tuple[str, Precision], ...]
+
+    def __post_init__(self) -> None:
+        names = [n for n, _ in self.items]
+        if len(set(names)) != len(names):
+            raise PlanError("a plan names the same group twice")
+        if list(names) != sorted(names):
+            object.__setattr__(self, "items", tuple(sorted(self.items, key=lambda kv: kv[0])))
+
+    # -- construction -------------------------------------------------------------------------
+    @classmethod
+    def of(cls, mapping: Mapping[str, Precision]) -> Plan:
+        return cls(tuple(sorted(mapping.items(), key=lambda kv: kv[0])))
+
+    @classmethod
+    def uniform(cls, groups: Iterable[str], precision: Precision) -> Plan:
+        return cls.of({g: precision for g in groups})
+
+    def with_(self, changes: Mapping[str, Precision]) -> Plan:
+        unknown = set(changes) - set(self.groups)
+        if unknown:
+            raise PlanError(f"unknown group(s) {sorted(unknown)[:5]}")
+        merged = dict(self.items)
+        merged.update(changes)
+        return Plan.of(merged)
+
+    # -- views ---------------------------------------------------------------------------------
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(n for n, _ in self.items)
+
+    def __getitem__(self, group: str) -> Precision:
+        for n, p in self.items:
+            if n == group:
+                return p
+        raise KeyError(group)
+
+    def as_dict(self) -> dict[str, Precision]:
+        return dict(self.items)
+
+    def groups_at(self, precision: Precision) -> tuple[str, ...]:
+        return tuple(n for n, p in self.items if p is precision)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for _, p in self.items:
+            out[p.value] = out.get(p.value, 0) + 1
+        return out
+
+    @property
+    def digest(self) -> str:
+        """Stable 16-hex-digit identity of the mapping."""
+        canon = json.dumps([[n, p.value] for n, p in self.items], separators=(",", ":"))
+        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+    def describe(self) -> str:
+        return ", ".join(f"{k}:{v}" for k, v in sorted(self.counts().items()))
+
+    # -- JSON ----------------------------------------------------------------------------------
+    def to_json_dict(self) -> dict:
+        return {"format": "trt-mpq-plan/1", "groups": {n: p.value for n, p in self.items}}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_json_dict(), indent=2)
+
+    @classmethod
+    def from_json_dict(cls, data: object, groups: Iterable[str] | None = None) -> Plan:
+        """Parse a plan. With `groups`, names are checked and a `"default"` precision fills the
+        groups the file does not list."""
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), dict):
+            raise PlanError(
+                'a plan file must be a JSON object with a "groups" object mapping group name to '
+                'precision, e.g. {"groups": {"/conv1/Conv": "int8"}, "default": "fp32"}; '
+                "`trt-mpq inspect MODEL` lists the group names"
+            )
+        mapping: dict[str, Precision] = {}
+        for name, value in data["groups"].items():
+            if not isinstance(value, str):
+                raise PlanError(f"group {name!r}: precision must be a string, got {value!r}")
+            mapping[str(name)] = Precision.parse(value)
+        if groups is not None:
+            known = list(groups)
+            unknown = sorted(set(mapping) - set(known))
+            if unknown:
+                raise PlanError(
+                    f"the plan names {len(unknown)} group(s) the model does not have, e.g. "
+                    f"{unknown[0]!r}; `trt-mpq inspect MODEL` lists the group names"
+                )
+            missing = [g for g in known if g not in mapping]
+            if missing:
+                default = data.get("default")
+                if default is None:
+                    raise PlanError(
+                        f"the plan leaves {len(missing)} group(s) unassigned, e.g. {missing[0]!r}; "
+                        'list them or add "default": "fp32"'
+                    )
+                if not isinstance(default, str):
+                    raise PlanError(f'"default" must be a precision string, got {default!r}')
+                d = Precision.parse(default)
+                for g in missing:
+                    mapping[g] = d
+        if not mapping:
+            raise PlanError("the plan assigns no group")
+        return cls.of(mapping)
+
+    @classmethod
+    def from_json(cls, text: str, groups: Iterable[str] | None = None) -> Plan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise PlanError(f"the plan is not valid JSON ({e.msg} at line {e.lineno}); "
+                            "fix the file or write a new one with `trt-mpq search`") from None
+        return cls.from_json_dict(data, groups)

@@ -1,0 +1,216 @@
+"""Tasks: a model plus the data and metric that judge it.
+
+A `Task` = an ONNX model path + disjoint calibration / search / holdout `Split`s + a `Metric`.
+The zoo builds tasks for built-in models; users bring their own with
+`--task package.module:make_task`, a function returning a `Task` (its `model_path` may be None:
+the MODEL argument on the command line fills it).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from trt_mpq.errors import DataError, TaskError
+
+SPLITS = ("calibration", "search", "holdout")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Samples along axis 0 of every input array, with optional labels."""
+
+    inputs: Mapping[str, np.ndarray] = field(repr=False)
+    labels: np.ndarray | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        lengths = {k: len(v) for k, v in self.inputs.items()}
+        if len(set(lengths.values())) > 1:
+            raise DataError(f"split inputs disagree on the number of samples: {lengths}")
+        if self.labels is not None and lengths and len(self.labels) != next(iter(lengths.values())):
+            raise DataError(f"split has {len(self.labels)} labels for "
+                            f"{next(iter(lengths.values()))} samples")
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values()))) if self.inputs else 0
+
+    def batches(self, batch_size: int) -> Iterator[tuple[dict[str, np.ndarray], slice]]:
+        n = len(self)
+        for start in range(0, n, batch_size):
+            sl = slice(start, min(n, start + batch_size))
+            yield {k: v[sl] for k, v in self.inputs.items()}, sl
+
+    def head(self, n: int) -> Split:
+        return Split({k: v[:n] for k, v in self.inputs.items()},
+                     None if self.labels is None else self.labels[:n])
+
+    @property
+    def digest(self) -> str:
+        h = hashlib.sha256()
+        for k in sorted(self.inputs):
+            v = np.ascontiguousarray(self.inputs[k])
+            h.update(k.encode())
+            h.update(str(v.dtype).encode())
+            h.update(str(v.shape).encode())
+            h.update(v.tobytes())
+        if self.labels is not None:
+            h.update(np.ascontiguousarray(self.labels).tobytes())
+        return h.hexdigest()[:16]
+
+
+Outputs = Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A task metric computed from the model's outputs over a whole split.
+
+    `kind` tells output-divergence sensitivity how to compare outputs: "logits" (softmax + KL)
+    or "regression" (MSE).
+    """
+
+    name: str
+    fn: Callable[[Outputs, np.ndarray | None], float] = field(repr=False, compare=False)
+    higher_is_better: bool = True
+    output: str | None = None  # the output the metric reads (None: the first)
+    kind: str = "logits"
+
+    def __call__(self, outputs: Outputs, labels: np.ndarray | None) -> float:
+        return float(self.fn(outputs, labels))
+
+
+def accuracy(output: str | None = None) -> Metric:
+    """Top-1 accuracy of the argmax of `output` (or the first output) against integer labels."""
+
+    def fn(outputs: Outputs, labels: np.ndarray | None) -> float:
+        if labels is None:
+            raise DataError("accuracy needs labels; the split has none")
+        logits = outputs[output] if output else next(iter(outputs.values()))
+        return float(np.mean(np.argmax(logits, axis=-1) == labels))
+
+    return Metric(name="accuracy", fn=fn, output=output, kind="logits")
+
+
+@dataclass(frozen=True)
+class ExtraCheck:
+    """A secondary measurement reported for the baseline and the chosen plan (not searched on),
+    e.g. top-1 agreement with FP32 on real photos. `fn(outputs, reference_outputs) -> float`."""
+
+    name: str
+    split: Split = field(repr=False)
+    fn: Callable[[Outputs, Outputs], float] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Task:
+    name: str
+    model_path: Path | None
+    calibration: Split
+    search: Split
+    holdout: Split
+    metric: Metric
+    weights: str = "user"  # "pretrained" | "trained" | "random" | "user"
+    description: str = ""
+    latency_batch: int = 1  # batch size latency is measured at
+    eval_batch: int = 64  # batch size accuracy is computed with
+    extra_checks: tuple[ExtraCheck, ...] = ()
+    notes: tuple[str, ...] = ()  # shown in reports (e.g. what the weights are)
+    torch_model: str | None = None  # "package.module:make_model" of the torch twin, if any
+
+    def split(self, name: str) -> Split:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; use one of {SPLITS}")
+        return getattr(self, name)
+
+    def latency_feed(self) -> dict[str, np.ndarray]:
+        return {k: np.ascontiguousarray(v[: self.latency_batch])
+                for k, v in self.search.inputs.items()}
+
+    def with_model(self, path: Path) -> Task:
+        return replace(self, model_path=Path(path))
+
+    @property
+    def data_digest(self) -> str:
+        h = hashlib.sha256()
+        for s in SPLITS:
+            h.update(self.split(s).digest.encode())
+        h.update(self.metric.name.encode())
+        return h.hexdigest()[:16]
+
+
+def check_splits(task: Task) -> None:
+    """Raise `DataError` for empty or overlapping-by-identity splits."""
+    for s in SPLITS:
+        if len(task.split(s)) == 0:
+            raise DataError(f"task {task.name!r}: the {s} split is empty; give it samples")
+
+
+def check_inputs(task: Task, model_inputs: Mapping[str, tuple[str, tuple]]) -> None:
+    """Check that every split feeds exactly the model's inputs with compatible dtypes and shapes.
+
+    `model_inputs` maps input name -> (numpy dtype name, shape with str/None for free dims).
+    """
+    check_splits(task)
+    want = set(model_inputs)
+    for s in SPLITS:
+        split = task.split(s)
+        have = set(split.inputs)
+        if have != want:
+            raise DataError(
+                f"the {s} split feeds inputs {sorted(have)} but the model expects {sorted(want)}; "
+                "name the arrays after the model's inputs (`trt-mpq inspect MODEL` shows them)")
+        for name, arr in split.inputs.items():
+            dtype, shape = model_inputs[name]
+            if str(arr.dtype) != dtype:
+                raise DataError(f"input {name!r} of the {s} split is {arr.dtype}, the model "
+                                f"expects {dtype}; convert the data (e.g. .astype(np.{dtype}))")
+            if len(arr.shape) != len(shape):
+                raise DataError(f"input {name!r} of the {s} split has shape {tuple(arr.shape)} "
+                                f"(rank {arr.ndim}), the model expects rank {len(shape)} "
+                                f"{tuple(shape)}")
+            for axis, (got, exp) in enumerate(zip(arr.shape[1:], shape[1:]), start=1):
+                if isinstance(exp, int) and exp > 0 and got != exp:
+                    raise DataError(f"input {name!r} of the {s} split has shape "
+                                    f"{tuple(arr.shape)}, the model expects {tuple(shape)} "
+                                    f"(axis {axis}: {got} != {exp}); resize or pad the data")
+
+
+def load_task_factory(spec: str) -> Callable[[], Task]:
+    """Resolve 'package.module:function'."""
+    if ":" not in spec:
+        raise TaskError(f"--task must look like package.module:make_task, got {spec!r}")
+    mod_name, func_name = spec.split(":", 1)
+    try:
+        mod = importlib.import_module(mod_name)
+    except ImportError as e:
+        raise TaskError(f"cannot import {mod_name!r} for --task ({e}); make sure it is on "
+                        "PYTHONPATH") from None
+    func = getattr(mod, func_name, None)
+    if not callable(func):
+        raise TaskError(f"{mod_name!r} has no function {func_name!r} for --task")
+    return func
+
+
+def task_from_factory(spec: str, model_path: Path | None) -> Task:
+    task = load_task_factory(spec)()
+    if not isinstance(task, Task):
+        raise TaskError(f"{spec} returned {type(task).__name__}, not a trt_mpq.task.Task")
+    if model_path is not None:
+        task = task.with_model(model_path)
+    if task.model_path is None:
+        raise TaskError(f"{spec} gives no model path; pass the ONNX file as MODEL")
+    return task
+
+
+def default_cache_dir() -> Path:
+    import os
+
+    env = os.environ.get("TRT_MPQ_CACHE")
+    if env:
+        return Path(env)
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trt-mpq"
