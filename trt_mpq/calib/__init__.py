@@ -143,7 +143,7 @@ def calibrate(model_path: Path, batches: list[dict[str, np.ndarray]], config: Ca
     """
     cache_file = cache_dir / "calibration" / f"{cache_tag}.json" if cache_dir and cache_tag else None
     if cache_file is not None and cache_file.exists():
-        log.info("calibration: reusing %s", cache_file)
+        log.debug("calibration: reusing %s", cache_file)
         return Ranges.load(cache_file)
     if not batches:
         raise CalibrationError("the calibration split is empty; give the task calibration samples")

@@ -105,5 +105,5 @@ def prepare_model(path: str | os.PathLike, cache_dir: Path) -> Path:
         tmp_out = Path(tmp) / "named.onnx"
         onnx.save(model, str(tmp_out))
         os.replace(tmp_out, target)
-    log.info("prepared %s -> %s", src, target)
+    log.debug("prepared %s -> %s", src, target)
     return target

@@ -33,9 +33,15 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 
 @contextlib.contextmanager
 def _quiet():
-    """ONNX Runtime's quantization tools print progress to stdout; keep our stdout clean."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        yield
+    """ONNX Runtime's quantization tools print progress to stdout and log INFO/WARNING lines to
+    the root logger (e.g. one line per node); keep our output clean while they run."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        logging.disable(previous)
 
 
 def initializer_names(model: onnx.ModelProto) -> set[str]:
@@ -99,20 +105,58 @@ def static_qdq(model: onnx.ModelProto, nodes: Iterable[str], ranges: Ranges, *,
 
 
 def dynamic_int8(model: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProto:
-    """Dynamic int8 (weights int8 per channel, activations quantized at run time) for `nodes`."""
-    nodes = list(nodes)
-    if not nodes:
-        return model
-    from onnxruntime.quantization import QuantType
-    from onnxruntime.quantization.onnx_quantizer import ONNXQuantizer
-    from onnxruntime.quantization.quant_utils import QuantizationMode
+    """Dynamic int8 for the MatMul `nodes`: weights int8 symmetric per output column, activations
+    quantized to uint8 at run time (DynamicQuantizeLinear -> MatMulInteger -> scale), the pattern
+    ONNX Runtime fuses into DynamicQuantizeMatMul / MatMulIntegerToFloat.
 
-    with _quiet():
-        quantizer = ONNXQuantizer(copy_model(model), True, False, QuantizationMode.IntegerOps,
-                                  False, QuantType.QInt8, QuantType.QUInt8, None, nodes, [],
-                                  ["MatMul", "Gemm"], {"MatMulConstBOnly": True})
-        quantizer.quantize_model()
-    return quantizer.model.model
+    Written here rather than with ONNX Runtime's dynamic quantizer because that one rewrites
+    every Gemm of the graph into Transpose+MatMul+Add, including Gemms the plan keeps or
+    quantizes statically.
+    """
+    targets = set(nodes)
+    if not targets:
+        return model
+    out = copy_model(model)
+    inits = {i.name: i for i in out.graph.initializer}
+    new_nodes: list[onnx.NodeProto] = []
+    new_inits: list[onnx.TensorProto] = []
+    quantized_inputs: dict[str, tuple[str, str, str]] = {}
+    for node in out.graph.node:
+        if node.name not in targets:
+            new_nodes.append(node)
+            continue
+        if node.op_type != "MatMul" or node.input[1] not in inits:
+            raise ValueError(f"dynamic int8 applies to MatMul with a constant weight, not "
+                             f"{node.op_type} {node.name!r}")
+        x, w_name = node.input[0], node.input[1]
+        if x not in quantized_inputs:
+            q = (f"{x}_dyn_quantized", f"{x}_dyn_scale", f"{x}_dyn_zero_point")
+            new_nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(q),
+                                              name=f"{x}_DynamicQuantizeLinear"))
+            quantized_inputs[x] = q
+        xq, xs, xz = quantized_inputs[x]
+        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
+        scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0  # per output column
+        wq = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
+        wq_name, ws_name, wz_name = f"{w_name}_quantized", f"{w_name}_scale", f"{w_name}_zero_point"
+        new_inits += [numpy_helper.from_array(wq, wq_name),
+                      numpy_helper.from_array(scale.astype(np.float32), ws_name),
+                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), wz_name)]
+        y = node.output[0]
+        base = node.name
+        new_nodes += [
+            helper.make_node("MatMulInteger", [xq, wq_name, xz, wz_name], [f"{y}_int32"],
+                             name=base),
+            helper.make_node("Cast", [f"{y}_int32"], [f"{y}_int32_float"], to=TensorProto.FLOAT,
+                             name=f"{base}_Cast"),
+            helper.make_node("Mul", [xs, ws_name], [f"{y}_scale"], name=f"{base}_ScaleMul"),
+            helper.make_node("Mul", [f"{y}_int32_float", f"{y}_scale"], [y],
+                             name=f"{base}_OutputMul"),
+        ]
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    out.graph.initializer.extend(new_inits)
+    return out
 
 
 def int4_weight_only(model: onnx.ModelProto, nodes: Iterable[str], *, qdq: bool,
@@ -140,7 +184,18 @@ def int4_weight_only(model: onnx.ModelProto, nodes: Iterable[str], *, qdq: bool,
     with _quiet():
         q = MatMulNBitsQuantizer(copy_model(model), nodes_to_exclude=exclude, algo_config=cfg)
         q.process()
-    return q.model.model
+    out = q.model.model
+    # the quantizer renames the node it rewrites ("<name>_Q4", "<name>_matmul_Q4"); plans and
+    # censuses refer to nodes by name, so give each its original name back
+    present = {n.name for n in out.graph.node}
+    for node in out.graph.node:
+        if node.op_type in ("MatMul", "MatMulNBits") and node.name not in wanted:
+            for name in wanted - present:
+                if node.name.startswith(name + "_"):
+                    node.name = name
+                    present.add(name)
+                    break
+    return out
 
 
 def to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str]) -> onnx.ModelProto:

@@ -1,0 +1,248 @@
+"""The command line, end to end, on a small CNN trained on real digits (torch builds it once)."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import models
+from trt_mpq.cli.main import main
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+TASK = "digits_task:make_task"
+FAST = ["--repeats", "20", "--warmup", "3", "--sweep", "3", "--no-progress"]
+
+pytestmark = pytest.mark.zoo  # the fixture model is trained with torch
+
+
+@pytest.fixture()
+def env(tmp_path, cache_dir, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRT_MPQ_CACHE", str(cache_dir))
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
+             TRT_MPQ_CACHE=str(cache_dir))
+    return e
+
+
+def cli(*args, env=None, **kw):
+    return subprocess.run([sys.executable, "-m", "trt_mpq", *map(str, args)], env=env,
+                          capture_output=True, text=True, **kw)
+
+
+@pytest.fixture(scope="module")
+def searched(digits_model, tmp_path_factory, cache_dir):
+    """One full search, shared by the tests that read its outputs."""
+    out = tmp_path_factory.mktemp("search") / "out"
+    env = dict(os.environ, PYTHONPATH=str(FIXTURES), TRT_MPQ_CACHE=str(cache_dir))
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out, *FAST,
+            env=env)
+    assert r.returncode == 0, r.stderr
+    return out, r
+
+
+def test_search_meets_the_budget_and_writes_everything(searched):
+    out, r = searched
+    assert "budget met" in r.stdout
+    for name in ("result.json", "plan.json", "model.onnx", "model.optimized.onnx", "pareto.csv",
+                 "pareto.json", "pareto.png", "report.md", "config.json", "evaluations.sqlite"):
+        assert (out / name).is_file(), name
+    assert not (out / ".work").exists() and not (out / ".candidate").exists()
+    res = json.loads((out / "result.json").read_text())
+    assert res["budget_met"] is True and res["backend"] == "ort-cpu"
+    assert res["weights"] == "trained"
+    best = res["best"]
+    for key in ("plan", "metric", "drop", "holdout_metric", "holdout_drop", "latency_ms",
+                "latency_ratio", "precision_counts", "artifact"):
+        assert key in best
+    assert best["holdout_rel_drop"] <= 0.01 + 1e-9 and best["rel_drop"] <= 0.01 + 1e-9
+    assert best["latency_ratio"] < 1.0  # int8 convs on a VNNI CPU are faster than FP32
+    assert res["baseline"]["latency_ms"] > 0 and res["evaluations"] >= 3
+    assert res["budget"] == {"max_drop": 0.01, "relative": True,
+                             "allowed_drop": pytest.approx(0.01 * res["baseline"]["metric"]),
+                             "describe": "1% of baseline"}
+    assert "versions" in res and res["versions"]["onnxruntime"] == "1.32.0"
+    # every OK evaluation's kernel census matched its plan
+    pareto = json.loads((out / "pareto.json").read_text())["evaluations"]
+    for e in pareto:
+        if e["status"] == "ok":
+            executed = e["census"]["executed"]
+            assert executed == e["plan"], e["label"]
+    assert "int8" in best["precision_counts"] and best["census_kernels"].get("QLinearConv", 0) > 0
+    header = (out / "pareto.csv").read_text().splitlines()[0]
+    assert header.startswith("plan_digest,label,status,metric")
+
+
+def test_evaluate_the_found_plan_reproduces_its_accuracy(searched, digits_model, env):
+    out, _ = searched
+    r = cli("evaluate", digits_model, "--task", TASK, "--plan", out / "plan.json",
+            "--repeats", "10", "--no-progress", env=env)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(r.stdout)
+    res = json.loads((out / "result.json").read_text())
+    assert ev["status"] == "ok"
+    assert ev["metric"] == pytest.approx(res["best"]["metric"])
+    assert ev["census"]["executed"] == ev["plan"]
+
+
+def test_report_regenerates(searched, env):
+    out, _ = searched
+    (out / "report.md").unlink()
+    r = cli("report", out, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "Budget met" in (out / "report.md").read_text()
+
+
+def test_evaluate_uniform_int8(digits_model, env):
+    r = cli("evaluate", digits_model, "--task", TASK, "--uniform", "int8", "--repeats", "10",
+            "--no-progress", "--out", "ev.json", env=env)
+    assert r.returncode == 0, r.stderr
+    ev = json.loads(Path("ev.json").read_text())
+    assert ev["status"] == "ok" and set(ev["plan"].values()) == {"int8"}
+    assert set(ev["census"]["executed"].values()) == {"int8"}
+
+
+def test_inspect_and_zoo(digits_model, env):
+    r = cli("inspect", digits_model, env=env)
+    assert r.returncode == 0 and "5 groups" in r.stdout and "/0/Conv" in r.stdout
+    r = cli("inspect", digits_model, "--json", env=env)
+    assert len(json.loads(r.stdout)["groups"]) == 5
+    r = cli("zoo", env=env)
+    assert r.returncode == 0 and "minilm-sentiment" in r.stdout
+
+
+# -- bad input: exit 2, a message that names the problem and the fix, nothing written --------
+def _bad(args, match, capsys):
+    before = set(Path(".").iterdir())
+    code = main([str(a) for a in args])  # in-process: the same code path as the console script
+    err = capsys.readouterr().err
+    assert code == 2, (args, err)
+    assert match in err, err
+    assert "Traceback" not in err
+    assert set(Path(".").iterdir()) == before  # no output folder, no half-written file
+
+
+def test_bad_inputs_exit_2_with_a_clear_message(digits_model, env, capsys):
+    Path("notonnx.onnx").write_text("hello, I am a text file\n" * 20)
+    cut = Path("cut.onnx")
+    cut.write_bytes(digits_model.read_bytes()[:3000])
+    noq = models.no_quantizable(Path("noq.onnx"))
+    Path("bad_plan.json").write_text('{"groups": {"/0/Conv": "int9"}}')
+    Path("plan_unknown.json").write_text('{"groups": {"nope": "int8"}, "default": "fp32"}')
+    search = ["search", digits_model, "--task", TASK, "--max-drop", "1%", *FAST]
+    cases = [
+        (["search", "notonnx.onnx", "--task", TASK, "--max-drop", "1%"], "not a readable ONNX"),
+        (["search", cut, "--task", TASK, "--max-drop", "1%"], "not a readable ONNX"),
+        (["search", noq, "--task", TASK, "--max-drop", "1%"], "no quantizable layer"),
+        (["search", "missing.onnx", "--task", TASK, "--max-drop", "1%"], "does not exist"),
+        (["search", digits_model, "--task", "digits_task:make_wrong_shape_task", "--max-drop",
+          "1%"], "expects"),
+        (["search", digits_model, "--task", "digits_task:make_empty_split_task", "--max-drop",
+          "1%"], "search split is empty"),
+        (["search", digits_model, "--task", "digits_task:make_nan_task", "--max-drop", "1%",
+          *FAST], "non-finite"),
+        (["search", "resnet-digitz", "--max-drop", "1%"], "did you mean 'resnet-digits'"),
+        (["search", digits_model, "--max-drop", "1%"], "needs a task"),
+        (["search", digits_model, "--task", "nomodule_xyz:f", "--max-drop", "1%"], "cannot import"),
+        ([*search[:4], "--max-drop", "lots"], "cannot read the budget"),
+        ([*search, "--precision", "fp8"], "fp8 is not available on ort-cpu"),
+        ([*search, "--backend", "tpu"], "unknown backend"),
+        (["evaluate", digits_model, "--task", TASK, "--plan", "bad_plan.json"], "unknown precision"),
+        (["evaluate", digits_model, "--task", TASK, "--plan", "plan_unknown.json"],
+         "does not have"),
+        (["evaluate", digits_model, "--task", TASK, "--plan", "nofile.json"], "cannot read"),
+        (["report", "nowhere"], "no result.json"),
+    ]
+    for args, match in cases:
+        _bad(args, match, capsys)
+
+
+def test_existing_output_folder_needs_resume(searched, digits_model, env):
+    out, _ = searched
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out, *FAST,
+            env=env)
+    assert r.returncode == 2 and "--resume" in r.stderr
+
+
+def test_budget_not_met_exits_1_and_still_writes_the_frontier(digits_model, env):
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "0.0001", "--out", "strict",
+            "--precision", "int4w", *FAST, env=env)  # int4w applies to no group: all int8
+    assert r.returncode in (0, 1), r.stderr
+    res = json.loads(Path("strict/result.json").read_text())
+    assert Path("strict/pareto.csv").is_file() and Path("strict/report.md").is_file()
+    if r.returncode == 1:
+        assert res["budget_met"] is False and res["best"] is None
+        assert not Path("strict/plan.json").exists()
+        assert "Budget not met" in Path("strict/report.md").read_text()
+
+
+# -- interruption and resume -------------------------------------------------------------------
+def _evaluations(store: Path) -> int:
+    try:
+        with sqlite3.connect(store, timeout=5) as db:
+            return db.execute("SELECT COUNT(*) FROM evaluations").fetchone()[0]
+    except sqlite3.OperationalError:
+        return 0
+
+
+def _start_slow_search(digits_model, out, env):
+    # many timed runs per plan, so the search is still going when it is killed
+    args = ["search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out,
+            "--repeats", "400", "--warmup", "3", "--sweep", "4", "--no-progress"]
+    return subprocess.Popen([sys.executable, "-m", "trt_mpq", *map(str, args)], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), args
+
+
+def _wait_for(store, n, proc, timeout=240):
+    t0 = time.time()
+    while _evaluations(store) < n:
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() - t0 < timeout, "search too slow to reach the kill point"
+        time.sleep(0.2)
+
+
+def test_killed_search_resumes_without_repeating_an_evaluation(digits_model, env):
+    out = Path("killed")
+    proc, args = _start_slow_search(digits_model, out, env)
+    _wait_for(out / "evaluations.sqlite", 3, proc)
+    proc.kill()  # SIGKILL: no chance to clean up
+    proc.wait()
+    done_before = _evaluations(out / "evaluations.sqlite")
+    assert not (out / "result.json").exists()
+
+    r = cli(*args, "--resume", env=env)
+    assert r.returncode == 0, r.stderr
+    res = json.loads((out / "result.json").read_text())
+    assert res["cached_evaluations"] == done_before
+    assert res["fresh_evaluations"] == res["evaluations"] - done_before
+    with sqlite3.connect(out / "evaluations.sqlite") as db:
+        digests = [r[0] for r in db.execute("SELECT plan_digest FROM evaluations")]
+    assert len(digests) == len(set(digests)) == res["evaluations"]
+
+    # resuming a finished search measures nothing again and gives the same answer
+    (out / "result.json").unlink()
+    r = cli(*args, "--resume", env=env)
+    assert r.returncode == 0, r.stderr
+    again = json.loads((out / "result.json").read_text())
+    assert again["fresh_evaluations"] == 0
+    assert again["best"]["plan_digest"] == res["best"]["plan_digest"]
+
+
+def test_interrupt_exits_130_and_says_how_to_resume(digits_model, env):
+    out = Path("interrupted")
+    proc, _ = _start_slow_search(digits_model, out, env)
+    _wait_for(out / "evaluations.sqlite", 1, proc)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "--resume" in stderr
+
+
+def test_main_without_command_prints_help(capsys):
+    assert main([]) == 2

@@ -1,0 +1,122 @@
+"""Tiny real ONNX models built in code (no torch), for fast unit tests.
+
+They are real graphs with fixed random weights (seeded) that ONNX Runtime runs; what they compute
+is meaningless, so tests on them check structure and numerics, not task accuracy.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _init(name: str, arr: np.ndarray) -> onnx.TensorProto:
+    return numpy_helper.from_array(arr.astype(np.float32), name)
+
+
+def tiny_cnn(path: Path, seed: int = 0) -> Path:
+    """input [N,3,16,16] -> conv -> relu -> (conv_a | conv_b share the input) -> add -> relu
+    -> global pool -> flatten -> gemm -> logits [N,10]. 4 groups (conv_a and conv_b are one)."""
+    rng = np.random.default_rng(seed)
+    w = lambda *s: rng.normal(0, (2.0 / np.prod(s[1:])) ** 0.5, s)  # noqa: E731
+    inits = [
+        _init("w0", w(16, 3, 3, 3)), _init("b0", rng.normal(0, 0.1, 16)),
+        _init("wa", w(16, 16, 3, 3)), _init("ba", rng.normal(0, 0.1, 16)),
+        _init("wb", w(16, 16, 1, 1)), _init("bb", rng.normal(0, 0.1, 16)),
+        _init("w2", w(32, 16, 3, 3)), _init("b2", rng.normal(0, 0.1, 32)),
+        _init("wf", w(10, 32)), _init("bf", rng.normal(0, 0.1, 10)),
+    ]
+    nodes = [
+        helper.make_node("Conv", ["input", "w0", "b0"], ["c0"], name="conv0", pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c0"], ["r0"], name="relu0"),
+        helper.make_node("Conv", ["r0", "wa", "ba"], ["ca"], name="conv_a", pads=[1, 1, 1, 1]),
+        helper.make_node("Conv", ["r0", "wb", "bb"], ["cb"], name="conv_b"),
+        helper.make_node("Add", ["ca", "cb"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r1"], name="relu1"),
+        helper.make_node("Conv", ["r1", "w2", "b2"], ["c2"], name="conv2", pads=[1, 1, 1, 1],
+                         strides=[2, 2]),
+        helper.make_node("Relu", ["c2"], ["r2"], name="relu2"),
+        helper.make_node("GlobalAveragePool", ["r2"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "wf", "bf"], ["logits"], name="fc", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_cnn",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 3, 16, 16])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 10])], inits)
+    return _save(graph, path)
+
+
+def tiny_transformer(path: Path, seed: int = 0, hidden: int = 32, seq: int = 8) -> Path:
+    """input [N,seq,hidden] -> q/k/v MatMuls (share the input) -> attention -> out MatMul +
+    residual -> LayerNorm -> ffn MatMul -> Gelu(Erf) -> MatMul -> mean -> Gemm head [N,2]."""
+    rng = np.random.default_rng(seed)
+    h = hidden
+    m = lambda a, b: rng.normal(0, 1 / np.sqrt(a), (a, b))  # noqa: E731
+    inits = [_init("wq", m(h, h)), _init("wk", m(h, h)), _init("wv", m(h, h)),
+             _init("wo", m(h, h)), _init("w1", m(h, 4 * h)), _init("w2", m(4 * h, h)),
+             _init("b1", rng.normal(0, 0.1, 4 * h)), _init("scale", np.array(1 / np.sqrt(h))),
+             _init("ln_g", np.ones(h)), _init("ln_b", np.zeros(h)),
+             _init("half", np.array(0.5)), _init("one", np.array(1.0)),
+             _init("rsqrt2", np.array(1 / np.sqrt(2))),
+             _init("wh", m(2, h)), _init("bh", np.zeros(2))]
+    nodes = [
+        helper.make_node("MatMul", ["input", "wq"], ["q"], name="q_proj"),
+        helper.make_node("MatMul", ["input", "wk"], ["k"], name="k_proj"),
+        helper.make_node("MatMul", ["input", "wv"], ["v"], name="v_proj"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="kT", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["qk"], name="scores"),
+        helper.make_node("Mul", ["qk", "scale"], ["qks"], name="scale_mul"),
+        helper.make_node("Softmax", ["qks"], ["p"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["ctx"], name="context"),
+        helper.make_node("MatMul", ["ctx", "wo"], ["o"], name="out_proj"),
+        helper.make_node("Add", ["o", "input"], ["res"], name="residual"),
+        helper.make_node("LayerNormalization", ["res", "ln_g", "ln_b"], ["ln"], name="ln",
+                         axis=-1),
+        helper.make_node("MatMul", ["ln", "w1"], ["f1"], name="ffn_in"),
+        helper.make_node("Add", ["f1", "b1"], ["f1b"], name="ffn_bias"),
+        helper.make_node("Mul", ["f1b", "rsqrt2"], ["gx"], name="gelu_div"),
+        helper.make_node("Erf", ["gx"], ["ge"], name="gelu_erf"),
+        helper.make_node("Add", ["ge", "one"], ["ge1"], name="gelu_add"),
+        helper.make_node("Mul", ["f1b", "ge1"], ["gm"], name="gelu_mul"),
+        helper.make_node("Mul", ["gm", "half"], ["g"], name="gelu_half"),
+        helper.make_node("MatMul", ["g", "w2"], ["f2"], name="ffn_out"),
+        helper.make_node("ReduceMean", ["f2"], ["pooled"], name="pool", axes=[1], keepdims=0),
+        helper.make_node("Gemm", ["pooled", "wh", "bh"], ["logits"], name="head", transB=1),
+    ]
+    graph = helper.make_graph(
+        nodes, "tiny_transformer",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", seq, h])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 2])], inits)
+    return _save(graph, path)
+
+
+def no_quantizable(path: Path) -> Path:
+    """Relu -> Add: nothing to quantize."""
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"], name="relu"),
+         helper.make_node("Add", ["r", "x"], ["y"], name="add")], "noq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 4])])
+    return _save(graph, path)
+
+
+def _save(graph: onnx.GraphProto, path: Path) -> Path:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model, full_check=True)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return path
+
+
+def cnn_inputs(n: int, seed: int = 1) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, 3, 16, 16)).astype(np.float32)
+
+
+def transformer_inputs(n: int, seed: int = 1, hidden: int = 32, seq: int = 8) -> np.ndarray:
+    return np.random.default_rng(seed).normal(0, 1, (n, seq, hidden)).astype(np.float32)

@@ -1,0 +1,134 @@
+"""Search strategies against a fake evaluator with a known answer (no backend involved)."""
+
+import math
+
+import pytest
+
+from trt_mpq.errors import BudgetError
+from trt_mpq.measure import LatencyStats
+from trt_mpq.plan import Plan
+from trt_mpq.plan import Precision as P
+from trt_mpq.search import (
+    Around,
+    Bisection,
+    Budget,
+    Evaluation,
+    PrefixPlans,
+    PrefixSweep,
+    Status,
+    area_under_frontier,
+    drive,
+    frontier,
+    ranked_in_budget,
+)
+
+N = 12
+ORDER = [f"g{i:02d}" for i in range(N)]
+COST = [0.001 * (i + 1) for i in range(N)]  # drop caused by lowering group i (increasing)
+
+
+def prefixes():
+    return PrefixPlans(ORDER, {g: P.INT8 for g in ORDER}, P.FP32)
+
+
+def fake_eval(latency=lambda k: 1.0 - 0.05 * k, fail=()):
+    calls = []
+
+    def evaluate(plan: Plan, label: str) -> Evaluation:
+        k = len(plan.groups_at(P.INT8))
+        calls.append(k)
+        if k in fail:
+            return Evaluation(plan=plan, status=Status.BUILD_FAILED, reason="x", label=label)
+        drop = sum(COST[i] for i in range(N) if plan[ORDER[i]] is P.INT8)
+        lat = LatencyStats.of([latency(k) * 1e-3] * 3)
+        base = LatencyStats.of([1e-3] * 3)
+        return Evaluation(plan=plan, status=Status.OK, label=label, metric=0.9 - drop, drop=drop,
+                          rel_drop=drop / 0.9, latency=lat, baseline_latency=base,
+                          latency_ratio=latency(k))
+
+    return evaluate, calls
+
+
+def accept_for(max_drop):
+    return lambda e: e.ok and e.drop <= max_drop + 1e-12
+
+
+def largest_k(max_drop):
+    return max(k for k in range(N + 1) if sum(COST[:k]) <= max_drop + 1e-12)
+
+
+@pytest.mark.parametrize("max_drop", [0.0, 0.0005, 0.003, 0.02, 0.05, 1.0])
+def test_bisection_finds_the_largest_in_budget_prefix(max_drop):
+    evaluate, calls = fake_eval()
+    bis = Bisection(prefixes(), accept_for(max_drop))
+    drive([bis], evaluate)
+    assert bis.best_k == largest_k(max_drop)
+    assert len(calls) <= 1 + math.ceil(math.log2(N))
+    assert calls[0] == N  # everything lowered is tried first
+    if largest_k(max_drop) == N:
+        assert calls == [N]
+
+
+def test_failures_count_as_out_of_budget():
+    evaluate, calls = fake_eval(fail={N, 6})
+    bis = Bisection(prefixes(), accept_for(1.0))
+    drive([bis], evaluate)
+    assert bis.best_k < 6
+
+
+def test_sweep_and_refine_and_dedup():
+    evaluate, calls = fake_eval()
+    bis = Bisection(prefixes(), accept_for(0.02))
+    strategies = [bis, Around(prefixes(), lambda: bis.best_k, width=2), PrefixSweep(prefixes(), 4)]
+    evs = drive(strategies, evaluate)
+    ks = [len(e.plan.groups_at(P.INT8)) for e in evs]
+    assert len(ks) == len(set(ks))  # no plan evaluated twice
+    k = largest_k(0.02)
+    assert {k - 2, k - 1, k, k + 1} <= set(ks)
+    assert {3, 6, 9, 12} <= set(ks)
+
+
+def test_answer_is_fastest_measured_not_largest_k():
+    # latency is not monotone in k: k=4 is fastest; k=5.. are slower (layout conversions)
+    lat = {0: 1.0, 4: 0.55}
+    evaluate, _ = fake_eval(latency=lambda k: lat.get(k, 0.9 - 0.01 * k))
+    bis = Bisection(prefixes(), accept_for(0.02))
+    evs = drive([bis, Around(prefixes(), lambda: bis.best_k), PrefixSweep(prefixes(), 3)], evaluate)
+    best = ranked_in_budget(evs, accept_for(0.02))[0]
+    assert len(best.plan.groups_at(P.INT8)) == 4 and best.latency_ratio == 0.55
+
+
+def test_frontier_is_pareto_optimal():
+    evaluate, _ = fake_eval(latency=lambda k: {0: 1.0, 2: 0.7, 4: 0.8, 6: 0.5, 8: 0.6}.get(k, 1.0))
+    pp = prefixes()
+    evs = [evaluate(pp.plan(k), f"k={k}") for k in (0, 2, 4, 6, 8)]
+    front = frontier(evs)
+    assert [len(e.plan.groups_at(P.INT8)) for e in front] == [6, 2, 0]
+    assert 0 < area_under_frontier(front, 0.05) <= 1
+
+
+def test_strategies_refuse_unasked_plans():
+    bis = Bisection(prefixes(), accept_for(1))
+    bis.ask()
+    with pytest.raises(ValueError):
+        bis.tell(prefixes().plan(3), None)
+
+
+@pytest.mark.parametrize("text, max_drop, relative", [
+    ("1%", 0.01, True), ("0.01%", 0.0001, True), (" 0.5 % ", 0.005, True), ("0.005", 0.005, False),
+    ("2", 2.0, False), ("1e-3", 1e-3, False)])
+def test_budget_parse(text, max_drop, relative):
+    b = Budget.parse(text)
+    assert b.max_drop == pytest.approx(max_drop) and b.relative is relative
+
+
+@pytest.mark.parametrize("text", ["", "abc", "-1%", "1%%", "150%", "nan"])
+def test_budget_parse_errors(text):
+    with pytest.raises(BudgetError):
+        Budget.parse(text)
+
+
+def test_budget_accepts():
+    b = Budget.parse("1%")
+    assert b.allowed_drop(0.8) == pytest.approx(0.008)
+    assert b.accepts(0.008, 0.8) and not b.accepts(0.0081, 0.8) and not b.accepts(None, 0.8)

@@ -1,0 +1,5 @@
+import sys
+
+from trt_mpq.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,284 @@
+"""ONNX Runtime (CPU execution provider): the embedded backend that runs anywhere.
+
+Build = create an inference session with fixed settings, save the graph ONNX Runtime actually
+optimized (`model.optimized.onnx`, specific to this CPU), and read a kernel census from one
+profiled run: which groups ran integer kernels. The deployable artifact is `model.onnx`, the
+portable Q/DQ graph; it must be loaded with the session settings recorded in `describe()`
+(notably the disabled graph transformers below).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from trt_mpq.backends.base import Artifact, Backend, Census, Runner
+from trt_mpq.errors import BuildError, ConfigError, MeasurementError
+from trt_mpq.model.groups import Group
+from trt_mpq.qdq import Dialect
+
+log = logging.getLogger(__name__)
+
+#: Graph transformers disabled for graphs that contain Q/DQ (DESIGN.md §3):
+#: WeightBiasQuantization silently quantizes float Conv/MatMul between DQ and Q (a mixed plan
+#: would run all-int8); MatMulAddFusion breaks loading of mixed BERT Q/DQ graphs.
+QDQ_DISABLED_OPTIMIZERS = ("WeightBiasQuantization", "MatMulAddFusion")
+
+INT8_STATIC_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "NhwcQLinearConv"})
+INT8_DYNAMIC_KERNELS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul",
+                                  "MatMulIntegerToFloat", "ConvInteger"})
+INT4_KERNELS = frozenset({"MatMulNBits"})
+FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul",
+                           "FusedMatMul", "ConvTranspose"})
+COMPUTE_KERNELS = INT8_STATIC_KERNELS | INT8_DYNAMIC_KERNELS | INT4_KERNELS | FLOAT_KERNELS
+#: ops a weight passes through on its way to the kernel that uses it
+WEIGHT_PASSTHROUGH = frozenset({"DequantizeLinear", "Cast", "Transpose", "Reshape",
+                                "ReorderInput"})
+
+
+@dataclass(frozen=True)
+class OrtConfig:
+    threads: int | None = None  # intra-op threads; None: every core this process may use
+    inter_op_threads: int = 1
+    allow_spinning: bool = False  # spinning pools of interleaved sessions steal each other's cores
+    optimization_level: str = "all"  # "basic" | "extended" | "all"
+
+    def __post_init__(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError("ONNX Runtime threads must be >= 1")
+        if self.inter_op_threads < 1:
+            raise ConfigError("inter-op threads must be >= 1")
+        if self.optimization_level not in ("basic", "extended", "all"):
+            raise ConfigError("optimization level must be basic, extended or all")
+
+    @property
+    def resolved_threads(self) -> int:
+        if self.threads is not None:
+            return self.threads
+        try:
+            return len(os.sched_getaffinity(0))
+        except AttributeError:  # not on Linux
+            return os.cpu_count() or 1
+
+
+def has_qdq(model: onnx.ModelProto) -> bool:
+    return any(n.op_type in ("QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear",
+                             "MatMulNBits", "MatMulInteger") for n in model.graph.node)
+
+
+class OrtBackend(Backend):
+    name = "ort-cpu"
+    dialect = Dialect.ORT_CPU
+
+    def __init__(self, config: OrtConfig | None = None) -> None:
+        self.config = config or OrtConfig()
+
+    # -- settings -------------------------------------------------------------------------------
+    def session_options(self, *, profile_prefix: str | None = None,
+                        optimized_path: Path | None = None):
+        import onnxruntime as ort
+
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = self.config.resolved_threads
+        so.inter_op_num_threads = self.config.inter_op_threads
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = {
+            "basic": ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+            "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+            "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        }[self.config.optimization_level]
+        so.add_session_config_entry("session.intra_op.allow_spinning",
+                                    "1" if self.config.allow_spinning else "0")
+        so.log_severity_level = 3
+        if profile_prefix:
+            so.enable_profiling = True
+            so.profile_file_prefix = profile_prefix
+        if optimized_path is not None:
+            so.optimized_model_filepath = str(optimized_path)
+        return so
+
+    def _session(self, model_path: Path, qdq: bool, **kw):
+        import onnxruntime as ort
+
+        disabled = list(QDQ_DISABLED_OPTIMIZERS) if qdq else []
+        return ort.InferenceSession(str(model_path), self.session_options(**kw),
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=disabled)
+
+    def describe(self) -> dict:
+        import onnxruntime as ort
+
+        return {
+            "backend": self.name,
+            "onnxruntime": ort.__version__,
+            "provider": "CPUExecutionProvider",
+            "intra_op_threads": self.config.resolved_threads,
+            "inter_op_threads": self.config.inter_op_threads,
+            "allow_spinning": self.config.allow_spinning,
+            "optimization_level": self.config.optimization_level,
+            "disabled_optimizers_for_qdq_graphs": list(QDQ_DISABLED_OPTIMIZERS),
+        }
+
+    # -- build ----------------------------------------------------------------------------------
+    def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
+              sample_feed: Mapping[str, np.ndarray]) -> Artifact:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        path = out_dir / "model.onnx"
+        optimized = out_dir / "model.optimized.onnx"
+        onnx.save(model, str(path))
+        qdq = has_qdq(model)
+        t0 = time.perf_counter()
+        try:
+            sess = self._session(path, qdq, profile_prefix=str(out_dir / "profile"),
+                                 optimized_path=optimized)
+        except Exception as e:
+            raise BuildError(f"ONNX Runtime could not create a session: {_first_line(e)}") from None
+        build_s = time.perf_counter() - t0
+        try:
+            sess.run(None, dict(sample_feed))
+        except Exception as e:
+            raise MeasurementError(f"ONNX Runtime failed to run the model: {_first_line(e)}") from None
+        profile_path = Path(sess.end_profiling())
+        try:
+            events = json.loads(profile_path.read_text())
+        finally:
+            profile_path.unlink(missing_ok=True)
+        census = read_census(onnx.load(str(optimized), load_external_data=False), events, groups)
+        return Artifact(path=path, backend=self.name, build_s=build_s, census=census,
+                        files=(optimized,))
+
+    # -- run ------------------------------------------------------------------------------------
+    def open(self, artifact: Artifact) -> OrtRunner:
+        qdq = has_qdq(onnx.load(str(artifact.path), load_external_data=False))
+        try:
+            sess = self._session(artifact.path, qdq)
+        except Exception as e:
+            raise BuildError(f"ONNX Runtime could not load {artifact.path}: {_first_line(e)}") from None
+        return OrtRunner(sess)
+
+
+class OrtRunner(Runner):
+    def __init__(self, session) -> None:
+        self._sess = session
+        self.input_names = tuple(i.name for i in session.get_inputs())
+        self.output_names = tuple(o.name for o in session.get_outputs())
+
+    def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            outs = self._sess.run(None, dict(feed))
+        except Exception as e:
+            raise MeasurementError(f"inference failed: {_first_line(e)}") from None
+        return dict(zip(self.output_names, outs))
+
+    def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
+        t0 = time.perf_counter()
+        self._sess.run(None, feed)
+        return time.perf_counter() - t0
+
+    def close(self) -> None:
+        self._sess = None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0][:500] if text else type(e).__name__
+
+
+# -- census ------------------------------------------------------------------------------------
+def _classify(kernel: str, input_types: list[str]) -> str:
+    if kernel in INT8_STATIC_KERNELS:
+        return "int8"
+    if kernel in INT8_DYNAMIC_KERNELS:
+        return "int8-dynamic"
+    if kernel in INT4_KERNELS:
+        return "int4w"
+    if input_types and input_types[0] == "float16":
+        return "fp16"
+    return "fp32"
+
+
+def read_census(optimized: onnx.ModelProto, profile_events: list[dict],
+                groups: list[Group]) -> Census:
+    """Attribute the compute kernels of the optimized graph to groups and classify them.
+
+    A kernel belongs to a group when it consumes (possibly through a DequantizeLinear, Cast or
+    layout reorder) an initializer that is one of the group's weights or biases, or was derived
+    from one by ONNX Runtime or its quantizers (derived names extend the original with "_...").
+    The profiled run tells which kernel each node really executed and with which input types.
+    """
+    ran: dict[str, tuple[str, list[str]]] = {}
+    kernels: Counter[str] = Counter()
+    for ev in profile_events:
+        if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
+            continue
+        args = ev.get("args", {})
+        node = ev["name"][: -len("_kernel_time")]
+        types = [next(iter(t)) for t in args.get("input_type_shape", []) if t]
+        ran[node] = (args.get("op_name", ""), types)
+        kernels[args.get("op_name", "")] += 1
+
+    owner: dict[str, str] = {}  # weight/bias name -> group
+    for g in groups:
+        for op in g.ops:
+            owner[op.weight] = g.name
+            if op.bias:
+                owner[op.bias] = g.name
+    inits = {i.name for i in optimized.graph.initializer}
+
+    def group_of(tensor: str) -> str | None:
+        if tensor not in inits:
+            return None
+        # derived initializers keep the original name and add "_..." segments before or after
+        # it (W_quantized, FusedBack_W, ...): try every such trimming, longest first
+        parts = tensor.split("_")
+        for drop_front in range(len(parts)):
+            for end in range(len(parts), drop_front, -1):
+                name = "_".join(parts[drop_front:end])
+                if name in owner:
+                    return owner[name]
+        return None
+
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in optimized.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+
+    found: dict[str, set[str]] = {g.name: set() for g in groups}
+    for node in optimized.graph.node:
+        gs = {g for g in (group_of(i) for i in node.input) if g}
+        if not gs:
+            continue
+        frontier = [node]
+        seen: set[str] = set()
+        while frontier:
+            n = frontier.pop()
+            if n.name in seen:
+                continue
+            seen.add(n.name)
+            kernel, types = ran.get(n.name, (n.op_type, []))
+            if kernel in COMPUTE_KERNELS:
+                for g in gs:
+                    found[g].add(_classify(kernel, types))
+            elif n.op_type in WEIGHT_PASSTHROUGH:
+                for out in n.output:
+                    frontier.extend(consumers.get(out, []))
+    executed = {}
+    for g in groups:
+        classes = found[g.name]
+        if len(classes) == 1:
+            executed[g.name] = next(iter(classes))
+        elif not classes:
+            executed[g.name] = "unknown"
+        else:
+            executed[g.name] = "mixed(" + ",".join(sorted(classes)) + ")"
+    return Census(executed=executed, kernels=dict(sorted(kernels.items())),
+                  source="onnxruntime profiler + optimized graph")

@@ -1,0 +1,395 @@
+"""`trt-mpq <verb>`: parse, build a config, call the library. Nothing more.
+
+Exit codes: 0 ok, 1 budget not met (outputs still written), 2 user error (clear message, no
+traceback), 130 interrupted (evaluations so far are saved; --resume continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import shlex
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from trt_mpq.errors import ConfigError, TrtMpqError
+
+log = logging.getLogger("trt_mpq.cli")
+
+EXIT_OK, EXIT_BUDGET, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+# -- logging -----------------------------------------------------------------------------------
+class _TqdmHandler(logging.Handler):
+    """Log lines that do not tear progress bars apart."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            from tqdm.auto import tqdm
+
+            tqdm.write(self.format(record), file=sys.stderr)
+        except Exception:  # pragma: no cover - logging must never raise
+            self.handleError(record)
+
+
+def configure_logging(verbosity: int) -> None:
+    level = logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO
+    handler = _TqdmHandler()
+    handler.setFormatter(logging.Formatter("%(message)s" if verbosity <= 0 else
+                                           "%(asctime)s %(name)s %(levelname)s: %(message)s"))
+    root = logging.getLogger("trt_mpq")
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    root.propagate = False
+
+
+# -- shared options ----------------------------------------------------------------------------
+def _common(p: argparse.ArgumentParser, *, task: bool = True) -> None:
+    p.add_argument("model", metavar="MODEL",
+                   help="a zoo name (`trt-mpq zoo`) or an .onnx file")
+    if task:
+        p.add_argument("--task", metavar="PKG.MODULE:FUNC",
+                       help="for an .onnx file: a function returning trt_mpq.task.Task "
+                            "(data splits + metric)")
+    p.add_argument("--cache-dir", type=Path, default=None,
+                   help="where exported models, data and calibration are cached "
+                        "(default: $TRT_MPQ_CACHE or ~/.cache/trt-mpq)")
+
+
+def _backend_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--backend", default="ort-cpu", help="ort-cpu (default)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="intra-op threads (default: every core this process may use)")
+    p.add_argument("--calib-method", default="minmax", help="minmax | percentile | entropy")
+    p.add_argument("--calib-samples", type=int, default=256)
+    p.add_argument("--warmup", type=int, default=10, help="untimed runs before timing")
+    p.add_argument("--repeats", type=int, default=60, help="timed runs per plan and baseline")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # -v/-q/--no-progress work before or after the command
+    flags = argparse.ArgumentParser(add_help=False)
+    flags.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+                       help="more log lines (-vv: debug)")
+    flags.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+                       help="warnings and errors only")
+    flags.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS,
+                       help="no progress bars (they are off anyway when stderr is not a terminal)")
+    parser = argparse.ArgumentParser(
+        prog="trt-mpq", parents=[flags],
+        description="Latency-measured mixed-precision post-training quantization search.")
+    parser.set_defaults(verbose=0, quiet=0, no_progress=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add = sub.add_parser
+
+    def add_parser(name, **kw):
+        return _add(name, parents=[flags], **kw)
+
+    sub.add_parser = add_parser  # type: ignore[method-assign]
+
+    sub.add_parser("zoo", help="list the built-in models and tasks")
+
+    p = sub.add_parser("inspect", help="list a model's quantizable groups")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("calibrate", help="collect (and cache) activation ranges")
+    _common(p)
+    p.add_argument("--calib-method", default="minmax", help="minmax | percentile | entropy")
+    p.add_argument("--calib-samples", type=int, default=256)
+
+    p = sub.add_parser("evaluate", help="measure one plan: accuracy, latency ratio, census")
+    _common(p)
+    _backend_opts(p)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--plan", type=Path, help="plan.json (from a search, or written by hand)")
+    g.add_argument("--uniform", metavar="PRECISION",
+                   help="every group at one precision, e.g. int8, fp32, fp16")
+    p.add_argument("--out", type=Path, help="also write the evaluation JSON to this file")
+
+    p = sub.add_parser("search", help="find the fastest plan within an accuracy budget")
+    _common(p)
+    _backend_opts(p)
+    p.add_argument("--max-drop", required=True, metavar="BUDGET",
+                   help="largest allowed metric drop: relative (1%%, 0.01%%) or absolute (0.005)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: engines/<model>-<backend>-<time>/)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the search in --out (or the latest one for this model and "
+                        "backend) without re-measuring anything")
+    p.add_argument("--strategy", default="bisection", help="bisection | frontier")
+    p.add_argument("--sensitivity", default="noise", help="sensitivity metric (noise)")
+    p.add_argument("--precision", default="auto",
+                   help="what groups are lowered to: auto (int8-dynamic for MatMul and int8 "
+                        "otherwise on ort-cpu), int8, int8-dynamic, int4w, ...")
+    p.add_argument("--sweep", type=int, default=6, help="extra prefixes measured for the frontier")
+    p.add_argument("--refine", type=int, default=2,
+                   help="also measure k +- this around the bisection boundary")
+    p.add_argument("--sensitivity-samples", type=int, default=64)
+
+    p = sub.add_parser("report", help="rewrite report.md and the plots of a finished search")
+    p.add_argument("out", type=Path, metavar="DIR")
+    return parser
+
+
+# -- helpers -----------------------------------------------------------------------------------
+def _cache_dir(args) -> Path:
+    from trt_mpq.task import default_cache_dir
+
+    return Path(args.cache_dir) if args.cache_dir else default_cache_dir()
+
+
+def _progress(args) -> bool | None:
+    return False if args.no_progress else None
+
+
+def _workspace(args):
+    from trt_mpq.pipeline.workspace import Workspace
+
+    return Workspace.open(args.model, getattr(args, "task", None), _cache_dir(args),
+                          progress=_progress(args))
+
+
+def _calib_config(args):
+    from trt_mpq.calib import CalibConfig, CalibMethod
+
+    return CalibConfig(method=CalibMethod.parse(args.calib_method), num_samples=args.calib_samples)
+
+
+def _backend(args):
+    from trt_mpq.backends import get_backend
+
+    return get_backend(args.backend, threads=args.threads)
+
+
+def _measure(args):
+    from trt_mpq.measure import MeasureConfig
+
+    return MeasureConfig(warmup=args.warmup, repeats=args.repeats,
+                         min_repeats=min(15, args.repeats))
+
+
+# -- commands ----------------------------------------------------------------------------------
+def cmd_zoo(args) -> int:
+    from trt_mpq.zoo import ZOO
+
+    width = max(len(n) for n in ZOO)
+    for name, e in ZOO.items():
+        print(f"{name:<{width}}  [{e.weights}]  {e.description}")
+    return EXIT_OK
+
+
+def cmd_inspect(args) -> int:
+    import onnx
+
+    from trt_mpq.model.groups import find_groups
+    from trt_mpq.model.load import prepare_model
+    from trt_mpq.pipeline.workspace import looks_like_path, model_input_specs, resolve_task
+
+    cache = _cache_dir(args)
+    if looks_like_path(args.model) and not args.task:
+        source = Path(args.model)
+    else:
+        source = resolve_task(args.model, args.task, cache, _progress(args)).model_path
+    prepared = prepare_model(source, cache)
+    model = onnx.load(str(prepared))
+    groups = find_groups(model)
+    inputs = model_input_specs(model)
+    if args.json:
+        print(json.dumps({"model": str(source), "inputs": {k: {"dtype": d, "shape": list(s)}
+                                                           for k, (d, s) in inputs.items()},
+                          "groups": [g.to_json_dict() for g in groups]}, indent=2))
+        return EXIT_OK
+    print(f"model: {source}")
+    for name, (dtype, shape) in inputs.items():
+        print(f"input: {name} {dtype} {list(shape)}")
+    for o in model.graph.output:
+        print(f"output: {o.name}")
+    w = min(70, max(len(g.name) for g in groups))
+    print(f"\n{'group':<{w}}  {'op':<7} {'ops':>3}  {'weight shape':<18} {'MACs':>14} {'params':>11}")
+    for g in groups:
+        shape = "x".join(str(d) for d in g.ops[0].weight_shape)
+        print(f"{g.name[-w:]:<{w}}  {g.op_type:<7} {len(g.ops):>3}  {shape:<18} "
+              f"{g.macs:>14,} {g.params:>11,}")
+    print(f"\n{len(groups)} groups, {sum(len(g.ops) for g in groups)} quantizable ops, "
+          f"{sum(g.macs for g in groups):,} MACs per sample, {sum(g.params for g in groups):,} "
+          "weights")
+    return EXIT_OK
+
+
+def cmd_calibrate(args) -> int:
+    ws = _workspace(args)
+    config = _calib_config(args)
+    t0 = time.perf_counter()
+    ranges = ws.calibrate(config)
+    print(json.dumps({"model": ws.task.name, "method": ranges.method.value,
+                      "samples": ranges.num_samples, "tensors": len(ranges.values),
+                      "ranges_digest": ranges.digest,
+                      "seconds": round(time.perf_counter() - t0, 2)}, indent=2))
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    import tempfile
+
+    from trt_mpq.errors import PlanError
+    from trt_mpq.pipeline.evaluator import Evaluator
+    from trt_mpq.plan import Plan, Precision
+    from trt_mpq.qdq import check_plan
+
+    ws = _workspace(args)
+    backend = _backend(args)
+    measure = _measure(args)
+    names = ws.group_names()
+    if args.plan:
+        try:
+            text = Path(args.plan).read_text()
+        except OSError as e:
+            raise PlanError(f"cannot read the plan file {args.plan}: {e.strerror}") from None
+        plan = Plan.from_json(text, names)
+    else:
+        plan = Plan.uniform(names, Precision.parse(args.uniform))
+    check_plan(plan, ws.groups, backend.dialect)
+    ranges = ws.calibrate(_calib_config(args))
+    with tempfile.TemporaryDirectory(prefix="trt-mpq-eval-") as tmp:
+        with Evaluator(ws, backend, ranges, measure, None, Path(tmp)) as ev:
+            evaluation = ev.evaluate(plan, "evaluate")
+            baseline_metric = ev.baseline.metric
+    out = {"model": ws.task.name, "backend": backend.name, "weights": ws.task.weights,
+           "baseline_metric": baseline_metric, **evaluation.to_json_dict()}
+    text = json.dumps(out, indent=2)
+    print(text)
+    if args.out:
+        from trt_mpq.report import write_text
+
+        write_text(Path(args.out), text + "\n")
+    return EXIT_OK
+
+
+def _resolve_out(args, model_name: str, backend_name: str) -> Path:
+    engines = Path("engines")
+    if args.out is not None:
+        out = Path(args.out)
+    elif args.resume:
+        candidates = sorted(engines.glob(f"{model_name}-{backend_name}-*/evaluations.sqlite"),
+                            key=lambda p: p.stat().st_mtime)
+        if not candidates:
+            raise ConfigError(f"--resume found no earlier search of {model_name} on "
+                              f"{backend_name} under {engines}/; pass --out DIR")
+        out = candidates[-1].parent
+    else:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        out = engines / f"{model_name}-{backend_name}-{stamp}"
+    store = out / "evaluations.sqlite"
+    if args.resume:
+        if not store.exists():
+            raise ConfigError(f"--resume: {out} holds no earlier search (no evaluations.sqlite)")
+    elif out.exists() and any(out.iterdir()):
+        hint = ("it holds an earlier search: add --resume to continue it, or "
+                if store.exists() else "")
+        raise ConfigError(f"output folder {out} is not empty; {hint}choose another --out")
+    return out
+
+
+def cmd_search(args) -> int:
+    from trt_mpq.calib import CalibMethod  # noqa: F401  (validates early via _calib_config)
+    from trt_mpq.pipeline.outputs import write_search_outputs
+    from trt_mpq.pipeline.search import SearchConfig, run_search
+    from trt_mpq.plan import Precision
+    from trt_mpq.search import Budget
+    from trt_mpq.store import Store
+
+    t_start = time.perf_counter()
+    budget = Budget.parse(args.max_drop)
+    precision = None if args.precision == "auto" else Precision.parse(args.precision)
+    config = SearchConfig(budget=budget, strategy=args.strategy, sensitivity=args.sensitivity,
+                          precision=precision, sweep_points=args.sweep, refine=args.refine,
+                          sensitivity_samples=args.sensitivity_samples)
+    from trt_mpq.sensitivity import get_metric
+
+    get_metric(config.sensitivity)
+    calib = _calib_config(args)
+    measure = _measure(args)
+    backend = _backend(args)
+    ws = _workspace(args)
+    from trt_mpq.pipeline.search import low_precisions
+
+    low_precisions(ws, backend.dialect, precision)  # refuse impossible precisions before work
+    out = _resolve_out(args, ws.task.name, backend.name)
+    ranges = ws.calibrate(calib)
+    context = {"model": ws.model_digest, "task_data": ws.task.data_digest,
+               "backend": {k: v for k, v in backend.describe().items()},
+               "ranges": ranges.digest, "measure": measure.to_json_dict(),
+               "latency_batch": ws.task.latency_batch}
+    setup_s = time.perf_counter() - t_start
+    created = out  # the top-most folder this run creates, removed again on early bad input
+    while not created.parent.exists():
+        created = created.parent
+    created = created if not created.exists() else None
+    out.mkdir(parents=True, exist_ok=True)
+    log.info("search %s on %s, budget %s -> %s", ws.task.name, backend.name, budget.describe(), out)
+    with Store(out / "evaluations.sqlite", context) as store:
+        try:
+            outcome = run_search(ws, backend, ranges, measure, config, out, store)
+        except TrtMpqError:
+            if created is not None and len(store) == 0:  # bad input found before any
+                store.close()                             # measurement: leave nothing behind
+                shutil.rmtree(created, ignore_errors=True)
+            raise
+        except KeyboardInterrupt:
+            print(f"\ninterrupted: {len(store)} evaluation(s) are saved in {out}; continue with\n"
+                  f"  trt-mpq search {shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else ''} "
+                  f"--resume --out {out}", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        result = write_search_outputs(out, ws, backend, outcome, config, calib, ranges, measure,
+                                      argv=sys.argv[1:], setup_s=setup_s)
+    best = result["best"]
+    if best:
+        print(f"budget met: {best['precision_counts']} -> latency x{best['latency_ratio']:.3f} "
+              f"of baseline ({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "
+              f"holdout drop {100 * best['holdout_rel_drop']:+.2f}% "
+              f"({result['evaluations']} plans, {result['wall_s']:.0f} s)\n"
+              f"  {out / 'model.onnx'}\n  {out / 'report.md'}")
+        return EXIT_OK
+    print(f"budget NOT met: no quantized plan stayed within {budget.describe()} on search and "
+          f"holdout; frontier and report in {out}")
+    return EXIT_BUDGET
+
+
+def cmd_report(args) -> int:
+    from trt_mpq.report import regenerate
+
+    for p in regenerate(args.out):
+        print(p)
+    return EXIT_OK
+
+
+COMMANDS = {"zoo": cmd_zoo, "inspect": cmd_inspect, "calibrate": cmd_calibrate,
+            "evaluate": cmd_evaluate, "search": cmd_search, "report": cmd_report}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return EXIT_USER
+    configure_logging(args.verbose - args.quiet)
+    try:
+        return COMMANDS[args.command](args)
+    except TrtMpqError as e:
+        print(f"trt-mpq {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_USER
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except BrokenPipeError:  # e.g. `trt-mpq inspect MODEL | head`
+        sys.stderr.close()
+        return EXIT_OK
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

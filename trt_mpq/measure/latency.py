@@ -1,0 +1,99 @@
+"""Latency: warm-up, then many timed runs of each runner, interleaved round by round.
+
+Timing on shared machines drifts by tens of percent between runs (DESIGN.md §3); the ratio of two
+runners timed in the same rounds is stable. So every candidate is timed interleaved with the
+baseline and the result that matters is the ratio of medians. Which runner goes first alternates
+every round, so neither always runs on a cache warmed by the other.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from trt_mpq.backends.base import Runner
+from trt_mpq.errors import ConfigError, MeasurementError
+
+
+@dataclass(frozen=True)
+class MeasureConfig:
+    warmup: int = 10
+    repeats: int = 60  # timed runs per runner
+    max_seconds: float = 60.0  # stop early (with at least min_repeats) past this wall time
+    min_repeats: int = 15
+
+    def __post_init__(self) -> None:
+        if self.warmup < 0:
+            raise ConfigError("warmup must be >= 0")
+        if self.repeats < 3:
+            raise ConfigError("repeats must be >= 3 (medians of fewer runs are noise)")
+        if not 3 <= self.min_repeats <= self.repeats:
+            raise ConfigError("min_repeats must be in [3, repeats]")
+        if self.max_seconds <= 0:
+            raise ConfigError("max_seconds must be > 0")
+
+    def to_json_dict(self) -> dict:
+        return {"warmup": self.warmup, "repeats": self.repeats, "max_seconds": self.max_seconds,
+                "min_repeats": self.min_repeats}
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    median_ms: float
+    p90_ms: float
+    p10_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    n: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> LatencyStats:
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        return cls(median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)),
+                   p10_ms=float(np.percentile(ms, 10)), mean_ms=float(ms.mean()),
+                   std_ms=float(ms.std()), min_ms=float(ms.min()), n=int(ms.size))
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: relative width of the middle 80% of runs."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms else math.inf
+
+    def to_json_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "p10_ms": self.p10_ms,
+                "mean_ms": self.mean_ms, "std_ms": self.std_ms, "min_ms": self.min_ms,
+                "n": self.n, "spread": self.spread}
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping) -> LatencyStats:
+        return cls(**{k: d[k] for k in ("median_ms", "p90_ms", "p10_ms", "mean_ms", "std_ms",
+                                        "min_ms", "n")})
+
+
+def measure_interleaved(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
+                        config: MeasureConfig) -> list[LatencyStats]:
+    """Time every runner on `feed`, interleaved; one `LatencyStats` per runner, in order."""
+    if not runners:
+        return []
+    feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
+    try:
+        for _ in range(config.warmup):
+            for r in runners:
+                r.time_once(feed)
+        times: list[list[float]] = [[] for _ in runners]
+        start = time.perf_counter()
+        for i in range(config.repeats):
+            order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
+            for k in order:
+                times[k].append(runners[k].time_once(feed))
+            if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_seconds:
+                break
+    except MeasurementError:
+        raise
+    except Exception as e:
+        raise MeasurementError(f"timing run failed: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    return [LatencyStats.of(t) for t in times]

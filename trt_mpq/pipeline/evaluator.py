@@ -1,0 +1,173 @@
+"""Evaluate one plan on a backend: materialize, build, census, accuracy, latency (interleaved
+with the baseline), recorded in the store. Failures of a candidate are recorded with their
+reason and the search goes on; unknown exceptions propagate (they are bugs)."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from trt_mpq.backends.base import Artifact, Backend, Runner
+from trt_mpq.calib import Ranges
+from trt_mpq.errors import BuildError, DataError, MeasurementError
+from trt_mpq.measure.accuracy import compute_outputs
+from trt_mpq.measure.latency import MeasureConfig, measure_interleaved
+from trt_mpq.pipeline.workspace import Workspace
+from trt_mpq.plan import Plan
+from trt_mpq.qdq import BASELINE, materialize
+from trt_mpq.search.evaluation import Evaluation, Status, drop_of
+from trt_mpq.store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Baseline:
+    plan: Plan
+    artifact: Artifact
+    runner: Runner
+    metric: float  # on the search split
+
+
+class Evaluator:
+    """Use as a context manager: it keeps the baseline artifact open for interleaved timing."""
+
+    def __init__(self, ws: Workspace, backend: Backend, ranges: Ranges, measure: MeasureConfig,
+                 store: Store | None, workdir: Path, keep_artifacts: bool = False) -> None:
+        self.ws = ws
+        self.backend = backend
+        self.ranges = ranges
+        self.measure = measure
+        self.store = store
+        self.workdir = Path(workdir)
+        self.keep_artifacts = keep_artifacts
+        self.baseline: Baseline | None = None
+        self.fresh = 0  # evaluations measured in this process
+        self.cached = 0  # evaluations reused from the store
+        self._feed = ws.task.latency_feed()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> Evaluator:
+        self.open_baseline()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.baseline is not None:
+            self.baseline.runner.close()
+            self.baseline = None
+
+    @property
+    def baseline_plan(self) -> Plan:
+        return Plan.uniform(self.ws.group_names(), BASELINE[self.backend.dialect])
+
+    def open_baseline(self) -> Baseline:
+        plan = self.baseline_plan
+        graph = materialize(self.ws.model, self.ws.groups, plan, self.ranges, self.backend.dialect)
+        try:
+            artifact = self.backend.build(graph, self.workdir / "baseline", self.ws.groups, self._feed)
+        except (BuildError, MeasurementError) as e:
+            raise DataError(f"the unquantized model does not build/run on {self.backend.name}: "
+                            f"{e}") from None
+        runner = self.backend.open(artifact).__enter__()
+        cached = self.store.get_blob("baseline_metric") if self.store else None
+        if cached is not None:
+            metric = float(cached)
+        else:
+            try:
+                outputs = compute_outputs(runner, self.ws.task.search, self.ws.task.eval_batch,
+                                          desc="baseline (search split)", progress=self.ws.progress)
+            except MeasurementError as e:
+                runner.close()
+                raise DataError(f"the unquantized model gives non-finite outputs on the search "
+                                f"split ({e}); check the data preprocessing") from None
+            metric = self.ws.task.metric(outputs, self.ws.task.search.labels)
+            if not np.isfinite(metric):
+                raise DataError(f"the task metric of the unquantized model is {metric}; check "
+                                "the labels and the metric")
+            if self.store:
+                self.store.put_blob("baseline_metric", metric)
+        self.baseline = Baseline(plan=plan, artifact=artifact, runner=runner, metric=metric)
+        return self.baseline
+
+    # -- evaluation -----------------------------------------------------------------------------
+    def evaluate(self, plan: Plan, label: str = "") -> Evaluation:
+        if self.store is not None:
+            found = self.store.get(plan.digest)
+            if found is not None:
+                self.cached += 1
+                return replace(found, cached=True)
+        ev = self._measure(plan, label)
+        self.fresh += 1
+        if self.store is not None:
+            self.store.put(ev)
+        return ev
+
+    def _measure(self, plan: Plan, label: str) -> Evaluation:
+        assert self.baseline is not None, "use the Evaluator as a context manager"
+        task = self.ws.task
+        t0 = time.perf_counter()
+        base = dict(plan=plan, label=label)
+        try:
+            graph = materialize(self.ws.model, self.ws.groups, plan, self.ranges,
+                                self.backend.dialect)
+        except Exception as e:  # the quantizer choked on this graph: a failed candidate
+            if type(e).__module__.startswith("trt_mpq"):
+                raise
+            return Evaluation(**base, status=Status.BUILD_FAILED,
+                              reason=f"materialization failed: {type(e).__name__}: {e}",
+                              wall_s=time.perf_counter() - t0)
+        t_mat = time.perf_counter() - t0
+        out_dir = self.workdir / "evals" / plan.digest
+        try:
+            artifact = self.backend.build(graph, out_dir, self.ws.groups, self._feed)
+        except BuildError as e:
+            self._cleanup(out_dir)
+            return Evaluation(**base, status=Status.BUILD_FAILED, reason=str(e),
+                              materialize_s=t_mat, wall_s=time.perf_counter() - t0)
+        except MeasurementError as e:
+            self._cleanup(out_dir)
+            return Evaluation(**base, status=Status.RUN_FAILED, reason=str(e),
+                              materialize_s=t_mat, wall_s=time.perf_counter() - t0)
+        common = dict(**base, census=artifact.census, materialize_s=t_mat,
+                      build_s=artifact.build_s)
+        if artifact.census is not None:
+            bad = artifact.census.mismatches(plan)
+            if bad:
+                self._cleanup(out_dir)
+                detail = "; ".join(f"{g}: planned {p}, ran {x}" for g, p, x in bad[:3])
+                more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+                return Evaluation(**common, status=Status.PRECISION_MISMATCH,
+                                  reason=f"{len(bad)} group(s) ran another precision: {detail}{more}",
+                                  wall_s=time.perf_counter() - t0)
+        try:
+            with self.backend.open(artifact) as runner:
+                try:
+                    outputs = compute_outputs(runner, task.search, task.eval_batch,
+                                              desc=label or "evaluate", progress=self.ws.progress)
+                except MeasurementError as e:
+                    status = Status.NAN_OUTPUT if "non-finite" in str(e) else Status.RUN_FAILED
+                    return Evaluation(**common, status=status, reason=str(e),
+                                      wall_s=time.perf_counter() - t0)
+                metric = task.metric(outputs, task.search.labels)
+                cand, base_lat = measure_interleaved([runner, self.baseline.runner], self._feed,
+                                                     self.measure)
+        except (BuildError, MeasurementError) as e:
+            return Evaluation(**common, status=Status.RUN_FAILED, reason=str(e),
+                              wall_s=time.perf_counter() - t0)
+        finally:
+            if not self.keep_artifacts:
+                self._cleanup(out_dir)
+        drop, rel = drop_of(metric, self.baseline.metric, task.metric.higher_is_better)
+        return Evaluation(**common, status=Status.OK, metric=metric, drop=drop, rel_drop=rel,
+                          latency=cand, baseline_latency=base_lat,
+                          latency_ratio=cand.median_ms / base_lat.median_ms,
+                          wall_s=time.perf_counter() - t0)
+
+    @staticmethod
+    def _cleanup(path: Path) -> None:
+        shutil.rmtree(path, ignore_errors=True)

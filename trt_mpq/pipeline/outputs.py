@@ -1,0 +1,142 @@
+"""Turn a `SearchOutcome` into the files of the output folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from trt_mpq.backends.base import Backend
+from trt_mpq.calib import CalibConfig, Ranges
+from trt_mpq.measure.latency import MeasureConfig
+from trt_mpq.pipeline.search import Confirmation, SearchConfig, SearchOutcome
+from trt_mpq.pipeline.workspace import Workspace
+from trt_mpq.qdq import BASELINE
+from trt_mpq.report import (
+    machine_info,
+    pareto_rows,
+    plot_pareto,
+    render_csv,
+    render_report,
+    versions,
+    write_json,
+    write_text,
+)
+from trt_mpq.search import Evaluation
+
+
+def _confirmation_dict(c: Confirmation) -> dict:
+    ev = c.evaluation
+    return {"label": ev.label, "plan_digest": ev.plan.digest, "holdout_metric": c.holdout_metric,
+            "holdout_drop": c.holdout_drop, "holdout_rel_drop": c.holdout_rel_drop,
+            "latency_ratio": c.latency_ratio, "in_budget": c.in_budget}
+
+
+def evaluation_dicts(outcome: SearchOutcome, accept) -> list[dict]:
+    front = {e.plan.digest for e in outcome.frontier}
+    out = []
+    for e in outcome.evaluations:
+        d = e.to_json_dict()
+        d["on_frontier"] = e.plan.digest in front
+        d["in_budget"] = accept(e)
+        d["cached"] = e.cached
+        out.append(d)
+    return out
+
+
+def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, config: SearchConfig,
+                  argv: list[str] | None = None, setup_s: float = 0.0) -> dict:
+    task = ws.task
+    budget = config.budget
+    base_ev: Evaluation = outcome.evaluations[0]
+    best = outcome.best
+    base_lat = best.baseline_latency if best else base_ev.baseline_latency
+    result = {
+        "model": task.name,
+        "backend": backend.name,
+        "weights": task.weights,
+        "task": {
+            "metric": task.metric.name, "higher_is_better": task.metric.higher_is_better,
+            "description": task.description, "notes": list(task.notes),
+            "splits": {"calibration": len(task.calibration), "search": len(task.search),
+                       "holdout": len(task.holdout)},
+            "latency_batch": task.latency_batch,
+        },
+        "budget": {**budget.to_json_dict(), "allowed_drop": budget.allowed_drop(outcome.baseline_metric),
+                   "describe": budget.describe()},
+        "baseline": {
+            "precision": BASELINE[backend.dialect].value,
+            "metric": outcome.baseline_metric,
+            "holdout_metric": outcome.baseline_holdout_metric,
+            "latency_ms": base_lat.median_ms if base_lat else None,
+            "latency": base_lat.to_json_dict() if base_lat else None,
+        },
+        "best": None,
+        "budget_met": outcome.budget_met,
+        "evaluations": len(outcome.evaluations),
+        "fresh_evaluations": outcome.fresh,
+        "cached_evaluations": outcome.cached,
+        "wall_s": setup_s + outcome.wall_s,  # the whole command, from start to outputs
+        "phases": {"setup_s": setup_s, **outcome.phases},
+        "sensitivity": {**outcome.sensitivity.to_json_dict(), "order": outcome.order},
+        "low_precisions": {g: p.value for g, p in outcome.low.items()},
+        "tried_on_holdout": [_confirmation_dict(c) for c in outcome.tried],
+        "versions": versions(),
+        "machine": machine_info(),
+        "command": argv or [],
+    }
+    if best:
+        ev = best.evaluation
+        result["best"] = {
+            "plan": "plan.json",
+            "plan_digest": ev.plan.digest,
+            "label": ev.label,
+            "metric": ev.metric,
+            "drop": ev.drop,
+            "rel_drop": ev.rel_drop,
+            "holdout_metric": best.holdout_metric,
+            "holdout_drop": best.holdout_drop,
+            "holdout_rel_drop": best.holdout_rel_drop,
+            "latency_ms": best.latency.median_ms,
+            "latency": best.latency.to_json_dict(),
+            "baseline_latency": best.baseline_latency.to_json_dict(),
+            "latency_ratio": best.latency_ratio,
+            "search_latency_ratio": ev.latency_ratio,
+            "precision_counts": ev.plan.counts(),
+            "artifact": "model.onnx",
+            "extra_checks": best.extra,
+            "census_kernels": dict(ev.census.kernels) if ev.census else {},
+        }
+    return result
+
+
+def write_search_outputs(out_dir: Path, ws: Workspace, backend: Backend, outcome: SearchOutcome,
+                         config: SearchConfig, calib: CalibConfig, ranges: Ranges,
+                         measure: MeasureConfig, argv: list[str] | None = None,
+                         setup_s: float = 0.0) -> dict:
+    """Write every output file; `setup_s` is the time spent before the search (model export,
+    preparation, calibration), counted in the reported wall time."""
+    accept = lambda e: e.ok and config.budget.accepts(e.drop, outcome.baseline_metric)  # noqa: E731
+    result = search_result(ws, backend, outcome, config, argv, setup_s)
+    evals = evaluation_dicts(outcome, accept)
+    write_json(out_dir / "pareto.json", {"model": result["model"], "backend": result["backend"],
+                                         "baseline_metric": outcome.baseline_metric,
+                                         "evaluations": evals})
+    write_text(out_dir / "pareto.csv", render_csv(pareto_rows(evals)))
+    plot_pareto(result, evals, out_dir / "pareto.png")
+    if outcome.best:
+        write_text(out_dir / "plan.json", outcome.best.evaluation.plan.to_json() + "\n")
+    write_json(out_dir / "config.json", {
+        "search": config.to_json_dict(),
+        "calibration": {**calib.to_json_dict(), "ranges_digest": ranges.digest,
+                        "tensors": len(ranges.values)},
+        "measure": measure.to_json_dict(),
+        "backend": backend.describe(),
+        "model": {"source": str(ws.source_path), "prepared": str(ws.prepared_path),
+                  "groups": len(ws.groups)},
+        "cache_dir": str(ws.cache_dir),
+        "versions": result["versions"],
+        "machine": result["machine"],
+        "command": argv or [],
+    })
+    write_text(out_dir / "report.md", render_report(result, evals))
+    write_json(out_dir / "result.json", result)  # last: its presence marks a finished search
+    return result

@@ -1,0 +1,321 @@
+"""The search job: sensitivity -> order -> strategies -> frontier -> confirmation on the holdout.
+
+The answer is the in-budget plan with the lowest *measured* latency (latency is not monotone in
+the number of quantized groups on CPU), re-measured against the baseline and confirmed on the
+holdout split that the search never saw. If the fastest fails on the holdout, the next fastest
+in-budget plans are tried (up to `confirm_candidates`).
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from trt_mpq.backends.base import Artifact, Backend
+from trt_mpq.calib import Ranges
+from trt_mpq.errors import ConfigError, PlanError
+from trt_mpq.measure.accuracy import compute_outputs
+from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_interleaved
+from trt_mpq.pipeline.evaluator import Evaluator
+from trt_mpq.pipeline.workspace import Workspace
+from trt_mpq.plan import Plan, Precision
+from trt_mpq.qdq import BASELINE, MATMUL_ONLY, Dialect, check_plan, default_low_precision, materialize
+from trt_mpq.search import (
+    Around,
+    Bisection,
+    Budget,
+    Evaluation,
+    PrefixPlans,
+    PrefixSweep,
+    drive,
+    drop_of,
+    frontier,
+    ranked_in_budget,
+)
+from trt_mpq.sensitivity import SensitivityContext, SensitivityResult, get_metric
+from trt_mpq.store import Store
+from trt_mpq.task import Split
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("bisection", "frontier")
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    budget: Budget
+    strategy: str = "bisection"  # bisection (+ refine + sweep) | frontier (sweep only)
+    sensitivity: str = "noise"
+    precision: Precision | None = None  # None: the dialect's default low precision per group
+    sweep_points: int = 6
+    refine: int = 2  # after bisection, also try k +- refine around the boundary
+    sensitivity_samples: int = 64
+    confirm_candidates: int = 3
+    final_repeats_factor: int = 2  # the final re-measurement uses this many times more runs
+
+    def __post_init__(self) -> None:
+        if self.strategy not in STRATEGIES:
+            raise ConfigError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
+        if self.sweep_points < 0 or self.refine < 0:
+            raise ConfigError("sweep points and refine width must be >= 0")
+        if self.strategy == "frontier" and self.sweep_points < 1:
+            raise ConfigError("the frontier strategy needs --sweep >= 1")
+        if self.sensitivity_samples < 1:
+            raise ConfigError("sensitivity needs at least one sample")
+        if self.confirm_candidates < 1:
+            raise ConfigError("confirm_candidates must be >= 1")
+        if self.final_repeats_factor < 1:
+            raise ConfigError("final_repeats_factor must be >= 1")
+
+    def to_json_dict(self) -> dict:
+        return {"budget": self.budget.to_json_dict(), "strategy": self.strategy,
+                "sensitivity": self.sensitivity,
+                "precision": self.precision.value if self.precision else "auto",
+                "sweep_points": self.sweep_points, "refine": self.refine,
+                "sensitivity_samples": self.sensitivity_samples,
+                "confirm_candidates": self.confirm_candidates,
+                "final_repeats_factor": self.final_repeats_factor}
+
+
+@dataclass
+class Confirmation:
+    evaluation: Evaluation
+    holdout_metric: float
+    holdout_drop: float
+    holdout_rel_drop: float
+    latency: LatencyStats
+    baseline_latency: LatencyStats
+    in_budget: bool
+    extra: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def latency_ratio(self) -> float:
+        return self.latency.median_ms / self.baseline_latency.median_ms
+
+
+@dataclass
+class SearchOutcome:
+    baseline_plan: Plan
+    baseline_metric: float
+    baseline_holdout_metric: float
+    evaluations: list[Evaluation]
+    frontier: list[Evaluation]
+    sensitivity: SensitivityResult
+    order: list[str]
+    low: dict[str, Precision]
+    best: Confirmation | None  # None: no quantized plan met the budget on search and holdout
+    tried: list[Confirmation]
+    fresh: int
+    cached: int
+    wall_s: float
+    phases: dict[str, float]
+
+    @property
+    def budget_met(self) -> bool:
+        return self.best is not None
+
+
+def low_precisions(ws: Workspace, dialect: Dialect, precision: Precision | None) -> dict[str, Precision]:
+    """The precision each group is lowered to. A chosen precision that applies to MatMul only
+    (int8-dynamic, int4w) lowers Conv/Gemm groups to int8 instead."""
+    low = {}
+    for g in ws.groups:
+        if precision is None:
+            low[g.name] = default_low_precision(g, dialect)
+        elif precision in MATMUL_ONLY and g.op_type != "MatMul":
+            low[g.name] = Precision.INT8
+        else:
+            low[g.name] = precision
+    check_plan(Plan.of(low), ws.groups, dialect)
+    if precision is not None and precision is BASELINE[dialect]:
+        raise PlanError(f"{precision.value} is the baseline precision of {dialect.value}; "
+                        "choose a lower one")
+    return low
+
+
+def make_simulator(ws: Workspace, ranges: Ranges, dialect: Dialect):
+    """run(plan, split) -> outputs on ONNX Runtime (CPU): numerical effects of a plan, used by
+    sensitivity metrics. Not a latency measurement and not the target backend."""
+    import onnxruntime as ort
+
+    from trt_mpq.backends.ort import QDQ_DISABLED_OPTIMIZERS, has_qdq
+
+    def run(plan: Plan, split: Split) -> dict[str, np.ndarray]:
+        graph = materialize(ws.model, ws.groups, plan, ranges, dialect)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(graph.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS)
+                                    if has_qdq(graph) else [])
+        names = [o.name for o in sess.get_outputs()]
+        parts: dict[str, list] = {n: [] for n in names}
+        for feed, _ in split.batches(ws.task.eval_batch):
+            for n, v in zip(names, sess.run(None, feed)):
+                parts[n].append(v)
+        return {n: np.concatenate(v) for n, v in parts.items()}
+
+    return run
+
+
+def compute_sensitivity(ws: Workspace, ranges: Ranges, dialect: Dialect,
+                        low: dict[str, Precision], config: SearchConfig,
+                        store: Store | None) -> SensitivityResult:
+    key = f"sensitivity:{config.sensitivity}:{Plan.of(low).digest}:{config.sensitivity_samples}"
+    if store is not None:
+        cached = store.get_blob(key)
+        if cached is not None:
+            return SensitivityResult.from_json_dict(cached)
+    ctx = SensitivityContext(
+        model=ws.model, groups=tuple(ws.groups), ranges=ranges, dialect=dialect, low=low,
+        base=BASELINE[dialect], task=ws.task,
+        subset=ws.task.calibration.head(config.sensitivity_samples),
+        simulate=make_simulator(ws, ranges, dialect))
+    result = get_metric(config.sensitivity).score(ctx, progress=ws.progress)
+    if store is not None:
+        store.put_blob(key, result.to_json_dict())
+    return result
+
+
+def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> None:
+    if ev.ok:
+        verdict = "in budget" if budget.accepts(ev.drop, baseline_metric) else "out of budget"
+        log.info("%-22s metric %.4f  drop %+.2f%%  latency x%.3f  (%s)%s", ev.label, ev.metric,
+                 100 * (ev.rel_drop or 0.0), ev.latency_ratio, verdict,
+                 "  [cached]" if ev.cached else "")
+    else:
+        log.info("%-22s %s: %s%s", ev.label, ev.status.value, ev.reason,
+                 "  [cached]" if ev.cached else "")
+
+
+def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: MeasureConfig,
+               config: SearchConfig, out_dir: Path, store: Store) -> SearchOutcome:
+    from tqdm.auto import tqdm
+
+    t_start = time.perf_counter()
+    phases: dict[str, float] = {}
+    dialect = backend.dialect
+    low = low_precisions(ws, dialect, config.precision)
+    workdir = out_dir / ".work"
+    with Evaluator(ws, backend, ranges, measure, store, workdir) as evaluator:
+        baseline_metric = evaluator.baseline.metric
+        budget = config.budget
+
+        def accept(ev: Evaluation) -> bool:
+            return ev.ok and budget.accepts(ev.drop, baseline_metric)
+
+        t = time.perf_counter()
+        sens = compute_sensitivity(ws, ranges, dialect, low, config, store)
+        phases["sensitivity_s"] = time.perf_counter() - t
+        order = sens.order(ws.groups)
+        prefixes = PrefixPlans(order, {g: low[g] for g in order}, BASELINE[dialect])
+
+        strategies = []
+        if config.strategy == "bisection":
+            bis = Bisection(prefixes, accept)
+            strategies.append(bis)
+            if config.refine:
+                strategies.append(Around(prefixes, center=lambda: bis.best_k, width=config.refine))
+        if config.sweep_points:
+            strategies.append(PrefixSweep(prefixes, config.sweep_points))
+
+        t = time.perf_counter()
+        bar = tqdm(desc="search", unit="plan", leave=False,
+                   disable=None if ws.progress is None else not ws.progress)
+
+        def on_eval(ev: Evaluation) -> None:
+            _log_evaluation(ev, budget, baseline_metric)
+            bar.update(1)
+
+        try:
+            baseline_ev = evaluator.evaluate(evaluator.baseline_plan, "baseline")
+            on_eval(baseline_ev)
+            evaluations = [baseline_ev] + [
+                e for e in drive(strategies, evaluator.evaluate, on_eval)
+                if e.plan != baseline_ev.plan]
+        finally:
+            bar.close()
+        phases["search_s"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        holdout_base, base_holdout_outputs = _holdout_baseline(ws, evaluator)
+        tried: list[Confirmation] = []
+        best = None
+        for ev in ranked_in_budget(evaluations, accept):
+            if ev.plan == evaluator.baseline_plan:
+                continue
+            if len(tried) >= config.confirm_candidates:
+                break
+            conf = _confirm(ws, backend, evaluator, ev, measure, config, out_dir, holdout_base,
+                            base_holdout_outputs)
+            tried.append(conf)
+            if conf.in_budget:
+                best = conf
+                break
+            log.info("%s: holdout drop %.2f%% is out of budget; trying the next plan",
+                     ev.label, 100 * conf.holdout_rel_drop)
+        phases["confirm_s"] = time.perf_counter() - t
+        fresh, cached = evaluator.fresh, evaluator.cached
+    shutil.rmtree(workdir, ignore_errors=True)
+    return SearchOutcome(
+        baseline_plan=evaluator.baseline_plan, baseline_metric=baseline_metric,
+        baseline_holdout_metric=holdout_base, evaluations=evaluations,
+        frontier=frontier(evaluations), sensitivity=sens, order=order, low=low, best=best,
+        tried=tried, fresh=fresh, cached=cached, wall_s=time.perf_counter() - t_start,
+        phases=phases)
+
+
+def _holdout_baseline(ws: Workspace, evaluator: Evaluator):
+    task = ws.task
+    outputs = compute_outputs(evaluator.baseline.runner, task.holdout, task.eval_batch,
+                              desc="baseline (holdout)", progress=ws.progress)
+    return task.metric(outputs, task.holdout.labels), outputs
+
+
+def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluation,
+             measure: MeasureConfig, config: SearchConfig, out_dir: Path, holdout_base: float,
+             base_outputs: dict) -> Confirmation:
+    """Rebuild the plan into `out_dir/candidate`, measure the holdout metric and re-measure the
+    latency with more runs, interleaved with the baseline."""
+    task = ws.task
+    graph = materialize(ws.model, ws.groups, ev.plan, evaluator.ranges, backend.dialect)
+    cand_dir = out_dir / ".candidate"
+    shutil.rmtree(cand_dir, ignore_errors=True)
+    artifact = backend.build(graph, cand_dir, ws.groups, task.latency_feed())
+    with backend.open(artifact) as runner:
+        outputs = compute_outputs(runner, task.holdout, task.eval_batch,
+                                  desc="confirm (holdout)", progress=ws.progress)
+        metric = task.metric(outputs, task.holdout.labels)
+        final = replace(measure, repeats=measure.repeats * config.final_repeats_factor,
+                        max_seconds=measure.max_seconds * config.final_repeats_factor)
+        lat, base_lat = measure_interleaved([runner, evaluator.baseline.runner],
+                                            task.latency_feed(), final)
+        extra = {}
+        for check in task.extra_checks:
+            ref = compute_outputs(evaluator.baseline.runner, check.split, task.eval_batch,
+                                  progress=False)
+            got = compute_outputs(runner, check.split, task.eval_batch, progress=False)
+            extra[check.name] = float(check.fn(got, ref))
+    drop, rel = drop_of(metric, holdout_base, task.metric.higher_is_better)
+    in_budget = config.budget.accepts(drop, holdout_base)
+    if in_budget:
+        _install_artifact(artifact, out_dir)
+    shutil.rmtree(cand_dir, ignore_errors=True)
+    return Confirmation(evaluation=ev, holdout_metric=metric, holdout_drop=drop,
+                        holdout_rel_drop=rel, latency=lat, baseline_latency=base_lat,
+                        in_budget=in_budget, extra=extra)
+
+
+def _install_artifact(artifact: Artifact, out_dir: Path) -> None:
+    for f in (artifact.path, *artifact.files):
+        target = out_dir / f.name
+        shutil.move(str(f), str(target))
+
+
+__all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
+           "compute_sensitivity", "make_simulator", "STRATEGIES"]

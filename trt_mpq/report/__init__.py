@@ -1,0 +1,259 @@
+"""Outputs of a search: result.json, plan.json, pareto.{csv,json,png}, report.md, config.json.
+
+Files are written whole (temporary file, then rename), so a reader never sees half a file.
+`regenerate(out_dir)` rebuilds the human-facing files (report.md, pareto.csv/png) from
+result.json and pareto.json alone.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from trt_mpq.errors import TrtMpqError
+
+PRECISION_COLUMNS = ("fp32", "fp16", "int8", "int8-dynamic", "fp8", "int4w")
+
+
+def write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, data) -> None:
+    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
+
+
+def _jsonable(o):
+    if hasattr(o, "to_json_dict"):
+        return o.to_json_dict()
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, Path):
+        return str(o)
+    raise TypeError(f"not JSON serializable: {type(o).__name__}")
+
+
+def machine_info() -> dict:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count()
+    return {"cpu": cpu, "cores": cores, "platform": platform.platform(),
+            "python": platform.python_version()}
+
+
+def versions() -> dict:
+    import importlib.metadata as md
+
+    out = {}
+    for pkg in ("trt-mpq", "onnx", "onnxruntime", "numpy", "torch", "transformers", "tensorrt",
+                "tensorrt-rtx"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            continue
+    return out
+
+
+# -- pareto ------------------------------------------------------------------------------------
+def pareto_rows(evaluations: Sequence[Mapping]) -> list[dict]:
+    """Flat rows for pareto.csv from evaluation dicts (as in pareto.json)."""
+    rows = []
+    for e in evaluations:
+        lat = e.get("latency") or {}
+        base = e.get("baseline_latency") or {}
+        row = {
+            "plan_digest": e["plan_digest"], "label": e.get("label", ""), "status": e["status"],
+            "metric": e.get("metric"), "drop": e.get("drop"), "rel_drop": e.get("rel_drop"),
+            "latency_ms": lat.get("median_ms"), "latency_p90_ms": lat.get("p90_ms"),
+            "baseline_latency_ms": base.get("median_ms"), "latency_ratio": e.get("latency_ratio"),
+            "on_frontier": bool(e.get("on_frontier")), "in_budget": bool(e.get("in_budget")),
+        }
+        counts = e.get("precision_counts", {})
+        for p in PRECISION_COLUMNS:
+            row[f"n_{p}"] = counts.get(p, 0)
+        row["reason"] = e.get("reason", "")
+        rows.append(row)
+    return rows
+
+
+def render_csv(rows: Sequence[Mapping]) -> str:
+    if not rows:
+        return ""
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def plot_pareto(result: Mapping, evaluations: Sequence[Mapping], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ok = [e for e in evaluations if e["status"] == "ok" and e.get("latency_ratio") is not None]
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    base_metric = result["baseline"]["metric"]
+    allowed = result["budget"]["allowed_drop"]
+    higher = result.get("task", {}).get("higher_is_better", True)
+    floor = base_metric - allowed if higher else base_metric + allowed
+    if ok:
+        xs = [e["latency_ratio"] for e in ok]
+        ax.axhspan(floor, max(max(e["metric"] for e in ok), base_metric) + 0.01 * abs(base_metric or 1),
+                   color="tab:green", alpha=0.08, label="within budget (search split)")
+        ax.scatter(xs, [e["metric"] for e in ok], s=22, c="0.55", label="evaluated plans",
+                   zorder=2)
+        front = sorted((e for e in ok if e.get("on_frontier")), key=lambda e: e["latency_ratio"])
+        if front:
+            ax.plot([e["latency_ratio"] for e in front], [e["metric"] for e in front], "-o",
+                    c="tab:blue", ms=5, label="measured frontier", zorder=3)
+    ax.axhline(floor, c="tab:green", lw=1, ls="--")
+    ax.scatter([1.0], [base_metric], marker="s", s=60, c="k", label="baseline", zorder=4)
+    best = result.get("best")
+    if best:
+        ax.scatter([best["search_latency_ratio"]], [best["metric"]], marker="*", s=220,
+                   c="tab:red", label="chosen plan", zorder=5)
+    ax.set_xlabel("latency / baseline latency (measured, interleaved)")
+    ax.set_ylabel(f"{result.get('task', {}).get('metric', 'metric')} (search split)")
+    ax.set_title(f"{result['model']} on {result['backend']} "
+                 f"(budget {result['budget']['describe']})")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
+    os.close(fd)
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+
+
+# -- report.md ---------------------------------------------------------------------------------
+def _pct(x) -> str:
+    return "n/a" if x is None else f"{100 * x:+.2f}%"
+
+
+def _f(x, nd=4) -> str:
+    return "n/a" if x is None else f"{x:.{nd}f}"
+
+
+def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
+    b = result["baseline"]
+    best = result.get("best")
+    lines = [f"# trt-mpq search: {result['model']} on {result['backend']}", ""]
+    if result.get("weights") == "random":
+        lines += ["> **Random weights**: this model's weights are random (no pretrained weights "
+                  "were available offline). Latencies are real; the metric only measures "
+                  "agreement with the FP32 model. Use it for latency studies only.", ""]
+    verdict = ("**Budget met.**" if result["budget_met"] else
+               "**Budget not met**: no quantized plan stayed within the budget on both the "
+               "search and the holdout split; the frontier below shows what was measured.")
+    lines += [verdict, "",
+              f"- Budget: metric drop at most {result['budget']['describe']} "
+              f"(= {result['budget']['allowed_drop']:.4g} in metric units)",
+              f"- Metric: {result['task']['metric']} "
+              f"(search split {result['task']['splits']['search']} samples, holdout "
+              f"{result['task']['splits']['holdout']})",
+              f"- Evaluations: {result['evaluations']} plans measured "
+              f"({result['cached_evaluations']} reused from the store this run), "
+              f"wall time {result['wall_s']:.0f} s", ""]
+    lines += ["## Result", "", "| | baseline | chosen plan |", "|---|---|---|"]
+    if best:
+        lines += [
+            f"| metric, search split | {_f(b['metric'])} | {_f(best['metric'])} "
+            f"({_pct(-best['rel_drop'])}) |",
+            f"| metric, holdout split | {_f(b['holdout_metric'])} | "
+            f"{_f(best['holdout_metric'])} ({_pct(-best['holdout_rel_drop'])}) |",
+            f"| latency, median (p90) | {b['latency_ms']:.3f} ms ({b['latency']['p90_ms']:.3f}) | "
+            f"{best['latency_ms']:.3f} ms ({best['latency']['p90_ms']:.3f}) |",
+            f"| latency ratio | 1.000 | **{best['latency_ratio']:.3f}** |",
+            f"| precisions | all {b['precision']} | "
+            + ", ".join(f"{k}: {v}" for k, v in sorted(best["precision_counts"].items())) + " |",
+        ]
+        for name, value in best.get("extra_checks", {}).items():
+            lines.append(f"| {name} | 1.000 | {value:.4f} |")
+        lines += ["", f"Latencies were re-measured for the chosen plan and the baseline in the "
+                  f"same process, interleaved ({best['latency']['n']} runs each); the ratio is "
+                  "what to quote. Artifact: `model.onnx` (plan in `plan.json`)."]
+        if best.get("census_kernels"):
+            k = best["census_kernels"]
+            lines += ["", "Kernels that ran (profiler census): "
+                      + ", ".join(f"{n} x{c}" for n, c in sorted(k.items(), key=lambda kv: -kv[1])[:12])]
+    else:
+        lines += [f"| metric, search split | {_f(b['metric'])} | n/a |",
+                  f"| metric, holdout split | {_f(b['holdout_metric'])} | n/a |"]
+    tried = result.get("tried_on_holdout", [])
+    if len(tried) > (1 if best else 0):
+        lines += ["", "Plans tried on the holdout split (fastest in-budget first):", ""]
+        for t in tried:
+            lines.append(f"- {t['label']}: latency x{t['latency_ratio']:.3f}, holdout drop "
+                         f"{_pct(t['holdout_rel_drop'])} -> "
+                         f"{'accepted' if t['in_budget'] else 'rejected'}")
+    s = result["sensitivity"]
+    lines += ["", "## How it was found", "",
+              f"Sensitivity metric `{s['metric']}` ({s['passes']} passes over {s['samples']} "
+              f"samples, {s['seconds']:.1f} s); groups were lowered in this order (least "
+              f"sensitive first), bisecting on how many to lower, then sweeping more prefixes.",
+              "", "![frontier](pareto.png)", "",
+              "| # | how | status | metric | drop | latency ratio | frontier | in budget |",
+              "|---|---|---|---|---|---|---|---|"]
+    for i, e in enumerate(evaluations, 1):
+        lines.append(
+            f"| {i} | {e.get('label', '')} | {e['status']} | {_f(e.get('metric'))} | "
+            f"{_pct(e.get('rel_drop'))} | {_f(e.get('latency_ratio'), 3)} | "
+            f"{'yes' if e.get('on_frontier') else ''} | {'yes' if e.get('in_budget') else ''} |")
+    failed = [e for e in evaluations if e["status"] != "ok"]
+    if failed:
+        lines += ["", "Failed candidates:", ""]
+        lines += [f"- {e.get('label', '')}: {e['status']}: {e.get('reason', '')}" for e in failed]
+    order = s.get("order", [])
+    if len(order) >= 10:
+        lines += ["", f"Least sensitive groups: {', '.join(f'`{g}`' for g in order[:5])}",
+                  f"Most sensitive groups: {', '.join(f'`{g}`' for g in order[-5:][::-1])}"]
+    notes = result.get("task", {}).get("notes", [])
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    m = result.get("machine", {})
+    lines += ["", "## Machine and versions", "",
+              f"- {m.get('cpu', '?')}, {m.get('cores', '?')} cores, {m.get('platform', '')}",
+              "- " + ", ".join(f"{k} {v}" for k, v in result.get("versions", {}).items()), ""]
+    return "\n".join(lines)
+
+
+def regenerate(out_dir: Path) -> list[Path]:
+    """Rewrite report.md, pareto.csv and pareto.png from result.json + pareto.json."""
+    out_dir = Path(out_dir)
+    try:
+        result = json.loads((out_dir / "result.json").read_text())
+        evaluations = json.loads((out_dir / "pareto.json").read_text())["evaluations"]
+    except FileNotFoundError as e:
+        raise TrtMpqError(f"{out_dir} has no {Path(e.filename).name}; point `trt-mpq report` at "
+                          "a finished search's output folder") from None
+    except (json.JSONDecodeError, KeyError) as e:
+        raise TrtMpqError(f"{out_dir}: result.json/pareto.json are damaged ({e}); rerun the "
+                          "search with --resume to rewrite them") from None
+    write_text(out_dir / "pareto.csv", render_csv(pareto_rows(evaluations)))
+    plot_pareto(result, evaluations, out_dir / "pareto.png")
+    write_text(out_dir / "report.md", render_report(result, evaluations))
+    return [out_dir / "report.md", out_dir / "pareto.csv", out_dir / "pareto.png"]
