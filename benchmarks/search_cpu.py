@@ -1,0 +1,136 @@
+"""CPU search benchmark: runs `trt-mpq search` on zoo models (ONNX Runtime, CPU) and writes a
+table to benchmarks/RESULTS.md (between the markers of its "CPU search" section).
+
+    python benchmarks/search_cpu.py                       # every model below
+    python benchmarks/search_cpu.py --models resnet-digits minilm-sentiment
+
+Per model: baseline latency, the uniform low-precision plan's latency ratio and drop (the
+bisection's first evaluation: every group lowered), the searched plan's latency ratio and
+holdout drop, evaluations, wall time, and materialization time per plan. Every ratio is measured
+against the baseline in the same process, interleaved. Runs go to benchmarks/runs/ (ignored).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+MODELS = ["resnet-digits", "mobilenetv2-digits", "minilm-sentiment", "efficientnet-lite0",
+          "resnet50", "mobilenet_v2", "bert-base"]
+BEGIN, END = "<!-- search_cpu:begin -->", "<!-- search_cpu:end -->"
+
+
+def run(model: str, max_drop: str, root: Path, extra: list[str]) -> dict:
+    out = root / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+    cmd = [sys.executable, "-m", "trt_mpq", "search", model, "--backend", "ort-cpu",
+           "--max-drop", max_drop, "--out", str(out), "--no-progress", *extra]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if proc.returncode not in (0, 1):
+        print(proc.stderr, file=sys.stderr)
+        return {"model": model, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else
+                f"exit {proc.returncode}", "command": " ".join(cmd)}
+    result = json.loads((out / "result.json").read_text())
+    evals = json.loads((out / "pareto.json").read_text())["evaluations"]
+    uniform = next((e for e in evals if e["label"].startswith("bisection k=")
+                    and e["label"].split("=")[1].split("/")[0] == e["label"].split("/")[1]), None)
+    mats = [e["materialize_s"] for e in evals if e["materialize_s"]]
+    return {"model": model, "result": result, "uniform": uniform, "wall_cmd_s": wall,
+            "materialize_median_s": statistics.median(mats) if mats else None,
+            "materialize_max_s": max(mats) if mats else None, "out": str(out),
+            "command": " ".join(["trt-mpq", *cmd[3:]])}
+
+
+def fmt_row(r: dict) -> str:
+    if "error" in r:
+        return f"| {r['model']} | error: {r['error']} |" + " |" * 9
+    res, u = r["result"], r["uniform"]
+    best = res["best"]
+    weights = res["weights"] + (" (latency only)" if res["weights"] == "random" else "")
+    groups = len(res["low_precisions"])
+    u_txt = (f"{u['latency_ratio']:.3f} / {100 * u['rel_drop']:+.2f}%"
+             if u and u["status"] == "ok" else (u["status"] if u else "n/a"))
+    if best:
+        s_txt = f"**{best['latency_ratio']:.3f}** / {100 * best['holdout_rel_drop']:+.2f}%"
+        mix = ", ".join(f"{k} {v}" for k, v in sorted(best["precision_counts"].items()))
+    else:
+        s_txt, mix = "budget not met", "-"
+    return (f"| {res['model']} | {weights} | {groups} | {res['baseline']['latency_ms']:.2f} | "
+            f"{u_txt} | {s_txt} | {mix} | {res['evaluations']} | {res['wall_s']:.0f} | "
+            f"{r['materialize_median_s']:.2f} / {r['materialize_max_s']:.2f} |")
+
+
+def table(rows: list[dict], max_drop: str) -> str:
+    import onnxruntime
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in
+                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    import os
+
+    head = [
+        f"Budget `--max-drop {max_drop}` (relative to the FP32 baseline), backend `ort-cpu` "
+        f"(ONNX Runtime {onnxruntime.__version__}, CPU provider), latency at batch 1 (the task's "
+        f"latency batch), median of interleaved runs. Machine: {cpu}, "
+        f"{len(os.sched_getaffinity(0))} cores; run on {time.strftime('%Y-%m-%d')}.",
+        "",
+        "Ratios are latency / baseline latency measured side by side in one process; "
+        "*uniform low* lowers every group (int8-dynamic for MatMul, int8 for Conv/Gemm), "
+        "measured on the search split; *searched* is the answer, re-measured and checked on the "
+        "holdout split.",
+        "",
+        "| model | weights | groups | FP32 latency (ms) | uniform low: ratio / drop | "
+        "searched: ratio / holdout drop | searched precisions | evaluations | wall (s) | "
+        "materialize s/plan (median / max) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    cmds = ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
+    return "\n".join(head + [fmt_row(r) for r in rows] + cmds)
+
+
+def write_results(text: str) -> Path:
+    path = HERE / "RESULTS.md"
+    section = f"{BEGIN}\n{text}\n{END}"
+    if path.exists() and BEGIN in path.read_text():
+        old = path.read_text()
+        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+    else:
+        prefix = path.read_text() if path.exists() else "# Benchmark results\n"
+        new = prefix.rstrip() + "\n\n## CPU search (ONNX Runtime)\n\n" + section + "\n"
+    path.write_text(new)
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=MODELS)
+    ap.add_argument("--max-drop", default="1%")
+    ap.add_argument("--runs", type=Path, default=HERE / "runs")
+    ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument("extra", nargs="*", help="more `trt-mpq search` options, after --")
+    args = ap.parse_args()
+    rows = []
+    for m in args.models:
+        print(f"== {m}", file=sys.stderr, flush=True)
+        rows.append(run(m, args.max_drop, args.runs, args.extra))
+        print(fmt_row(rows[-1]), flush=True)
+    text = table(rows, args.max_drop)
+    print(text)
+    if not args.no_write:
+        print(f"wrote {write_results(text)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

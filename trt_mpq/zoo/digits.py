@@ -1,0 +1,186 @@
+"""resnet-digits / mobilenetv2-digits: torchvision ResNet-18 and MobileNetV2 (unmodified
+architectures, 10 classes) trained from scratch, seeded, on scikit-learn's 1,797 real 8x8
+handwritten digits, bilinear-upsampled to 32x32, grey repeated to 3 channels and normalised as
+((x / 16) - 0.5) / 0.5. Input "input" [batch, 3, 32, 32] float32, output "logits" [batch, 10].
+
+Split of the digits (one seeded permutation): train 1000, calibration 128, search 300,
+holdout 369 (disjoint; only the train part is trained on).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from trt_mpq.task import Task, accuracy
+from trt_mpq.zoo import _common as C
+
+logger = logging.getLogger(__name__)
+
+SEED = 0
+SIZE = 32
+SPLIT_SIZES = (("train", 1000), ("calibration", 128), ("search", 300), ("holdout", None))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    arch: str  # torchvision constructor
+    epochs: int
+    lr: float
+    max_lr: float
+    weight_decay: float = 1e-4
+    batch: int = 64
+    max_shift: int = 2  # random integer roll of -max_shift..max_shift pixels per batch
+
+
+RECIPES = {
+    "resnet-digits": Recipe("resnet18", epochs=15, lr=2e-3, max_lr=3e-3),
+    "mobilenetv2-digits": Recipe("mobilenet_v2", epochs=15, lr=2e-3, max_lr=1e-2),
+}
+DESCRIPTIONS = {
+    "resnet-digits": "torchvision ResNet-18 trained from scratch on scikit-learn digits "
+                     "(8x8 upsampled to 32x32), seeded",
+    "mobilenetv2-digits": "torchvision MobileNetV2 trained from scratch on scikit-learn digits "
+                          "(8x8 upsampled to 32x32), seeded",
+}
+
+
+def digits_to_input(images: np.ndarray) -> np.ndarray:
+    """(N, 8, 8) digits with values 0..16 -> float32 (N, 3, 32, 32) model input."""
+    up = C.upsample_bilinear(np.asarray(images, dtype=np.float32), SIZE)
+    x = ((up / 16.0) - 0.5) / 0.5
+    return np.ascontiguousarray(np.repeat(x[:, None], 3, axis=1).astype(np.float32))
+
+
+def _new_model(arch: str):
+    import torchvision
+
+    return getattr(torchvision.models, arch)(num_classes=10)
+
+
+def _train(model, x: np.ndarray, y: np.ndarray, recipe: Recipe, progress: bool | None,
+           desc: str) -> float:
+    import torch
+    import torch.nn.functional as F
+
+    rng = np.random.default_rng(SEED)
+    xt, yt = torch.from_numpy(x), torch.from_numpy(y)
+    steps = (len(x) + recipe.batch - 1) // recipe.batch
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=recipe.max_lr,
+                                                epochs=recipe.epochs, steps_per_epoch=steps)
+    model.train()
+    loss_value = float("nan")
+    bar = C.progress_bar(range(recipe.epochs), progress=progress, desc=desc, unit="epoch")
+    for _ in bar:
+        perm = torch.from_numpy(rng.permutation(len(x)))
+        total = 0.0
+        for s in range(steps):
+            idx = perm[s * recipe.batch:(s + 1) * recipe.batch]
+            dy, dx = (int(v) for v in rng.integers(-recipe.max_shift, recipe.max_shift + 1, 2))
+            xb = torch.roll(xt[idx], shifts=(dy, dx), dims=(2, 3))
+            loss = F.cross_entropy(model(xb), yt[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss.detach()) * len(idx)
+        loss_value = total / len(x)
+        bar.set_postfix(loss=f"{loss_value:.3f}")
+    model.eval()
+    return loss_value
+
+
+def _build(name: str, tmp: Path, progress: bool | None) -> dict:
+    import torch
+    from sklearn.datasets import load_digits
+
+    recipe = RECIPES[name]
+    digits = load_digits()
+    images, labels = digits.images, digits.target.astype(np.int64)
+    idx = C.split_indices(len(images), SPLIT_SIZES, SEED)
+    data = {s: (digits_to_input(images[i]), labels[i]) for s, i in idx.items()}
+
+    t0 = time.perf_counter()
+    with C.torch_seeded(SEED):
+        model = _new_model(recipe.arch)
+        final_loss = _train(model, *data["train"], recipe, progress, f"training {name}")
+    train_s = time.perf_counter() - t0
+    model.eval()
+
+    torch.save(model.state_dict(), tmp / "model.pt")
+    example = torch.from_numpy(data["search"][0][:2])
+    C.export_onnx(model, (example,), tmp / "model.onnx", ["input"], ["logits"])
+
+    (logits,) = C.torch_outputs(model, {"input": data["search"][0]}, 128, progress=False,
+                                desc="evaluating")
+    search_acc = float(np.mean(logits.argmax(-1) == data["search"][1]))
+    diff = C.check_export(tmp / "model.onnx", {"input": data["search"][0][:16]},
+                          {"logits": logits[:16]}, name)
+    C.save_splits(tmp / "splits.npz", {s: ({"input": x}, y) for s, (x, y) in data.items()
+                                       if s in C.SPLIT_NAMES}, idx)
+    logger.info("zoo %s: trained in %.0f s, FP32 search accuracy %.4f", name, train_s,
+                search_acc)
+    return C.json_safe({
+        "weights": "trained",
+        "files": ["model.onnx", "model.pt", "splits.npz"],
+        "arch": f"torchvision.models.{recipe.arch}(num_classes=10)",
+        "seed": SEED,
+        "split_sizes": {s: len(i) for s, i in idx.items()},
+        "data": "sklearn.datasets.load_digits (1,797 8x8 digits), bilinear 32x32, "
+                "3 channels, ((x/16)-0.5)/0.5",
+        "recipe": recipe.__dict__,
+        "train_seconds": round(train_s, 1),
+        "final_train_loss": final_loss,
+        "baseline": {"metric": "accuracy", "split": "search", "fp32_torch": search_acc},
+        "onnx_max_abs_diff": diff,
+    })
+
+
+def _task(name: str, d: Path, meta: dict, make_fn: str) -> Task:
+    splits = C.load_splits(d / "splits.npz")
+    base = meta.get("baseline", {}).get("fp32_torch")
+    return Task(
+        name=name, model_path=d / "model.onnx",
+        calibration=splits["calibration"], search=splits["search"], holdout=splits["holdout"],
+        metric=accuracy("logits"), weights="trained", description=DESCRIPTIONS[name],
+        latency_batch=1, eval_batch=64,
+        notes=(f"trained here from scratch (seed {SEED}) on 1000 scikit-learn digits; "
+               f"FP32 search accuracy {base:.4f}" if base is not None else
+               "trained here from scratch on 1000 scikit-learn digits",),
+        torch_model=f"{__name__}:{make_fn}")
+
+
+def build_resnet(cache_dir: Path, progress: bool | None = None) -> Task:
+    name = "resnet-digits"
+    d, meta = C.cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress))
+    return _task(name, d, meta, "make_resnet_torch_model")
+
+
+def build_mobilenetv2(cache_dir: Path, progress: bool | None = None) -> Task:
+    name = "mobilenetv2-digits"
+    d, meta = C.cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress))
+    return _task(name, d, meta, "make_mobilenetv2_torch_model")
+
+
+def _make_torch_model(name: str, cache_dir: Path):
+    import torch
+
+    d, _ = C.require_built(cache_dir, name)
+    model = _new_model(RECIPES[name].arch)
+    model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
+    return model.eval()
+
+
+def make_resnet_torch_model(cache_dir: Path):
+    """The eval-mode torch ResNet-18 exported as resnet-digits (module names = ONNX names)."""
+    return _make_torch_model("resnet-digits", cache_dir)
+
+
+def make_mobilenetv2_torch_model(cache_dir: Path):
+    """The eval-mode torch MobileNetV2 exported as mobilenetv2-digits."""
+    return _make_torch_model("mobilenetv2-digits", cache_dir)
