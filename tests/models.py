@@ -120,3 +120,22 @@ def cnn_inputs(n: int, seed: int = 1) -> np.ndarray:
 
 def transformer_inputs(n: int, seed: int = 1, hidden: int = 32, seq: int = 8) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, (n, seq, hidden)).astype(np.float32)
+
+
+def inverted_residual(path: Path, seed: int = 0) -> Path:
+    """x [N,16,8,8] -> 3x3 conv to 24 channels -> ReLU6 -> 1x1 conv back to 16 -> + x.
+    24 is not a multiple of ONNX Runtime's NCHWc block, so its layout transform re-creates the
+    first conv's weight *and* bias under new names (as in EfficientNet's blocks)."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("w0", rng.normal(0, 0.3, (24, 16, 3, 3))), _init("b0", rng.normal(0, 0.1, 24)),
+             _init("w1", rng.normal(0, 0.3, (16, 24, 1, 1))), _init("b1", rng.normal(0, 0.1, 16)),
+             _init("lo", np.array(0.0)), _init("hi", np.array(6.0))]
+    nodes = [helper.make_node("Conv", ["x", "w0", "b0"], ["c0"], name="expand", pads=[1, 1, 1, 1]),
+             helper.make_node("Clip", ["c0", "lo", "hi"], ["r0"], name="relu6"),
+             helper.make_node("Conv", ["r0", "w1", "b1"], ["c1"], name="project"),
+             helper.make_node("Add", ["c1", "x"], ["y"], name="residual")]
+    graph = helper.make_graph(
+        nodes, "inverted_residual",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 16, 8, 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 16, 8, 8])], inits)
+    return _save(graph, path)

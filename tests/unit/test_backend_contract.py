@@ -89,3 +89,33 @@ def test_describe_records_settings(backend):
     d = backend.describe()
     assert d["backend"] == backend.name
     assert d["intra_op_threads"] == 1
+
+
+def test_census_follows_layout_transforms_that_rename_weights(tmp_path):
+    """Regression: EfficientNet's convs with channel counts off the NCHWc block had weight and
+    bias renamed by ONNX Runtime's layout transform, and the census said "unknown" (so every
+    plan was a precision mismatch). Such kernels are found by the tensor they produce."""
+    from trt_mpq.backends.ort import read_census
+    from trt_mpq.calib import CalibConfig, calibrate
+    from trt_mpq.model import find_groups
+
+    path = models.inverted_residual(tmp_path / "ir.onnx")
+    model = onnx.load(str(path))
+    groups = find_groups(model)
+    x = np.random.default_rng(0).normal(0, 1, (2, 16, 8, 8)).astype(np.float32)
+    backend = get_backend("ort-cpu", threads=1)
+    ranges = calibrate(path, [{"x": x}], CalibConfig(), progress=False)
+    for plan in (Plan.uniform([g.name for g in groups], P.FP32),
+                 Plan.of({"expand": P.FP32, "project": P.INT8}),
+                 Plan.of({"expand": P.INT8, "project": P.FP32})):
+        graph = materialize(model, groups, plan, ranges, backend.dialect)
+        a = backend.build(graph, tmp_path / plan.digest, groups, {"x": x})
+        assert a.census.mismatches(plan) == [], a.census.executed
+    # without the materialized graph's tensor names, the renamed kernel cannot be attributed
+    optimized = onnx.load(str(tmp_path / Plan.uniform(["expand", "project"], P.FP32).digest
+                              / "model.optimized.onnx"))
+    renamed = [n for n in optimized.graph.node if n.name.endswith("_nchwc")
+               and not {"w0", "b0"} & set(n.input)]
+    if not renamed:
+        pytest.skip("this CPU's NCHWc block size did not rename the weights")
+    assert read_census(optimized, [], groups).executed["expand"] == "unknown"

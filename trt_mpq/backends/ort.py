@@ -152,7 +152,8 @@ class OrtBackend(Backend):
             events = json.loads(profile_path.read_text())
         finally:
             profile_path.unlink(missing_ok=True)
-        census = read_census(onnx.load(str(optimized), load_external_data=False), events, groups)
+        census = read_census(onnx.load(str(optimized), load_external_data=False), events, groups,
+                             materialized=model)
         return Artifact(path=path, backend=self.name, build_s=build_s, census=census,
                         files=(optimized,))
 
@@ -206,14 +207,44 @@ def _classify(kernel: str, input_types: list[str]) -> str:
     return "fp32"
 
 
+#: elementwise ops ONNX Runtime fuses into the Conv/Gemm before them (their output then names
+#: the fused node)
+FUSED_TAIL_OPS = frozenset({"Relu", "Clip", "Sigmoid", "HardSigmoid", "LeakyRelu", "Tanh",
+                            "HardSwish", "Add", "Mul"})
+
+
+def _tail_tensors(model: onnx.ModelProto, groups: list[Group]) -> dict[str, str]:
+    """Output tensor -> group, for each group op's output and the single-consumer elementwise
+    ops after it that ONNX Runtime may fuse into it."""
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for i in node.input:
+            consumers.setdefault(i, []).append(node)
+    tails: dict[str, str] = {}
+    for g in groups:
+        for op in g.ops:
+            t = op.output
+            tails.setdefault(t, g.name)
+            for _ in range(3):
+                nxt = consumers.get(t, [])
+                if len(nxt) != 1 or nxt[0].op_type not in FUSED_TAIL_OPS:
+                    break
+                t = nxt[0].output[0]
+                tails.setdefault(t, g.name)
+    return tails
+
+
 def read_census(optimized: onnx.ModelProto, profile_events: list[dict],
-                groups: list[Group]) -> Census:
+                groups: list[Group], materialized: onnx.ModelProto | None = None) -> Census:
     """Attribute the compute kernels of the optimized graph to groups and classify them.
 
     A kernel belongs to a group when it consumes (possibly through a DequantizeLinear, Cast or
     layout reorder) an initializer that is one of the group's weights or biases, or was derived
     from one by ONNX Runtime or its quantizers (derived names extend the original with "_...").
-    The profiled run tells which kernel each node really executed and with which input types.
+    Layout transforms (NCHWc) may re-create weight *and* bias under new names; such a kernel is
+    named after the tensor it produces ("<output>_nchwc"), which is the group op's output or that
+    of an activation fused into it (`materialized` gives those names). The profiled run tells
+    which kernel each node really executed and with which input types.
     """
     ran: dict[str, tuple[str, list[str]]] = {}
     kernels: Counter[str] = Counter()
@@ -252,9 +283,18 @@ def read_census(optimized: onnx.ModelProto, profile_events: list[dict],
         for i in node.input:
             consumers.setdefault(i, []).append(node)
 
+    tails = _tail_tensors(materialized, groups) if materialized is not None else {}
+
+    def named_group(node: onnx.NodeProto) -> str | None:
+        base = node.name[: -len("_nchwc")] if node.name.endswith("_nchwc") else node.name
+        return tails.get(base)
+
     found: dict[str, set[str]] = {g.name: set() for g in groups}
     for node in optimized.graph.node:
         gs = {g for g in (group_of(i) for i in node.input) if g}
+        if not gs and ran.get(node.name, (node.op_type,))[0] in COMPUTE_KERNELS:
+            g = named_group(node)
+            gs = {g} if g else set()
         if not gs:
             continue
         frontier = [node]
