@@ -27,26 +27,33 @@ MODELS = ["resnet-digits", "mobilenetv2-digits", "minilm-sentiment", "efficientn
 BEGIN, END = "<!-- search_cpu:begin -->", "<!-- search_cpu:end -->"
 
 
-def run(model: str, max_drop: str, root: Path, extra: list[str]) -> dict:
-    out = root / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
-    cmd = [sys.executable, "-m", "trt_mpq", "search", model, "--backend", "ort-cpu",
-           "--max-drop", max_drop, "--out", str(out), "--no-progress", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    wall = time.perf_counter() - t0
-    if proc.returncode not in (0, 1):
-        print(proc.stderr, file=sys.stderr)
-        return {"model": model, "error": proc.stderr.strip().splitlines()[-1] if proc.stderr else
-                f"exit {proc.returncode}", "command": " ".join(cmd)}
-    result = json.loads((out / "result.json").read_text())
+def run(model: str, max_drop: str, root: Path, extra: list[str], reuse: bool) -> dict:
+    previous = sorted(root.glob(f"{model}-2*/result.json")) if reuse else []
+    if previous:
+        out = previous[-1].parent
+        result = json.loads((out / "result.json").read_text())
+        cmd = ["trt-mpq", *result["command"]]
+    else:
+        out = root / f"{model}-{time.strftime('%Y%m%d-%H%M%S')}"
+        cmd = [sys.executable, "-m", "trt_mpq", "search", model, "--backend", "ort-cpu",
+               "--max-drop", max_drop, "--out", str(out), "--no-progress", *extra]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode not in (0, 1):
+            print(proc.stderr, file=sys.stderr)
+            return {"model": model, "error": proc.stderr.strip().splitlines()[-1]
+                    if proc.stderr else f"exit {proc.returncode}", "command": " ".join(cmd)}
+        result = json.loads((out / "result.json").read_text())
+        cmd = ["trt-mpq", *cmd[3:]]
     evals = json.loads((out / "pareto.json").read_text())["evaluations"]
     uniform = next((e for e in evals if e["label"].startswith("bisection k=")
                     and e["label"].split("=")[1].split("/")[0] == e["label"].split("/")[1]), None)
     mats = [e["materialize_s"] for e in evals if e["materialize_s"]]
-    return {"model": model, "result": result, "uniform": uniform, "wall_cmd_s": wall,
+    rel = lambda a: str(Path(a).resolve().relative_to(Path.cwd().resolve())) \
+        if Path(a).resolve().is_relative_to(Path.cwd().resolve()) else a  # noqa: E731
+    return {"model": model, "result": result, "uniform": uniform,
             "materialize_median_s": statistics.median(mats) if mats else None,
             "materialize_max_s": max(mats) if mats else None, "out": str(out),
-            "command": " ".join(["trt-mpq", *cmd[3:]])}
+            "command": " ".join(rel(a) if "/" in a else a for a in cmd)}
 
 
 def fmt_row(r: dict) -> str:
@@ -63,8 +70,10 @@ def fmt_row(r: dict) -> str:
         mix = ", ".join(f"{k} {v}" for k, v in sorted(best["precision_counts"].items()))
     else:
         s_txt, mix = "budget not met", "-"
+    setup = res["phases"].get("setup_s", 0.0)
     return (f"| {res['model']} | {weights} | {groups} | {res['baseline']['latency_ms']:.2f} | "
-            f"{u_txt} | {s_txt} | {mix} | {res['evaluations']} | {res['wall_s']:.0f} | "
+            f"{u_txt} | {s_txt} | {mix} | {res['evaluations']} | "
+            f"{res['wall_s'] - setup:.0f} (+{setup:.0f}) | "
             f"{r['materialize_median_s']:.2f} / {r['materialize_max_s']:.2f} |")
 
 
@@ -88,10 +97,13 @@ def table(rows: list[dict], max_drop: str) -> str:
         "Ratios are latency / baseline latency measured side by side in one process; "
         "*uniform low* lowers every group (int8-dynamic for MatMul, int8 for Conv/Gemm), "
         "measured on the search split; *searched* is the answer, re-measured and checked on the "
-        "holdout split.",
+        "holdout split. Wall time is the search itself; *setup* (in brackets) is model export, "
+        "zoo build on first use, preparation and calibration. Random-weight rows are latency "
+        "studies: their metric is agreement with the FP32 model's top-1, which a random "
+        "network's nearly tied logits make fragile, so their budget is not expected to be met.",
         "",
         "| model | weights | groups | FP32 latency (ms) | uniform low: ratio / drop | "
-        "searched: ratio / holdout drop | searched precisions | evaluations | wall (s) | "
+        "searched: ratio / holdout drop | searched precisions | evaluations | wall s (+ setup) | "
         "materialize s/plan (median / max) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -118,12 +130,14 @@ def main() -> int:
     ap.add_argument("--max-drop", default="1%")
     ap.add_argument("--runs", type=Path, default=HERE / "runs")
     ap.add_argument("--no-write", action="store_true", help="print the table only")
+    ap.add_argument("--reuse", action="store_true",
+                    help="tabulate the newest earlier run of each model instead of searching again")
     ap.add_argument("extra", nargs="*", help="more `trt-mpq search` options, after --")
     args = ap.parse_args()
     rows = []
     for m in args.models:
         print(f"== {m}", file=sys.stderr, flush=True)
-        rows.append(run(m, args.max_drop, args.runs, args.extra))
+        rows.append(run(m, args.max_drop, args.runs, args.extra, args.reuse))
         print(fmt_row(rows[-1]), flush=True)
     text = table(rows, args.max_drop)
     print(text)
