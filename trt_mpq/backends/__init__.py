@@ -8,14 +8,23 @@ from __future__ import annotations
 from trt_mpq.backends.base import Artifact, Backend, Census, Runner
 from trt_mpq.errors import ConfigError
 
-BACKENDS = ("ort-cpu",)
+BACKENDS = ("ort-cpu", "tensorrt", "tensorrt-rtx")
 
 
 def get_backend(name: str, **settings) -> Backend:
-    if name == "ort-cpu":
-        from trt_mpq.backends.ort import OrtBackend, OrtConfig
+    """A backend by name. Settings go to its config: OrtConfig for ort-cpu, TrtConfig for
+    tensorrt / tensorrt-rtx (settings that belong to the other kind are refused)."""
+    try:
+        if name == "ort-cpu":
+            from trt_mpq.backends.ort import OrtBackend, OrtConfig
 
-        return OrtBackend(OrtConfig(**settings))
+            return OrtBackend(OrtConfig(**settings))
+        if name in ("tensorrt", "tensorrt-rtx"):
+            from trt_mpq.backends.tensorrt import TensorRTBackend, TrtConfig
+
+            return TensorRTBackend(name, TrtConfig(**settings))
+    except TypeError as e:
+        raise ConfigError(f"backend {name}: {e}") from None
     raise ConfigError(f"unknown backend {name!r}; available: {', '.join(BACKENDS)}")
 
 

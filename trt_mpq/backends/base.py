@@ -89,8 +89,20 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
-              sample_feed: Mapping[str, np.ndarray]) -> Artifact:
-        """Build `model` (already materialized for `dialect`) into `out_dir`; fill the census."""
+              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None) -> Artifact:
+        """Build `model` (already materialized for `dialect`) into `out_dir`; fill the census.
+        `sample_feed` is a representative input (its shapes are the ones timed); `max_batch` the
+        largest batch the artifact must accept (accuracy runs in batches)."""
+
+    def check_plan(self, plan: Plan, groups: list[Group]) -> None:
+        """Raise `PlanError` if the target cannot run the plan (beyond the dialect's own rules,
+        which `materialize` checks)."""
+        from trt_mpq.qdq import check_plan
+
+        check_plan(plan, groups, self.dialect)
+
+    def check_can_run(self) -> None:  # noqa: B027 - optional hook
+        """Raise `ConfigError` if this machine cannot run (measure) artifacts of this backend."""
 
     @abc.abstractmethod
     def open(self, artifact: Artifact) -> Runner:

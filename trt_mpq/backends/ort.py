@@ -130,7 +130,7 @@ class OrtBackend(Backend):
 
     # -- build ----------------------------------------------------------------------------------
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
-              sample_feed: Mapping[str, np.ndarray]) -> Artifact:
+              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None) -> Artifact:
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "model.onnx"
         optimized = out_dir / "model.optimized.onnx"

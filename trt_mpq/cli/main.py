@@ -59,10 +59,24 @@ def _common(p: argparse.ArgumentParser, *, task: bool = True) -> None:
                         "(default: $TRT_MPQ_CACHE or ~/.cache/trt-mpq)")
 
 
-def _backend_opts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--backend", default="ort-cpu", help="ort-cpu (default)")
+def _backend_opts(p: argparse.ArgumentParser, measure: bool = True) -> None:
+    p.add_argument("--backend", default="ort-cpu",
+                   help="ort-cpu (default), tensorrt (TensorRT 10/11), tensorrt-rtx")
     p.add_argument("--threads", type=int, default=None,
-                   help="intra-op threads (default: every core this process may use)")
+                   help="ort-cpu: intra-op threads (default: every core this process may use)")
+    p.add_argument("--compute-capability", default="", metavar="SM[,SM...]",
+                   help="tensorrt-rtx: GPUs to build for, e.g. sm86,sm89 (default: the GPU "
+                        "present; needed without a GPU)")
+    p.add_argument("--opt-level", type=int, default=3, help="tensorrt: builder optimization "
+                                                            "level 0..5")
+    p.add_argument("--workspace-mb", type=int, default=None, help="tensorrt: workspace limit")
+    p.add_argument("--typing", default="strong",
+                   help="tensorrt 10: strong (precision from the graph, default) or weak "
+                        "(per-layer precision constraints)")
+    p.add_argument("--cuda-graph", action="store_true",
+                   help="tensorrt: time CUDA-graph replays instead of enqueues")
+    if not measure:
+        return
     p.add_argument("--calib-method", default="minmax", help="minmax | percentile | entropy")
     p.add_argument("--calib-samples", type=int, default=256)
     p.add_argument("--warmup", type=int, default=10, help="untimed runs before timing")
@@ -130,6 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure k +- this around the bisection boundary")
     p.add_argument("--sensitivity-samples", type=int, default=64)
 
+    p = sub.add_parser("build", help="build one plan's artifact (e.g. a TensorRT engine, "
+                                     "without a GPU for tensorrt-rtx) and check its precisions")
+    _common(p)
+    _backend_opts(p, measure=False)
+    p.add_argument("--calib-method", default="minmax", help="minmax | percentile | entropy")
+    p.add_argument("--calib-samples", type=int, default=256)
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--plan", type=Path, help="plan.json")
+    g.add_argument("--uniform", metavar="PRECISION", help="every group at one precision")
+    p.add_argument("--out", type=Path, default=None,
+                   help="output folder (default: engines/<model>-<backend>-build-<time>/)")
+
     p = sub.add_parser("report", help="rewrite report.md and the plots of a finished search")
     p.add_argument("out", type=Path, metavar="DIR")
     return parser
@@ -162,7 +188,13 @@ def _calib_config(args):
 def _backend(args):
     from trt_mpq.backends import get_backend
 
-    return get_backend(args.backend, threads=args.threads)
+    if args.backend == "ort-cpu":
+        return get_backend("ort-cpu", threads=args.threads)
+    ccs = tuple(c.strip().lower() for c in args.compute_capability.split(",") if c.strip())
+    return get_backend(args.backend, compute_capabilities=ccs,
+                       optimization_level=args.opt_level, workspace_mb=args.workspace_mb,
+                       typing=args.typing, cuda_graph=args.cuda_graph,
+                       cache_dir=_cache_dir(args))
 
 
 def _measure(args):
@@ -232,27 +264,69 @@ def cmd_calibrate(args) -> int:
     return EXIT_OK
 
 
-def cmd_evaluate(args) -> int:
-    import tempfile
-
+def _plan_arg(args, ws):
+    """The plan of --plan FILE or --uniform PRECISION, checked against the model's groups."""
     from trt_mpq.errors import PlanError
-    from trt_mpq.pipeline.evaluator import Evaluator
     from trt_mpq.plan import Plan, Precision
-    from trt_mpq.qdq import check_plan
 
-    ws = _workspace(args)
-    backend = _backend(args)
-    measure = _measure(args)
-    names = ws.group_names()
     if args.plan:
         try:
             text = Path(args.plan).read_text()
         except OSError as e:
             raise PlanError(f"cannot read the plan file {args.plan}: {e.strerror}") from None
-        plan = Plan.from_json(text, names)
-    else:
-        plan = Plan.uniform(names, Precision.parse(args.uniform))
-    check_plan(plan, ws.groups, backend.dialect)
+        return Plan.from_json(text, ws.group_names())
+    return Plan.uniform(ws.group_names(), Precision.parse(args.uniform))
+
+
+def cmd_build(args) -> int:
+    """Build one plan into an artifact folder; exit 1 if the built artifact does not run the
+    plan's precisions (its census disagrees)."""
+    from trt_mpq.qdq import materialize
+    from trt_mpq.report import write_json, write_text
+
+    backend = _backend(args)
+    ws = _workspace(args)
+    plan = _plan_arg(args, ws)
+    backend.check_plan(plan, ws.groups)
+    ranges = ws.calibrate(_calib_config(args))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("engines") / f"{ws.task.name}-{backend.name}-build-{stamp}"
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"output folder {out} is not empty; choose another --out")
+    graph = materialize(ws.model, ws.groups, plan, ranges, backend.dialect)
+    artifact = backend.build(graph, out, ws.groups, ws.task.latency_feed(),
+                             max_batch=ws.task.eval_batch)
+    write_text(out / "plan.json", plan.to_json() + "\n")
+    bad = artifact.census.mismatches(plan) if artifact.census else []
+    sidecar = artifact.path.with_name(artifact.path.name + ".json")
+    if sidecar.exists():
+        data = json.loads(sidecar.read_text())
+        data.update(plan=plan.to_json_dict()["groups"], model=ws.task.name,
+                    census_matches_plan=not bad)
+        write_json(sidecar, data)
+    print(json.dumps({"artifact": str(artifact.path), "build_s": round(artifact.build_s, 3),
+                      "precision_counts": plan.counts(),
+                      "census": artifact.census.to_json_dict() if artifact.census else None,
+                      "mismatches": [{"group": g, "planned": p, "ran": x} for g, p, x in bad]},
+                     indent=2))
+    if bad:
+        print(f"precision-mismatch: {len(bad)} group(s) do not run as planned, e.g. "
+              f"{bad[0][0]}: planned {bad[0][1]}, ran {bad[0][2]}", file=sys.stderr)
+        return EXIT_BUDGET
+    return EXIT_OK
+
+
+def cmd_evaluate(args) -> int:
+    import tempfile
+
+    from trt_mpq.pipeline.evaluator import Evaluator
+
+    backend = _backend(args)
+    backend.check_can_run()
+    ws = _workspace(args)
+    measure = _measure(args)
+    plan = _plan_arg(args, ws)
+    backend.check_plan(plan, ws.groups)
     ranges = ws.calibrate(_calib_config(args))
     with tempfile.TemporaryDirectory(prefix="trt-mpq-eval-") as tmp:
         with Evaluator(ws, backend, ranges, measure, None, Path(tmp)) as ev:
@@ -314,10 +388,11 @@ def cmd_search(args) -> int:
     calib = _calib_config(args)
     measure = _measure(args)
     backend = _backend(args)
+    backend.check_can_run()
     ws = _workspace(args)
     from trt_mpq.pipeline.search import low_precisions
 
-    low_precisions(ws, backend.dialect, precision)  # refuse impossible precisions before work
+    low_precisions(ws, backend, precision)  # refuse impossible precisions before work
     out = _resolve_out(args, ws.task.name, backend.name)
     ranges = ws.calibrate(calib)
     context = {"model": ws.model_digest, "task_data": ws.task.data_digest,
@@ -352,7 +427,7 @@ def cmd_search(args) -> int:
               f"of baseline ({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "
               f"holdout drop {100 * best['holdout_rel_drop']:+.2f}% "
               f"({result['evaluations']} plans, {result['wall_s']:.0f} s)\n"
-              f"  {out / 'model.onnx'}\n  {out / 'report.md'}")
+              f"  {out / best['artifact']}\n  {out / 'report.md'}")
         return EXIT_OK
     print(f"budget NOT met: no quantized plan stayed within {budget.describe()} on search and "
           f"holdout; frontier and report in {out}")
@@ -368,7 +443,8 @@ def cmd_report(args) -> int:
 
 
 COMMANDS = {"zoo": cmd_zoo, "inspect": cmd_inspect, "calibrate": cmd_calibrate,
-            "evaluate": cmd_evaluate, "search": cmd_search, "report": cmd_report}
+            "evaluate": cmd_evaluate, "search": cmd_search, "build": cmd_build,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

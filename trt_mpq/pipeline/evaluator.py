@@ -69,7 +69,8 @@ class Evaluator:
         plan = self.baseline_plan
         graph = materialize(self.ws.model, self.ws.groups, plan, self.ranges, self.backend.dialect)
         try:
-            artifact = self.backend.build(graph, self.workdir / "baseline", self.ws.groups, self._feed)
+            artifact = self.backend.build(graph, self.workdir / "baseline", self.ws.groups,
+                                          self._feed, max_batch=self.ws.task.eval_batch)
         except (BuildError, MeasurementError) as e:
             raise DataError(f"the unquantized model does not build/run on {self.backend.name}: "
                             f"{e}") from None
@@ -112,6 +113,7 @@ class Evaluator:
         task = self.ws.task
         t0 = time.perf_counter()
         base = dict(plan=plan, label=label)
+        self.backend.check_plan(plan, self.ws.groups)  # PlanError: the caller's plan is wrong
         try:
             graph = materialize(self.ws.model, self.ws.groups, plan, self.ranges,
                                 self.backend.dialect)
@@ -124,7 +126,8 @@ class Evaluator:
         t_mat = time.perf_counter() - t0
         out_dir = self.workdir / "evals" / plan.digest
         try:
-            artifact = self.backend.build(graph, out_dir, self.ws.groups, self._feed)
+            artifact = self.backend.build(graph, out_dir, self.ws.groups, self._feed,
+                                          max_batch=self.ws.task.eval_batch)
         except BuildError as e:
             self._cleanup(out_dir)
             return Evaluation(**base, status=Status.BUILD_FAILED, reason=str(e),

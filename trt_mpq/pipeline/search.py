@@ -24,7 +24,7 @@ from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_interle
 from trt_mpq.pipeline.evaluator import Evaluator
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan, Precision
-from trt_mpq.qdq import BASELINE, MATMUL_ONLY, Dialect, check_plan, default_low_precision, materialize
+from trt_mpq.qdq import BASELINE, MATMUL_ONLY, Dialect, default_low_precision, materialize
 from trt_mpq.search import (
     Around,
     Bisection,
@@ -92,6 +92,7 @@ class Confirmation:
     baseline_latency: LatencyStats
     in_budget: bool
     extra: dict[str, float] = field(default_factory=dict)
+    artifact: str = ""  # file name of the installed artifact (in budget only)
 
     @property
     def latency_ratio(self) -> float:
@@ -120,9 +121,11 @@ class SearchOutcome:
         return self.best is not None
 
 
-def low_precisions(ws: Workspace, dialect: Dialect, precision: Precision | None) -> dict[str, Precision]:
+def low_precisions(ws: Workspace, backend: Backend,
+                   precision: Precision | None) -> dict[str, Precision]:
     """The precision each group is lowered to. A chosen precision that applies to MatMul only
     (int8-dynamic, int4w) lowers Conv/Gemm groups to int8 instead."""
+    dialect = backend.dialect
     low = {}
     for g in ws.groups:
         if precision is None:
@@ -131,7 +134,7 @@ def low_precisions(ws: Workspace, dialect: Dialect, precision: Precision | None)
             low[g.name] = Precision.INT8
         else:
             low[g.name] = precision
-    check_plan(Plan.of(low), ws.groups, dialect)
+    backend.check_plan(Plan.of(low), ws.groups)
     if precision is not None and precision is BASELINE[dialect]:
         raise PlanError(f"{precision.value} is the baseline precision of {dialect.value}; "
                         "choose a lower one")
@@ -200,7 +203,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
     t_start = time.perf_counter()
     phases: dict[str, float] = {}
     dialect = backend.dialect
-    low = low_precisions(ws, dialect, config.precision)
+    low = low_precisions(ws, backend, config.precision)
     workdir = out_dir / ".work"
     with Evaluator(ws, backend, ranges, measure, store, workdir) as evaluator:
         baseline_metric = evaluator.baseline.metric
@@ -286,7 +289,8 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
     graph = materialize(ws.model, ws.groups, ev.plan, evaluator.ranges, backend.dialect)
     cand_dir = out_dir / ".candidate"
     shutil.rmtree(cand_dir, ignore_errors=True)
-    artifact = backend.build(graph, cand_dir, ws.groups, task.latency_feed())
+    artifact = backend.build(graph, cand_dir, ws.groups, task.latency_feed(),
+                             max_batch=task.eval_batch)
     with backend.open(artifact) as runner:
         outputs = compute_outputs(runner, task.holdout, task.eval_batch,
                                   desc="confirm (holdout)", progress=ws.progress)
@@ -303,18 +307,32 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
             extra[check.name] = float(check.fn(got, ref))
     drop, rel = drop_of(metric, holdout_base, task.metric.higher_is_better)
     in_budget = config.budget.accepts(drop, holdout_base)
-    if in_budget:
-        _install_artifact(artifact, out_dir)
-    shutil.rmtree(cand_dir, ignore_errors=True)
-    return Confirmation(evaluation=ev, holdout_metric=metric, holdout_drop=drop,
+    conf = Confirmation(evaluation=ev, holdout_metric=metric, holdout_drop=drop,
                         holdout_rel_drop=rel, latency=lat, baseline_latency=base_lat,
                         in_budget=in_budget, extra=extra)
+    if in_budget:
+        conf.artifact = _install_artifact(artifact, out_dir, {
+            "plan": ev.plan.to_json_dict()["groups"], "model": task.name,
+            "latency": lat.to_json_dict(), "baseline_latency": base_lat.to_json_dict(),
+            "latency_ratio": conf.latency_ratio, "holdout_metric": metric,
+            "holdout_drop": drop})
+    shutil.rmtree(cand_dir, ignore_errors=True)
+    return conf
 
 
-def _install_artifact(artifact: Artifact, out_dir: Path) -> None:
+def _install_artifact(artifact: Artifact, out_dir: Path, facts: dict) -> str:
+    """Move the artifact's files into `out_dir`; a sidecar "<artifact>.json" written by the
+    backend gets the plan and the measurements added."""
+    import json
+
     for f in (artifact.path, *artifact.files):
-        target = out_dir / f.name
-        shutil.move(str(f), str(target))
+        shutil.move(str(f), str(out_dir / f.name))
+    sidecar = out_dir / (artifact.path.name + ".json")
+    if sidecar.exists():
+        data = json.loads(sidecar.read_text())
+        data.update(facts)
+        sidecar.write_text(json.dumps(data, indent=2))
+    return artifact.path.name
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",

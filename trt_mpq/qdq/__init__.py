@@ -28,6 +28,7 @@ from trt_mpq.plan import Plan, Precision
 class Dialect(enum.Enum):
     ORT_CPU = "ort-cpu"
     TENSORRT = "tensorrt"
+    TENSORRT_WEAK = "tensorrt-weak"  # TensorRT 10 weakly typed: FP32 graph + plan annotations
 
     @classmethod
     def parse(cls, text: str) -> Dialect:
@@ -43,9 +44,11 @@ SUPPORTED: dict[Dialect, frozenset[Precision]] = {
                                 Precision.INT8_DYNAMIC, Precision.INT4_WEIGHT}),
     Dialect.TENSORRT: frozenset({Precision.FP32, Precision.FP16, Precision.INT8, Precision.FP8,
                                  Precision.INT4_WEIGHT}),
+    Dialect.TENSORRT_WEAK: frozenset({Precision.FP32, Precision.FP16, Precision.INT8}),
 }
 BASELINE: dict[Dialect, Precision] = {Dialect.ORT_CPU: Precision.FP32,
-                                      Dialect.TENSORRT: Precision.FP16}
+                                      Dialect.TENSORRT: Precision.FP16,
+                                      Dialect.TENSORRT_WEAK: Precision.FP16}
 #: precisions that apply to MatMul groups only (ONNX Runtime's dynamic and int4 quantizers)
 MATMUL_ONLY = frozenset({Precision.INT8_DYNAMIC, Precision.INT4_WEIGHT})
 
@@ -53,6 +56,10 @@ _WHY_NOT = {
     (Dialect.ORT_CPU, Precision.FP8): "ONNX Runtime's CPU provider has no FP8 kernels",
     (Dialect.TENSORRT, Precision.INT8_DYNAMIC): "TensorRT has no dynamic int8 quantization; "
     "use int8 (static)",
+    (Dialect.TENSORRT_WEAK, Precision.INT8_DYNAMIC): "TensorRT has no dynamic int8 quantization",
+    (Dialect.TENSORRT_WEAK, Precision.FP8): "FP8 needs explicit Q/DQ: use strong typing",
+    (Dialect.TENSORRT_WEAK, Precision.INT4_WEIGHT): "int4 weights need explicit DQ: use strong "
+    "typing",
 }
 
 
@@ -99,6 +106,10 @@ def materialize(model: onnx.ModelProto, groups: list[Group], plan: Plan, ranges:
         from trt_mpq.qdq.ort_cpu import materialize_ort_cpu
 
         return topo_sort(materialize_ort_cpu(model, groups, plan, ranges))
+    if dialect is Dialect.TENSORRT_WEAK:
+        from trt_mpq.qdq.tensorrt import annotate_weak
+
+        return annotate_weak(model, groups, plan, ranges)
     from trt_mpq.qdq.tensorrt import materialize_tensorrt
 
     return topo_sort(materialize_tensorrt(model, groups, plan, ranges))

@@ -8,6 +8,8 @@ plan does not keep in FP32 is converted to FP16. Graph inputs and outputs keep t
 
 from __future__ import annotations
 
+import json
+
 import onnx
 
 from trt_mpq.calib import Ranges
@@ -29,4 +31,29 @@ def materialize_tensorrt(model: onnx.ModelProto, groups: list[Group], plan: Plan
     keep_fp32 = set(ops[Precision.FP32])
     if len(keep_fp32) < sum(len(g.ops) for g in groups):  # a uniform FP32 plan stays all FP32
         out = passes.to_fp16(out, [n.name for n in out.graph.node if n.name in keep_fp32])
+    return out
+
+
+#: metadata keys of the tensorrt-weak dialect
+META_PLAN = "trt_mpq.plan"
+META_RANGES = "trt_mpq.ranges"
+
+
+def annotate_weak(model: onnx.ModelProto, groups: list[Group], plan: Plan,
+                  ranges: Ranges) -> onnx.ModelProto:
+    """The FP32 graph with the plan and, for int8 groups, the symmetric range (amax) of each op's
+    activation input, as model metadata (read by the TensorRT 10 weakly typed build)."""
+    out = passes.copy_model(model)
+    amax = {}
+    for g in groups:
+        if plan[g.name] is Precision.INT8:
+            for op in g.ops:
+                if op.input in ranges:
+                    amax[op.input] = ranges.amax(op.input)
+    for key in (META_PLAN, META_RANGES):
+        for i in reversed(range(len(out.metadata_props))):
+            if out.metadata_props[i].key == key:
+                del out.metadata_props[i]
+    out.metadata_props.add(key=META_PLAN, value=json.dumps(plan.to_json_dict()["groups"]))
+    out.metadata_props.add(key=META_RANGES, value=json.dumps(amax))
     return out

@@ -21,11 +21,20 @@ from trt_mpq.errors import TrtMpqError
 PRECISION_COLUMNS = ("fp32", "fp16", "int8", "int8-dynamic", "fp8", "int4w")
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_text(path: Path, text: str) -> None:
+    """Write the whole file or nothing (temporary file, then rename), readable like a file
+    `open(path, "w")` would create (mkstemp alone makes it private)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 
@@ -146,6 +155,7 @@ def plot_pareto(result: Mapping, evaluations: Sequence[Mapping], path: Path) -> 
     os.close(fd)
     fig.savefig(tmp, dpi=110)
     plt.close(fig)
+    os.chmod(tmp, 0o666 & ~_umask())
     os.replace(tmp, path)
 
 
@@ -195,7 +205,7 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             lines.append(f"| {name} | 1.000 | {value:.4f} |")
         lines += ["", f"Latencies were re-measured for the chosen plan and the baseline in the "
                   f"same process, interleaved ({best['latency']['n']} runs each); the ratio is "
-                  "what to quote. Artifact: `model.onnx` (plan in `plan.json`)."]
+                  f"what to quote. Artifact: `{best.get('artifact', 'model.onnx')}` (plan in `plan.json`)."]
         if best.get("census_kernels"):
             k = best["census_kernels"]
             lines += ["", "Kernels that ran (profiler census): "

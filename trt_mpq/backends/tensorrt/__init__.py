@@ -1,0 +1,291 @@
+"""TensorRT backends: `tensorrt` (TensorRT 10.x / 11.x, module `tensorrt`) and `tensorrt-rtx`
+(module `tensorrt_rtx`), one implementation behind the backend contract.
+
+Build: parse the materialized ONNX, build a serialized engine with the settings of `TrtConfig`
+(strongly typed from the `tensorrt` dialect; on TensorRT 10 optionally weakly typed, with
+per-layer precision constraints and our calibrated dynamic ranges), keep a timing cache per GPU,
+and read what every layer runs from the builder's detailed layer report (works without a GPU,
+e.g. TensorRT-RTX ahead-of-time builds) or, with a GPU, from the engine inspector. Run/time:
+`runner.TrtRunner` (cuda-python, CUDA events around `execute_async_v3`, optional CUDA graph).
+
+Nothing here is imported by `import trt_mpq`; the TensorRT module is imported when a backend is
+created, with a clear error if it is missing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnx
+
+from trt_mpq.backends.base import Artifact, Backend, Runner
+from trt_mpq.backends.tensorrt.gpu import gpu_info
+from trt_mpq.backends.tensorrt.layers import (
+    LayerInfo,
+    census_from_layers,
+    layers_to_json,
+    parse_inspector_json,
+    parse_layer_report,
+)
+from trt_mpq.errors import BuildError, ConfigError
+from trt_mpq.model.groups import Group
+from trt_mpq.qdq import Dialect
+
+log = logging.getLogger(__name__)
+
+MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
+INSTALL_HINT = {
+    "tensorrt": "run inside NVIDIA's TensorRT container (see docker/Dockerfile) or install "
+                "TensorRT 10/11 from NVIDIA's index",
+    "tensorrt-rtx": "pip install 'trt-mpq[tensorrt-rtx]' (TensorRT-RTX, builds engines even "
+                    "without a GPU)",
+}
+RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
+
+
+def import_trt(flavor: str):
+    if flavor not in MODULES:
+        raise ConfigError(f"unknown TensorRT flavour {flavor!r}; use one of {sorted(MODULES)}")
+    try:
+        return importlib.import_module(MODULES[flavor])
+    except ImportError as e:
+        raise ConfigError(f"backend {flavor} needs the Python module {MODULES[flavor]!r} "
+                          f"({e}); {INSTALL_HINT[flavor]}") from None
+
+
+def major_version(trt) -> int:
+    return int(str(trt.__version__).split(".")[0])
+
+
+@dataclass(frozen=True)
+class TrtConfig:
+    optimization_level: int = 3  # builder optimization level 0..5
+    workspace_mb: int | None = None  # None: TensorRT's default (the device's memory)
+    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets; (): the GPU present
+    typing: str = "strong"  # "strong" | "weak" (TensorRT 10 only: per-layer constraints)
+    timing_cache: bool = True  # one timing cache per GPU, reused by every plan of a search
+    cuda_graph: bool = False  # time CUDA-graph replays instead of enqueues
+    cache_dir: Path | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.optimization_level <= 5:
+            raise ConfigError("the builder optimization level must be in 0..5")
+        if self.workspace_mb is not None and self.workspace_mb < 1:
+            raise ConfigError("workspace must be >= 1 MiB")
+        if self.typing not in ("strong", "weak"):
+            raise ConfigError("typing must be strong or weak")
+        bad = [c for c in self.compute_capabilities if c not in RTX_TARGETS]
+        if bad:
+            raise ConfigError(f"unknown compute capability {bad[0]!r}; TensorRT-RTX targets "
+                              f"{', '.join(RTX_TARGETS)}")
+
+    def to_json_dict(self) -> dict:
+        return {"optimization_level": self.optimization_level, "workspace_mb": self.workspace_mb,
+                "compute_capabilities": list(self.compute_capabilities),
+                "typing": self.typing, "timing_cache": self.timing_cache,
+                "cuda_graph": self.cuda_graph}
+
+
+class _Logger:
+    """A TensorRT logger that keeps every line (the layer report arrives at VERBOSE)."""
+
+    def __new__(cls, trt):
+        class Capture(trt.ILogger):
+            def __init__(self):
+                trt.ILogger.__init__(self)
+                self.lines: list[tuple[str, str]] = []
+
+            def log(self, severity, msg):
+                self.lines.append((str(severity).split(".")[-1], msg))
+                if str(severity).endswith(("ERROR", "INTERNAL_ERROR")):
+                    log.debug("TensorRT: %s", msg)
+
+            def errors(self) -> list[str]:
+                return [m for s, m in self.lines if s in ("ERROR", "INTERNAL_ERROR")]
+
+            def text(self) -> list[str]:
+                return [m for _, m in self.lines]
+
+        return Capture()
+
+
+class TensorRTBackend(Backend):
+    dialect = Dialect.TENSORRT
+
+    def __init__(self, flavor: str = "tensorrt", config: TrtConfig | None = None) -> None:
+        self.flavor = flavor
+        self.name = flavor
+        self.trt = import_trt(flavor)
+        self.version = str(self.trt.__version__)
+        self.config = config or TrtConfig()
+        self.rtx = flavor == "tensorrt-rtx"
+        if self.config.typing == "weak":
+            if self.rtx or major_version(self.trt) >= 11:
+                raise ConfigError(f"{flavor} {self.version} builds strongly typed networks only; "
+                                  "weak typing (per-layer precision constraints) needs TensorRT 10")
+            self.dialect = Dialect.TENSORRT_WEAK
+        if self.config.compute_capabilities and not self.rtx:
+            raise ConfigError("--compute-capability targets TensorRT-RTX ahead-of-time builds; "
+                              "TensorRT builds for the GPU it runs on")
+        self.gpu = gpu_info()
+        if self.rtx and not self.config.compute_capabilities and self.gpu is None:
+            raise ConfigError("no NVIDIA GPU is visible: give TensorRT-RTX the GPUs to build for, "
+                              f"e.g. --compute-capability sm86 (one of {', '.join(RTX_TARGETS)})")
+
+    # -- settings -------------------------------------------------------------------------------
+    def describe(self) -> dict:
+        return {"backend": self.name, "module": MODULES[self.flavor], "version": self.version,
+                **self.config.to_json_dict(), "gpu": self.gpu}
+
+    def targets(self) -> list[str]:
+        """The compute capabilities engines are built for."""
+        if self.config.compute_capabilities:
+            return list(self.config.compute_capabilities)
+        return [self.gpu["sm"]] if self.gpu else []
+
+    def check_plan(self, plan, groups: list[Group]) -> None:
+        super().check_plan(plan, groups)
+        from trt_mpq.errors import PlanError
+        from trt_mpq.plan import Precision
+
+        if plan.groups_at(Precision.FP8):
+            old = [t for t in self.targets() if int(t[2:]) < 89]
+            if old:
+                raise PlanError(f"fp8 needs compute capability 8.9 or newer (Ada, Hopper, "
+                                f"Blackwell); the engine is built for {', '.join(old)}")
+
+    def check_can_run(self) -> None:
+        self.require_gpu()
+
+    def require_gpu(self) -> dict:
+        if self.gpu is None:
+            raise ConfigError(f"measuring on {self.name} needs an NVIDIA GPU and none is visible; "
+                              "`trt-mpq build MODEL --plan plan.json --backend tensorrt-rtx "
+                              "--compute-capability sm86` builds engines ahead of time without one")
+        return self.gpu
+
+    def _timing_cache_path(self) -> Path | None:
+        if not self.config.timing_cache or self.gpu is None or self.config.cache_dir is None:
+            return None
+        key = f"{self.flavor}-{self.version}-{self.gpu['name']}-{self.gpu['sm']}"
+        digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+        return Path(self.config.cache_dir) / "trt-timing" / f"{self.gpu['sm']}-{digest}.cache"
+
+    # -- build ----------------------------------------------------------------------------------
+    def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
+              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None) -> Artifact:
+        trt = self.trt
+        out_dir.mkdir(parents=True, exist_ok=True)
+        logger = _Logger(trt)
+        builder = trt.Builder(logger)
+        flags = 0  # TensorRT 11 is strongly typed always; its flag is deprecated and ignored
+        if self.config.typing == "strong" and major_version(trt) < 11 or self.rtx:
+            flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, logger)
+        if not parser.parse(model.SerializeToString()):
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise BuildError(f"the TensorRT ONNX parser refused the graph: {'; '.join(errors[:3])}")
+        cfg = builder.create_builder_config()
+        cfg.builder_optimization_level = self.config.optimization_level
+        cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+        if self.config.workspace_mb:
+            cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
+                                      self.config.workspace_mb * 2**20)
+        if self.rtx and self.config.compute_capabilities:
+            cfg.num_compute_capabilities = len(self.config.compute_capabilities)
+            for i, cc in enumerate(self.config.compute_capabilities):
+                cfg.set_compute_capability(getattr(trt.ComputeCapability, cc.upper()), i)
+        self._add_profile(builder, network, cfg, sample_feed, max_batch)
+        if self.config.typing == "weak":
+            from trt_mpq.backends.tensorrt.weak import apply_weak_typing
+
+            apply_weak_typing(trt, network, cfg, model, groups)
+        cache_path = self._timing_cache_path()
+        timing_cache = None
+        if cache_path is not None:
+            blob = cache_path.read_bytes() if cache_path.exists() else b""
+            timing_cache = cfg.create_timing_cache(blob)
+            cfg.set_timing_cache(timing_cache, ignore_mismatch=False)
+        t0 = time.perf_counter()
+        serialized = builder.build_serialized_network(network, cfg)
+        build_s = time.perf_counter() - t0
+        if serialized is None:
+            errs = logger.errors() or ["(no error message)"]
+            raise BuildError(f"{self.name} could not build the engine: {errs[-1][:500]}")
+        if timing_cache is not None and cache_path is not None:
+            cache_path.parent.mkdir(parents=True, exist_ok=True)
+            cache_path.write_bytes(bytes(cfg.get_timing_cache().serialize()))
+        engine_path = out_dir / "model.engine"
+        engine_path.write_bytes(bytes(serialized))
+        layers, source = self._layers(serialized, logger)
+        census = census_from_layers(layers, groups, source)
+        layers_path = out_dir / "layers.json"
+        layers_path.write_text(json.dumps(layers_to_json(layers), indent=1))
+        sidecar = out_dir / "model.engine.json"
+        sidecar.write_text(json.dumps({
+            "format": "trt-mpq-engine/1", "backend": self.name, "tensorrt_version": self.version,
+            "built_for": self.targets(),
+            "gpu_at_build": self.gpu, "settings": self.config.to_json_dict(),
+            "build_s": build_s, "census": census.to_json_dict(),
+            "inputs": {k: list(v.shape) for k, v in sample_feed.items()},
+            "max_batch": max_batch,
+        }, indent=2))
+        return Artifact(path=engine_path, backend=self.name, build_s=build_s, census=census,
+                        files=(sidecar, layers_path))
+
+    def _add_profile(self, builder, network, cfg, feed: Mapping[str, np.ndarray],
+                     max_batch: int | None) -> None:
+        """One optimization profile: batch 1 .. max(max_batch, feed batch), opt = feed."""
+        profile = builder.create_optimization_profile()
+        dynamic = False
+        for i in range(network.num_inputs):
+            t = network.get_input(i)
+            dims = list(t.shape)
+            if t.name not in feed:
+                raise BuildError(f"the engine input {t.name!r} has no sample data")
+            shape = list(feed[t.name].shape)
+            if all(d >= 0 for d in dims):
+                continue
+            dynamic = True
+            opt = [s if d < 0 else d for d, s in zip(dims, shape)]
+            lo = [1 if (d < 0 and k == 0) else v for k, (d, v) in enumerate(zip(dims, opt))]
+            hi = list(opt)
+            if dims[0] < 0:
+                hi[0] = max(opt[0], max_batch or opt[0])
+            profile.set_shape(t.name, lo, opt, hi)
+        if dynamic:
+            cfg.add_optimization_profile(profile)
+
+    def _layers(self, serialized, logger) -> tuple[list[LayerInfo], str]:
+        """Per-layer precisions: the engine inspector when a GPU can load the engine, else the
+        builder's detailed report."""
+        if self.gpu is not None:
+            try:
+                runtime = self.trt.Runtime(logger)
+                engine = runtime.deserialize_cuda_engine(serialized)
+                if engine is not None:
+                    inspector = engine.create_engine_inspector()
+                    text = inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
+                    layers = parse_inspector_json(text)
+                    if layers and any(layer.type for layer in layers):
+                        return layers, f"{self.name} engine inspector"
+            except Exception as e:  # fall back to the report; the runner will say more
+                log.debug("engine inspector unavailable: %s", e)
+        return parse_layer_report(logger.text()), f"{self.name} builder layer report"
+
+    # -- run ------------------------------------------------------------------------------------
+    def open(self, artifact: Artifact) -> Runner:
+        self.require_gpu()
+        from trt_mpq.backends.tensorrt.runner import TrtRunner
+
+        return TrtRunner(self.trt, Path(artifact.path).read_bytes(),
+                         cuda_graph=self.config.cuda_graph)
