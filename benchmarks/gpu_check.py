@@ -126,24 +126,59 @@ def _engines():
 
 @step("build_here")
 def _build_here():
-    """TensorRT-RTX building for this GPU itself (no compute capability given = current)."""
+    """TensorRT-RTX building for this GPU itself (no compute capability given = current), then
+    running the engines: outputs against ONNX Runtime, FP16 vs INT8 latency interleaved, with
+    and without CUDA-graph replay."""
     import onnx
 
     from trt_mpq.backends.tensorrt import TensorRTBackend, TrtConfig
+    from trt_mpq.measure.latency import MeasureConfig, measure_interleaved
     from trt_mpq.model.groups import find_groups
+    from trt_mpq.plan import Plan
 
     out = {}
-    for precision in ("fp16", "int8"):
-        path = ENGINES / f"tiny_cnn.{precision}.onnx"
-        model = onnx.load(str(path))
-        try:
-            backend = TensorRTBackend("tensorrt-rtx", TrtConfig(timing_cache=False))
-            feed = {k: v[:1] for k, v in np.load(ENGINES / "tiny_cnn.inputs.npz").items()}
-            a = backend.build(model, OUT / f"built_{precision}", find_groups(model), feed,
-                              max_batch=8)
-            out[precision] = {"built": True, "census": a.census.to_json_dict()}
-        except Exception as e:
-            out[precision] = {"built": False, "error": f"{type(e).__name__}: {str(e)[:600]}"}
+    for model_name in ("tiny_cnn", "mobilenet_v2"):
+        if not (ENGINES / f"{model_name}.prepared.onnx").exists():
+            continue
+        groups = find_groups(onnx.load(str(ENGINES / f"{model_name}.prepared.onnx")))
+        feed = dict(np.load(ENGINES / f"{model_name}.inputs.npz"))
+        one = {k: v[:1] for k, v in feed.items()}
+        rows, runners = {}, {}
+        for precision in ("fp16", "int8"):
+            graph = onnx.load(str(ENGINES / f"{model_name}.{precision}.onnx"))
+            plan = Plan.from_json_dict({"groups": {g.name: precision for g in groups}})
+            row = {}
+            try:
+                backend = TensorRTBackend("tensorrt-rtx", TrtConfig(timing_cache=False))
+                a = backend.build(graph, OUT / f"{model_name}_{precision}", groups, one,
+                                  max_batch=8)
+                row.update(built=True, build_s=a.build_s,
+                           census_matches_plan=not a.census.mismatches(plan),
+                           mismatches=a.census.mismatches(plan)[:5],
+                           kernels=dict(a.census.kernels))
+                runner = backend.open(a)
+                got = runner.run(feed)[runner.output_names[0]]
+                ref = np.load(ENGINES / f"{model_name}.{precision}.reference.npy")
+                row.update(max_abs_diff_vs_ort=float(np.abs(got - ref).max()),
+                           top1_agreement_vs_ort=float(np.mean(got.argmax(-1) == ref.argmax(-1))))
+                runners[precision] = runner
+                (OUT / f"{model_name}_{precision}" / "model.engine").unlink()
+            except Exception as e:
+                row.update(built=row.get("built", False), error=f"{type(e).__name__}: {str(e)[:600]}")
+            rows[precision] = row
+        if len(runners) == 2:
+            cfg = MeasureConfig(warmup=50, repeats=500, max_seconds=60)
+            i8, f16 = measure_interleaved([runners["int8"], runners["fp16"]], one, cfg)
+            rows["timing"] = {"fp16": f16.to_json_dict(), "int8": i8.to_json_dict(),
+                              "int8_over_fp16": i8.median_ms / f16.median_ms}
+            for r in runners.values():
+                r._use_graph = True  # same engines, CUDA-graph replay
+            gi8, gf16 = measure_interleaved([runners["int8"], runners["fp16"]], one, cfg)
+            rows["timing_cuda_graph"] = {"fp16": gf16.to_json_dict(), "int8": gi8.to_json_dict(),
+                                         "int8_over_fp16": gi8.median_ms / gf16.median_ms}
+        for r in runners.values():
+            r.close()
+        out[model_name] = rows
     return out
 
 
@@ -197,10 +232,26 @@ def markdown(r: dict) -> str:
     elif "error" in eng:
         lines.append(f"AOT engines: {eng['error']}")
     b = r.get("build_here", {})
-    for p, v in b.items() if isinstance(b, dict) else []:
-        if isinstance(v, dict):
-            lines.append(f"\nBuilding on this GPU ({p}): "
-                         + ("built" if v.get("built") else f"failed: {v.get('error', '')[:300]}"))
+    for model, rows in b.items() if isinstance(b, dict) else []:
+        if not isinstance(rows, dict):
+            continue
+        for p in ("fp16", "int8"):
+            v = rows.get(p, {})
+            if v.get("built") and "error" not in v:
+                lines.append(f"\nBuilt on this GPU: {model} {p} in {v['build_s']:.1f} s; census "
+                             f"matches plan: {v['census_matches_plan']}; max |diff| vs ORT "
+                             f"{v['max_abs_diff_vs_ort']:.3g}, top-1 agreement "
+                             f"{v['top1_agreement_vs_ort']:.3f}")
+            else:
+                lines.append(f"\nBuilding/running {model} {p} on this GPU failed: "
+                             f"{v.get('error', '')[:300]}")
+        for key in ("timing", "timing_cuda_graph"):
+            t = rows.get(key)
+            if t:
+                lines.append(f"{model} batch 1 ({key.replace('_', ' ')}): fp16 "
+                             f"{t['fp16']['median_ms']:.4f} ms, int8 {t['int8']['median_ms']:.4f}"
+                             f" ms, ratio int8/fp16 {t['int8_over_fp16']:.3f} "
+                             f"({t['int8']['n']} interleaved runs each)")
     t = r.get("timer_validation", {})
     if "ratio" in t:
         lines.append(f"\nTimer validation ({t['kernel']}): our CUDA events {t['ours_median_ms']:.4f}"

@@ -88,6 +88,14 @@ def test_settings_are_checked(tmp_path):
             rtx.check_can_run()
 
 
+def test_tensorrt_rtx_does_not_claim_hopper():
+    """Measured on an H200: TensorRT-RTX 1.7 builds there but its engines do not load (SM 9.0)."""
+    from trt_mpq.backends.tensorrt import rtx_runs_on
+
+    assert not rtx_runs_on("sm90") and not rtx_runs_on("sm100")
+    assert all(rtx_runs_on(s) for s in ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121"))
+
+
 def test_parser_errors_are_build_errors(rtx, prepared_cnn, tmp_path):
     from trt_mpq.errors import BuildError
 

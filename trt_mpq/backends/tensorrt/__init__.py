@@ -51,6 +51,12 @@ INSTALL_HINT = {
 RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 
 
+def rtx_runs_on(sm: str) -> bool:
+    """Whether TensorRT-RTX runs engines on a GPU of this compute capability ("sm90")."""
+    major, minor = int(sm[2:-1]), int(sm[-1])
+    return (major, minor) in ((7, 5), (8, 0), (8, 6), (8, 9)) or major >= 12
+
+
 def import_trt(flavor: str):
     if flavor not in MODULES:
         raise ConfigError(f"unknown TensorRT flavour {flavor!r}; use one of {sorted(MODULES)}")
@@ -163,7 +169,13 @@ class TensorRTBackend(Backend):
                                 f"Blackwell); the engine is built for {', '.join(old)}")
 
     def check_can_run(self) -> None:
-        self.require_gpu()
+        gpu = self.require_gpu()
+        if self.rtx and not rtx_runs_on(gpu["sm"]):
+            raise ConfigError(
+                f"TensorRT-RTX {self.version} cannot run engines on {gpu['name']} (compute "
+                f"capability {gpu['compute_capability']}): it supports 8.0, 8.6, 8.9 and 12.x "
+                "(measured on an H200: engines build but do not load). Use --backend tensorrt "
+                "(TensorRT 10/11, e.g. in NVIDIA's container, docker/Dockerfile)")
 
     def require_gpu(self) -> dict:
         if self.gpu is None:
