@@ -14,6 +14,7 @@ import abc
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import onnx
@@ -27,6 +28,31 @@ from trt_mpq.task import Split, Task
 
 
 @dataclass(frozen=True)
+class SensitivityConfig:
+    samples: int = 64  # calibration-split samples a metric may use
+    batch_size: int = 16  # batch size of torch passes (Hessian, Fisher)
+    hutchinson_rel_tol: float = 0.05  # stop when the trace's relative standard error is below
+    hutchinson_min_iter: int = 8
+    hutchinson_max_iter: int = 100
+    neighbours: int = 1  # hessian+deps: pairs (i, j) with j among the next k groups in order
+    conditional: bool = False  # hessian+deps: also the greedy conditional ordering
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.samples < 1 or self.batch_size < 1:
+            raise ConfigError("sensitivity needs at least one sample and a batch size >= 1")
+        if not 0 < self.hutchinson_rel_tol < 1:
+            raise ConfigError("the Hutchinson tolerance must be in (0, 1)")
+        if not 2 <= self.hutchinson_min_iter <= self.hutchinson_max_iter:
+            raise ConfigError("Hutchinson iterations: need 2 <= min <= max")
+        if self.neighbours < 1:
+            raise ConfigError("neighbours must be >= 1")
+
+    def to_json_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+@dataclass(frozen=True)
 class SensitivityContext:
     model: onnx.ModelProto = field(repr=False)
     groups: tuple[Group, ...]
@@ -35,8 +61,12 @@ class SensitivityContext:
     low: Mapping[str, Precision]  # the precision each group is lowered to
     base: Precision  # the precision of groups that are not lowered
     task: Task = field(repr=False)
-    subset: Split = field(repr=False)  # samples the metric may use
+    subset: Split = field(repr=False)  # samples the metric may use (with labels)
     simulate: Callable[[Plan, Split], dict[str, np.ndarray]] = field(repr=False)
+    config: SensitivityConfig = field(default_factory=SensitivityConfig)
+    input_names: tuple[str, ...] = ()  # ONNX graph inputs, in order (the torch twin's arguments)
+    output_names: tuple[str, ...] = ()  # ONNX graph outputs, in order (the torch twin's returns)
+    torch_model: Callable[[], Any] | None = field(default=None, repr=False)  # eval-mode twin
 
     def base_plan(self) -> Plan:
         return Plan.uniform([g.name for g in self.groups], self.base)
