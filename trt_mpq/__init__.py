@@ -6,7 +6,7 @@ the functions that need them.
 
 __version__ = "0.1.0"
 
-from trt_mpq.errors import (  # noqa: F401  (re-exported)
+from trt_mpq.errors import (  # re-exported
     BudgetError,
     BuildError,
     CalibrationError,
@@ -19,3 +19,7 @@ from trt_mpq.errors import (  # noqa: F401  (re-exported)
     TaskError,
     TrtMpqError,
 )
+
+__all__ = ["BudgetError", "BuildError", "CalibrationError", "ConfigError", "DataError",
+           "MeasurementError", "ModelError", "PlanError", "StoreError", "TaskError",
+           "TrtMpqError", "__version__"]

@@ -157,6 +157,30 @@ class OrtBackend(Backend):
         return Artifact(path=path, backend=self.name, build_s=build_s, census=census,
                         files=(optimized,))
 
+    def profile_groups(self, model: onnx.ModelProto, groups: list[Group],
+                       feed: Mapping[str, np.ndarray], runs: int = 30,
+                       work_dir: Path | None = None) -> tuple[dict[str, float], float]:
+        """Per-group kernel milliseconds (mean of `runs` profiled runs after a warm-up) and the
+        time in kernels no group owns; see `group_times`."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+            path = Path(tmp) / "model.onnx"
+            optimized = Path(tmp) / "model.optimized.onnx"
+            onnx.save(model, str(path))
+            qdq = has_qdq(model)
+            warm = self._session(path, qdq)
+            for _ in range(3):
+                warm.run(None, dict(feed))
+            del warm
+            sess = self._session(path, qdq, profile_prefix=str(Path(tmp) / "profile"),
+                                 optimized_path=optimized)
+            for _ in range(runs):
+                sess.run(None, dict(feed))
+            events = json.loads(Path(sess.end_profiling()).read_text())
+            return group_times(onnx.load(str(optimized), load_external_data=False), events,
+                               groups, model, runs)
+
     # -- run ------------------------------------------------------------------------------------
     def open(self, artifact: Artifact) -> OrtRunner:
         qdq = has_qdq(onnx.load(str(artifact.path), load_external_data=False))
@@ -234,29 +258,31 @@ def _tail_tensors(model: onnx.ModelProto, groups: list[Group]) -> dict[str, str]
     return tails
 
 
-def read_census(optimized: onnx.ModelProto, profile_events: list[dict],
-                groups: list[Group], materialized: onnx.ModelProto | None = None) -> Census:
-    """Attribute the compute kernels of the optimized graph to groups and classify them.
-
-    A kernel belongs to a group when it consumes (possibly through a DequantizeLinear, Cast or
-    layout reorder) an initializer that is one of the group's weights or biases, or was derived
-    from one by ONNX Runtime or its quantizers (derived names extend the original with "_...").
-    Layout transforms (NCHWc) may re-create weight *and* bias under new names; such a kernel is
-    named after the tensor it produces ("<output>_nchwc"), which is the group op's output or that
-    of an activation fused into it (`materialized` gives those names). The profiled run tells
-    which kernel each node really executed and with which input types.
-    """
-    ran: dict[str, tuple[str, list[str]]] = {}
-    kernels: Counter[str] = Counter()
+def _ran(profile_events: list[dict]) -> dict[str, tuple[str, list[str], float]]:
+    """Node name -> (kernel that ran, input types, total microseconds) from profiler events."""
+    ran: dict[str, tuple[str, list[str], float]] = {}
     for ev in profile_events:
         if ev.get("cat") != "Node" or not ev.get("name", "").endswith("_kernel_time"):
             continue
         args = ev.get("args", {})
         node = ev["name"][: -len("_kernel_time")]
         types = [next(iter(t)) for t in args.get("input_type_shape", []) if t]
-        ran[node] = (args.get("op_name", ""), types)
-        kernels[args.get("op_name", "")] += 1
+        prev = ran.get(node, ("", [], 0.0))[2]
+        ran[node] = (args.get("op_name", ""), types, prev + float(ev.get("dur", 0)))
+    return ran
 
+
+def attribute_kernels(optimized: onnx.ModelProto, ran: dict, groups: list[Group],
+                      materialized: onnx.ModelProto | None = None) -> dict[str, set[str]]:
+    """Compute-kernel node name -> the groups whose work it does.
+
+    A kernel belongs to a group when it consumes (possibly through a DequantizeLinear, Cast or
+    layout reorder) an initializer that is one of the group's weights or biases, or was derived
+    from one by ONNX Runtime or its quantizers (derived names extend the original with "_...").
+    Layout transforms (NCHWc) may re-create weight *and* bias under new names; such a kernel is
+    named after the tensor it produces ("<output>_nchwc"), which is the group op's output or that
+    of an activation fused into it (`materialized` gives those names).
+    """
     owner: dict[str, str] = {}  # weight/bias name -> group
     for g in groups:
         for op in g.ops:
@@ -282,14 +308,13 @@ def read_census(optimized: onnx.ModelProto, profile_events: list[dict],
     for node in optimized.graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-
     tails = _tail_tensors(materialized, groups) if materialized is not None else {}
 
     def named_group(node: onnx.NodeProto) -> str | None:
         base = node.name[: -len("_nchwc")] if node.name.endswith("_nchwc") else node.name
         return tails.get(base)
 
-    found: dict[str, set[str]] = {g.name: set() for g in groups}
+    kernel_groups: dict[str, set[str]] = {}
     for node in optimized.graph.node:
         gs = {g for g in (group_of(i) for i in node.input) if g}
         if not gs and ran.get(node.name, (node.op_type,))[0] in COMPUTE_KERNELS:
@@ -304,13 +329,27 @@ def read_census(optimized: onnx.ModelProto, profile_events: list[dict],
             if n.name in seen:
                 continue
             seen.add(n.name)
-            kernel, types = ran.get(n.name, (n.op_type, []))
+            kernel = ran.get(n.name, (n.op_type,))[0]
             if kernel in COMPUTE_KERNELS:
-                for g in gs:
-                    found[g].add(_classify(kernel, types))
+                kernel_groups.setdefault(n.name, set()).update(gs)
             elif n.op_type in WEIGHT_PASSTHROUGH:
                 for out in n.output:
                     frontier.extend(consumers.get(out, []))
+    return kernel_groups
+
+
+def read_census(optimized: onnx.ModelProto, profile_events: list[dict],
+                groups: list[Group], materialized: onnx.ModelProto | None = None) -> Census:
+    """Classify what each group's kernels ran (see `attribute_kernels`); the profiled run tells
+    which kernel each node really executed and with which input types."""
+    ran = _ran(profile_events)
+    kernels = Counter(kernel for kernel, _, _ in ran.values())
+    found: dict[str, set[str]] = {g.name: set() for g in groups}
+    optimized_types = {n.name: n.op_type for n in optimized.graph.node}
+    for node, gs in attribute_kernels(optimized, ran, groups, materialized).items():
+        kernel, types, _ = ran.get(node, (optimized_types.get(node, ""), [], 0.0))
+        for g in gs:
+            found[g].add(_classify(kernel, types))
     executed = {}
     for g in groups:
         classes = found[g.name]
@@ -322,3 +361,23 @@ def read_census(optimized: onnx.ModelProto, profile_events: list[dict],
             executed[g.name] = "mixed(" + ",".join(sorted(classes)) + ")"
     return Census(executed=executed, kernels=dict(sorted(kernels.items())),
                   source="onnxruntime profiler + optimized graph")
+
+
+def group_times(optimized: onnx.ModelProto, profile_events: list[dict], groups: list[Group],
+                materialized: onnx.ModelProto | None, runs: int) -> tuple[dict[str, float], float]:
+    """Mean milliseconds per run spent in each group's kernels, and in all other kernels (the
+    Q/DQ, layout conversions and other ops no group owns). A kernel shared by k groups (fused
+    Q/K/V) counts 1/k to each."""
+    ran = _ran(profile_events)
+    attributed = attribute_kernels(optimized, ran, groups, materialized)
+    per_group = {g.name: 0.0 for g in groups}
+    other = 0.0
+    for node, (_, _, us) in ran.items():
+        gs = attributed.get(node)
+        if gs:
+            for g in gs:
+                per_group[g] += us / len(gs)
+        else:
+            other += us
+    scale = 1e-3 / max(runs, 1)
+    return {g: t * scale for g, t in per_group.items()}, other * scale

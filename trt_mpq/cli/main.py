@@ -59,6 +59,24 @@ def _common(p: argparse.ArgumentParser, *, task: bool = True) -> None:
                         "(default: $TRT_MPQ_CACHE or ~/.cache/trt-mpq)")
 
 
+def _sensitivity_opts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--sensitivity-samples", type=int, default=64,
+                   help="calibration samples the sensitivity metrics use")
+    p.add_argument("--torch", metavar="PKG.MODULE:FUNC", default=None,
+                   help="the model's torch twin (hessian, fisher) for your own ONNX model")
+    p.add_argument("--neighbours", type=int, default=1,
+                   help="hessian+deps: pair each group with the next N groups")
+    p.add_argument("--conditional", action="store_true",
+                   help="hessian+deps: greedy conditional order instead of pairwise folding")
+
+
+def _sensitivity_config(args):
+    from trt_mpq.sensitivity import SensitivityConfig
+
+    return SensitivityConfig(samples=args.sensitivity_samples, neighbours=args.neighbours,
+                             conditional=args.conditional)
+
+
 def _backend_opts(p: argparse.ArgumentParser, measure: bool = True) -> None:
     p.add_argument("--backend", default="ort-cpu",
                    help="ort-cpu (default), tensorrt (TensorRT 10/11), tensorrt-rtx")
@@ -134,7 +152,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the search in --out (or the latest one for this model and "
                         "backend) without re-measuring anything")
-    p.add_argument("--strategy", default="bisection", help="bisection | frontier")
+    p.add_argument("--strategy", default="bisection",
+                   help="bisection (+ refine + sweep, default) | frontier (sweep only) | greedy "
+                        "(measured forward selection, O(n^2)) | ilp (integer program on "
+                        "sensitivity and measured gains, budget bisected on accuracy)")
+    p.add_argument("--greedy-candidates", type=int, default=8,
+                   help="greedy: flips tried per step, least sensitive first (0: all)")
+    p.add_argument("--ilp-steps", type=int, default=8, help="ilp: evaluations after the first")
     p.add_argument("--sensitivity", default="noise", help="sensitivity metric (noise)")
     p.add_argument("--precision", default="auto",
                    help="what groups are lowered to: auto (int8-dynamic for MatMul and int8 "
@@ -142,7 +166,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sweep", type=int, default=6, help="extra prefixes measured for the frontier")
     p.add_argument("--refine", type=int, default=2,
                    help="also measure k +- this around the bisection boundary")
-    p.add_argument("--sensitivity-samples", type=int, default=64)
+    p.add_argument("--order", default="sensitivity",
+                   help="sensitivity (least sensitive first, the papers) or latency-aware "
+                        "(least sensitivity per unit of measured latency gain first)")
+    _sensitivity_opts(p)
+
+    p = sub.add_parser("sensitivity", help="score every group with sensitivity metrics and "
+                                           "rank the orders against the measured drop")
+    _common(p)
+    _backend_opts(p)
+    p.add_argument("--metrics", default="noise,sqnr,accuracy,hessian,hessian+deps,fisher",
+                   help="comma-separated: noise, sqnr, accuracy, hessian, hessian+deps, fisher")
+    _sensitivity_opts(p)
+    p.add_argument("--precision", default="auto", help="what groups are lowered to (as search)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the measured one-at-a-time drop on the search split")
+    p.add_argument("--gains", action="store_true",
+                   help="also measure per-group latency gains (profiler) and latency-aware orders")
+    p.add_argument("--out", type=Path, default=None,
+                   help="write sensitivity.json and sensitivity.png into this folder")
 
     p = sub.add_parser("build", help="build one plan's artifact (e.g. a TensorRT engine, "
                                      "without a GPU for tensorrt-rtx) and check its precisions")
@@ -369,7 +411,6 @@ def _resolve_out(args, model_name: str, backend_name: str) -> Path:
 
 
 def cmd_search(args) -> int:
-    from trt_mpq.calib import CalibMethod  # noqa: F401  (validates early via _calib_config)
     from trt_mpq.pipeline.outputs import write_search_outputs
     from trt_mpq.pipeline.search import SearchConfig, run_search
     from trt_mpq.plan import Precision
@@ -381,7 +422,10 @@ def cmd_search(args) -> int:
     precision = None if args.precision == "auto" else Precision.parse(args.precision)
     config = SearchConfig(budget=budget, strategy=args.strategy, sensitivity=args.sensitivity,
                           precision=precision, sweep_points=args.sweep, refine=args.refine,
-                          sensitivity_samples=args.sensitivity_samples)
+                          sensitivity_samples=args.sensitivity_samples, order=args.order,
+                          sensitivity_config=_sensitivity_config(args), torch_model=args.torch,
+                          greedy_candidates=args.greedy_candidates or None,
+                          ilp_steps=args.ilp_steps)
     from trt_mpq.sensitivity import get_metric
 
     get_metric(config.sensitivity)
@@ -434,6 +478,42 @@ def cmd_search(args) -> int:
     return EXIT_BUDGET
 
 
+def cmd_sensitivity(args) -> int:
+    from trt_mpq.pipeline.analysis import analyze, plot_orders
+    from trt_mpq.pipeline.search import low_precisions
+    from trt_mpq.plan import Precision
+    from trt_mpq.report import write_json
+    from trt_mpq.sensitivity import get_metric
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    for m in metrics:
+        get_metric(m)  # unknown names fail before any work
+    config = _sensitivity_config(args)
+    backend = _backend(args)
+    ws = _workspace(args)
+    precision = None if args.precision == "auto" else Precision.parse(args.precision)
+    low = low_precisions(ws, backend, precision)
+    ranges = ws.calibrate(_calib_config(args))
+    report = analyze(ws, backend, ranges, low, metrics, config, reference=not args.no_reference,
+                     gains=args.gains, torch_spec=args.torch)
+    for m in metrics:
+        r = report["metrics"][m]
+        q = report.get("order_quality", {}).get(m, {})
+        corr = (f"  spearman {q['spearman']:+.2f} kendall {q['kendall']:+.2f}"
+                if q.get("spearman") is not None else "")
+        log.info("%-13s %6.1f s %6d passes%s   most sensitive: %s", m, r["seconds"], r["passes"],
+                 corr, r["order"][-1])
+    if args.out:
+        out = Path(args.out)
+        write_json(out / "sensitivity.json", report)
+        if "reference" in report:
+            plot_orders(report, out / "sensitivity.png")
+        print(out / "sensitivity.json")
+    else:
+        print(json.dumps(report, indent=2))
+    return EXIT_OK
+
+
 def cmd_report(args) -> int:
     from trt_mpq.report import regenerate
 
@@ -444,6 +524,7 @@ def cmd_report(args) -> int:
 
 COMMANDS = {"zoo": cmd_zoo, "inspect": cmd_inspect, "calibrate": cmd_calibrate,
             "evaluate": cmd_evaluate, "search": cmd_search, "build": cmd_build,
+            "sensitivity": cmd_sensitivity,
             "report": cmd_report}
 
 

@@ -76,7 +76,9 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "cached_evaluations": outcome.cached,
         "wall_s": setup_s + outcome.wall_s,  # the whole command, from start to outputs
         "phases": {"setup_s": setup_s, **outcome.phases},
-        "sensitivity": {**outcome.sensitivity.to_json_dict(), "order": outcome.order},
+        "sensitivity": {**outcome.sensitivity.to_json_dict(), "order": outcome.order,
+                        "ordering": config.order},
+        "latency_gains": outcome.gains.to_json_dict() if outcome.gains else None,
         "low_precisions": {g: p.value for g, p in outcome.low.items()},
         "tried_on_holdout": [_confirmation_dict(c) for c in outcome.tried],
         "versions": versions(),

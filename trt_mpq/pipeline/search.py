@@ -14,8 +14,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-import numpy as np
-
 from trt_mpq.backends.base import Artifact, Backend
 from trt_mpq.calib import Ranges
 from trt_mpq.errors import ConfigError, PlanError
@@ -24,12 +22,14 @@ from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_interle
 from trt_mpq.pipeline.evaluator import Evaluator
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan, Precision
-from trt_mpq.qdq import BASELINE, MATMUL_ONLY, Dialect, default_low_precision, materialize
+from trt_mpq.qdq import BASELINE, MATMUL_ONLY, default_low_precision, materialize
 from trt_mpq.search import (
     Around,
     Bisection,
     Budget,
     Evaluation,
+    Greedy,
+    IlpSearch,
     PrefixPlans,
     PrefixSweep,
     drive,
@@ -37,13 +37,14 @@ from trt_mpq.search import (
     frontier,
     ranked_in_budget,
 )
-from trt_mpq.sensitivity import SensitivityContext, SensitivityResult, get_metric
+from trt_mpq.pipeline import analysis
+from trt_mpq.pipeline.analysis import ORDERS
+from trt_mpq.sensitivity import SensitivityConfig, SensitivityResult
 from trt_mpq.store import Store
-from trt_mpq.task import Split
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("bisection", "frontier")
+STRATEGIES = ("bisection", "frontier", "greedy", "ilp")
 
 
 @dataclass(frozen=True)
@@ -57,10 +58,21 @@ class SearchConfig:
     sensitivity_samples: int = 64
     confirm_candidates: int = 3
     final_repeats_factor: int = 2  # the final re-measurement uses this many times more runs
+    order: str = "sensitivity"  # sensitivity (the papers) | latency-aware (per unit of gain)
+    sensitivity_config: SensitivityConfig | None = None  # None: defaults with the samples above
+    torch_model: str | None = None  # --torch package.module:make_model
+    greedy_candidates: int | None = 8  # greedy: flips tried per step (None: every group)
+    ilp_steps: int = 8  # ilp: evaluations after the first
 
     def __post_init__(self) -> None:
         if self.strategy not in STRATEGIES:
             raise ConfigError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
+        if self.order not in ORDERS:
+            raise ConfigError(f"unknown order {self.order!r}; use one of {ORDERS}")
+        if self.greedy_candidates is not None and self.greedy_candidates < 1:
+            raise ConfigError("greedy candidates must be >= 1")
+        if self.ilp_steps < 1:
+            raise ConfigError("ilp steps must be >= 1")
         if self.sweep_points < 0 or self.refine < 0:
             raise ConfigError("sweep points and refine width must be >= 0")
         if self.strategy == "frontier" and self.sweep_points < 1:
@@ -72,13 +84,20 @@ class SearchConfig:
         if self.final_repeats_factor < 1:
             raise ConfigError("final_repeats_factor must be >= 1")
 
+    @property
+    def sens_config(self) -> SensitivityConfig:
+        return self.sensitivity_config or SensitivityConfig(samples=self.sensitivity_samples)
+
     def to_json_dict(self) -> dict:
         return {"budget": self.budget.to_json_dict(), "strategy": self.strategy,
-                "sensitivity": self.sensitivity,
+                "sensitivity": self.sensitivity, "order": self.order,
+                "sensitivity_config": self.sens_config.to_json_dict(),
+                "torch_model": self.torch_model,
                 "precision": self.precision.value if self.precision else "auto",
                 "sweep_points": self.sweep_points, "refine": self.refine,
                 "sensitivity_samples": self.sensitivity_samples,
                 "confirm_candidates": self.confirm_candidates,
+                "greedy_candidates": self.greedy_candidates, "ilp_steps": self.ilp_steps,
                 "final_repeats_factor": self.final_repeats_factor}
 
 
@@ -115,6 +134,7 @@ class SearchOutcome:
     cached: int
     wall_s: float
     phases: dict[str, float]
+    gains: analysis.Gains | None = None
 
     @property
     def budget_met(self) -> bool:
@@ -139,50 +159,6 @@ def low_precisions(ws: Workspace, backend: Backend,
         raise PlanError(f"{precision.value} is the baseline precision of {dialect.value}; "
                         "choose a lower one")
     return low
-
-
-def make_simulator(ws: Workspace, ranges: Ranges, dialect: Dialect):
-    """run(plan, split) -> outputs on ONNX Runtime (CPU): numerical effects of a plan, used by
-    sensitivity metrics. Not a latency measurement and not the target backend."""
-    import onnxruntime as ort
-
-    from trt_mpq.backends.ort import QDQ_DISABLED_OPTIMIZERS, has_qdq
-
-    def run(plan: Plan, split: Split) -> dict[str, np.ndarray]:
-        graph = materialize(ws.model, ws.groups, plan, ranges, dialect)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(graph.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS)
-                                    if has_qdq(graph) else [])
-        names = [o.name for o in sess.get_outputs()]
-        parts: dict[str, list] = {n: [] for n in names}
-        for feed, _ in split.batches(ws.task.eval_batch):
-            for n, v in zip(names, sess.run(None, feed)):
-                parts[n].append(v)
-        return {n: np.concatenate(v) for n, v in parts.items()}
-
-    return run
-
-
-def compute_sensitivity(ws: Workspace, ranges: Ranges, dialect: Dialect,
-                        low: dict[str, Precision], config: SearchConfig,
-                        store: Store | None) -> SensitivityResult:
-    key = f"sensitivity:{config.sensitivity}:{Plan.of(low).digest}:{config.sensitivity_samples}"
-    if store is not None:
-        cached = store.get_blob(key)
-        if cached is not None:
-            return SensitivityResult.from_json_dict(cached)
-    ctx = SensitivityContext(
-        model=ws.model, groups=tuple(ws.groups), ranges=ranges, dialect=dialect, low=low,
-        base=BASELINE[dialect], task=ws.task,
-        subset=ws.task.calibration.head(config.sensitivity_samples),
-        simulate=make_simulator(ws, ranges, dialect))
-    result = get_metric(config.sensitivity).score(ctx, progress=ws.progress)
-    if store is not None:
-        store.put_blob(key, result.to_json_dict())
-    return result
 
 
 def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> None:
@@ -213,18 +189,34 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             return ev.ok and budget.accepts(ev.drop, baseline_metric)
 
         t = time.perf_counter()
-        sens = compute_sensitivity(ws, ranges, dialect, low, config, store)
+        sens = analysis.sensitivity(ws, ranges, dialect, low, config.sensitivity,
+                                    config.sens_config, store, config.torch_model)
         phases["sensitivity_s"] = time.perf_counter() - t
-        order = sens.order(ws.groups)
+        gains = None
+        if config.order == "latency-aware" or config.strategy == "ilp":
+            t = time.perf_counter()
+            gains = analysis.latency_gains(ws, backend, ranges, low, store)
+            phases["latency_profile_s"] = time.perf_counter() - t
+        order = analysis.order(ws.group_names(), sens.scores, gains.gain if gains else None)
         prefixes = PrefixPlans(order, {g: low[g] for g in order}, BASELINE[dialect])
 
         strategies = []
+        base_precision = BASELINE[dialect]
+        names = ws.group_names()
+        if config.strategy == "greedy":
+            strategies.append(Greedy(names, low, base_precision, accept,
+                                     candidates=config.greedy_candidates, order=order))
+        if config.strategy == "ilp":
+            strategies.append(IlpSearch(
+                names, low, base_precision, accept, objective="gain",
+                sensitivity={g: max(v, 0.0) for g, v in sens.scores.items()},
+                gain={g: max(v, 0.0) for g, v in gains.gain.items()}, steps=config.ilp_steps))
         if config.strategy == "bisection":
             bis = Bisection(prefixes, accept)
             strategies.append(bis)
             if config.refine:
                 strategies.append(Around(prefixes, center=lambda: bis.best_k, width=config.refine))
-        if config.sweep_points:
+        if config.sweep_points and config.strategy in ("bisection", "frontier"):
             strategies.append(PrefixSweep(prefixes, config.sweep_points))
 
         t = time.perf_counter()
@@ -270,7 +262,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         baseline_holdout_metric=holdout_base, evaluations=evaluations,
         frontier=frontier(evaluations), sensitivity=sens, order=order, low=low, best=best,
         tried=tried, fresh=fresh, cached=cached, wall_s=time.perf_counter() - t_start,
-        phases=phases)
+        phases=phases, gains=gains)
 
 
 def _holdout_baseline(ws: Workspace, evaluator: Evaluator):
@@ -336,4 +328,4 @@ def _install_artifact(artifact: Artifact, out_dir: Path, facts: dict) -> str:
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
-           "compute_sensitivity", "make_simulator", "STRATEGIES"]
+           "STRATEGIES"]

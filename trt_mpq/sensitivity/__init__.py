@@ -82,6 +82,7 @@ class SensitivityResult:
     passes: int  # forward (or forward+backward) passes over the subset
     seconds: float
     samples: int
+    extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # per-metric details
 
     def order(self, groups: list[Group]) -> list[str]:
         """Group names, least sensitive first; ties keep graph order."""
@@ -90,12 +91,13 @@ class SensitivityResult:
 
     def to_json_dict(self) -> dict:
         return {"metric": self.metric, "scores": dict(self.scores), "passes": self.passes,
-                "seconds": self.seconds, "samples": self.samples}
+                "seconds": self.seconds, "samples": self.samples, "extra": dict(self.extra)}
 
     @classmethod
     def from_json_dict(cls, d: Mapping) -> SensitivityResult:
         return cls(metric=d["metric"], scores=dict(d["scores"]), passes=int(d["passes"]),
-                   seconds=float(d["seconds"]), samples=int(d["samples"]))
+                   seconds=float(d["seconds"]), samples=int(d["samples"]),
+                   extra=dict(d.get("extra", {})))
 
 
 class SensitivityMetric(abc.ABC):
@@ -151,11 +153,24 @@ class OutputNoise(SensitivityMetric):
                                  seconds=time.perf_counter() - t0, samples=len(ctx.subset))
 
 
-METRICS: dict[str, type[SensitivityMetric]] = {"noise": OutputNoise}
+#: name -> "module:Class"; imported on use (the torch-based ones import torch only then)
+METRICS: dict[str, str] = {
+    "noise": "trt_mpq.sensitivity:OutputNoise",
+    "accuracy": "trt_mpq.sensitivity.simulated:AccuracyDrop",
+    "sqnr": "trt_mpq.sensitivity.simulated:Sqnr",
+    "hessian": "trt_mpq.sensitivity.hessian:HessianTrace",
+    "hessian+deps": "trt_mpq.sensitivity.simulated:HessianDeps",
+    "fisher": "trt_mpq.sensitivity.hessian:Fisher",
+}
+#: metrics that need the model's torch twin
+NEEDS_TORCH = frozenset({"hessian", "hessian+deps", "fisher"})
 
 
 def get_metric(name: str) -> SensitivityMetric:
     if name not in METRICS:
         raise ConfigError(f"unknown sensitivity metric {name!r}; available: "
                           f"{', '.join(sorted(METRICS))}")
-    return METRICS[name]()
+    import importlib
+
+    module, cls = METRICS[name].split(":")
+    return getattr(importlib.import_module(module), cls)()

@@ -1,0 +1,360 @@
+"""Side-by-side comparison of mixed-precision methods, same backend, model, data and budgets for
+every row; writes the "Method comparison" section of benchmarks/RESULTS.md and one frontier plot
+per model (benchmarks/compare_<model>.png).
+
+    python benchmarks/compare_methods.py --models resnet-digits minilm-sentiment
+    python benchmarks/compare_methods.py --models tiny --no-write     # a quick self-check
+
+Rows (what each established tool does, reimplemented on our measured pipeline):
+  (a) uniform        every group lowered
+  (b) graph-order    the first N groups (graph order) kept high, N bisected: Polygraphy's
+                     `debug precision`
+  (c) aimet          one-at-a-time accuracy ranking, bisection over the ranked list: AIMET AMP
+  (d) hawq           Hessian-trace ranking + bisection: HAWQ and the paper's own baseline
+  (e) autoquantize   Fisher score + integer program under a bit budget, the budget lowered until
+                     the accuracy holds: Model Optimizer's AutoQuantize
+  (f) random         random order + bisection, median over 5 seeds
+  (g) deps           hessian+deps ranking + bisection: the paper's method
+  (h) ours           hessian+deps per unit of *measured* latency gain + bisection, refinement
+                     and a prefix sweep; the fastest measured in-budget plan
+Columns per budget (1%, 0.1%, 0.01% relative): the chosen plan's measured latency ratio (the
+fastest in-budget plan the method evaluated) and its holdout drop; per method: evaluations, wall
+time (its own sensitivity cost + the recorded time of every evaluation it needed), and the area
+of the (ratio, drop) region its measured points dominate (larger is better, see
+trt_mpq.search.area_under_frontier). Every latency is interleaved with the FP32 baseline in one
+process; evaluations are shared through one store per model (a plan two methods propose is
+measured once, and both are charged for it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import statistics
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).parent
+ROOT = HERE.parent
+BUDGETS = ("1%", "0.1%", "0.01%")
+METHODS = ("uniform", "graph-order", "aimet", "hawq", "autoquantize", "random", "deps", "ours")
+BEGIN, END = "<!-- compare_methods:begin -->", "<!-- compare_methods:end -->"
+
+
+def _workspace(name: str, cache: Path):
+    from trt_mpq.pipeline.workspace import Workspace
+
+    if name == "tiny":  # the test fixture: a small CNN on digits (trained here, seconds)
+        import os
+
+        sys.path.insert(0, str(ROOT / "tests" / "fixtures"))
+        import digits_task
+
+        path = cache / "tiny" / "digits_cnn.onnx"
+        if not path.exists():
+            digits_task.train_and_export(path, epochs=6)
+        os.environ[digits_task.TWIN_ENV] = str(path.with_suffix(".pt"))
+        return Workspace.open(str(path), "digits_task:make_task", cache, progress=False)
+    return Workspace.open(name, None, cache, progress=False)
+
+
+class Runner:
+    """One model: workspace, calibration, baseline, shared evaluation store."""
+
+    def __init__(self, name: str, cache: Path, out: Path, repeats: int) -> None:
+        from trt_mpq.backends import get_backend
+        from trt_mpq.calib import CalibConfig
+        from trt_mpq.measure import MeasureConfig
+        from trt_mpq.pipeline.evaluator import Evaluator
+        from trt_mpq.pipeline.search import low_precisions
+        from trt_mpq.store import Store
+
+        self.ws = _workspace(name, cache)
+        self.backend = get_backend("ort-cpu")
+        self.ranges = self.ws.calibrate(CalibConfig())
+        self.low = low_precisions(self.ws, self.backend, None)
+        measure = MeasureConfig(repeats=repeats, min_repeats=min(15, repeats))
+        out.mkdir(parents=True, exist_ok=True)
+        context = {"model": self.ws.model_digest, "data": self.ws.task.data_digest,
+                   "backend": self.backend.describe(), "ranges": self.ranges.digest,
+                   "measure": measure.to_json_dict()}
+        self.store = Store(out / "store.sqlite", context)
+        self.evaluator = Evaluator(self.ws, self.backend, self.ranges, measure, self.store,
+                                   out / ".work").__enter__()
+        self.baseline_metric = self.evaluator.baseline.metric
+        self.names = self.ws.group_names()
+
+    def close(self) -> None:
+        self.evaluator.__exit__(None, None, None)
+        self.store.close()
+
+    def sensitivity(self, metric: str):
+        from trt_mpq.pipeline import analysis
+        from trt_mpq.sensitivity import SensitivityConfig
+
+        return analysis.sensitivity(self.ws, self.ranges, self.backend.dialect, self.low, metric,
+                                    SensitivityConfig(), self.store)
+
+    def gains(self):
+        from trt_mpq.pipeline import analysis
+
+        return analysis.latency_gains(self.ws, self.backend, self.ranges, self.low, self.store)
+
+    def holdout_drop(self, plan) -> float:
+        """Holdout drop of a plan (ONNX Runtime, same graph and runtime as its evaluation)."""
+        from trt_mpq.pipeline.analysis import make_simulator
+        from trt_mpq.search import drop_of
+
+        key = f"holdout:{plan.digest}"
+        if (cached := self.store.get_blob(key)) is not None:
+            return cached
+        task = self.ws.task
+        sim = make_simulator(self.ws, self.ranges, self.backend.dialect)
+        base = self.store.get_blob("holdout:baseline")
+        if base is None:
+            base = task.metric(sim(self.evaluator.baseline_plan, task.holdout), task.holdout.labels)
+            self.store.put_blob("holdout:baseline", base)
+        value = task.metric(sim(plan, task.holdout), task.holdout.labels)
+        rel = drop_of(value, base, task.metric.higher_is_better)[1]
+        self.store.put_blob(key, rel)
+        return rel
+
+
+def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
+    from trt_mpq.pipeline import analysis
+    from trt_mpq.plan import Plan
+    from trt_mpq.qdq import BASELINE
+    from trt_mpq.search import (
+        Around,
+        Bisection,
+        IlpSearch,
+        PrefixPlans,
+        PrefixSweep,
+        drive,
+    )
+
+    accept = lambda e: e.ok and budget.accepts(e.drop, r.baseline_metric)  # noqa: E731
+    base = BASELINE[r.backend.dialect]
+    sens_s = 0.0
+
+    def scores(metric: str):
+        nonlocal sens_s
+        if metric not in sens_cache:
+            sens_cache[metric] = r.sensitivity(metric)
+        sens_s += sens_cache[metric].seconds
+        return sens_cache[metric].scores
+
+    def bisect(order, extra=()):
+        pp = PrefixPlans(order, {g: r.low[g] for g in order}, base)
+        bis = Bisection(pp, accept)
+        strategies = [bis, *[s(pp, bis) for s in extra]]
+        return drive(strategies, r.evaluator.evaluate)
+
+    if method == "uniform":
+        evs = [r.evaluator.evaluate(Plan.of(r.low), "uniform")]
+    elif method == "graph-order":
+        evs = bisect(list(reversed(r.names)))  # lower from the end: the first N stay high
+    elif method == "aimet":
+        evs = bisect(analysis.order(r.names, scores("accuracy")))
+    elif method == "hawq":
+        evs = bisect(analysis.order(r.names, scores("hessian")))
+    elif method == "deps":
+        evs = bisect(analysis.order(r.names, scores("hessian+deps")))
+    elif method == "ours":
+        gains = r.gains()
+        order = analysis.order(r.names, scores("hessian+deps"), gains.gain)
+        evs = bisect(order, extra=(lambda pp, bis: Around(pp, lambda: bis.best_k, width=2),
+                                   lambda pp, bis: PrefixSweep(pp, 6)))
+    elif method == "autoquantize":
+        params = {g.name: g.params for g in r.ws.groups}
+        ilp = IlpSearch(r.names, r.low, base, accept, objective="bits", params=params,
+                        sensitivity={g: max(v, 0.0) for g, v in scores("fisher").items()},
+                        steps=8)
+        evs = drive([ilp], r.evaluator.evaluate)
+    elif method == "random":
+        per_seed = []
+        for seed in range(5):
+            order = list(r.names)
+            random.Random(seed).shuffle(order)
+            per_seed.append(bisect(order))
+        return _median_of(r, per_seed, accept)
+    else:
+        raise ValueError(method)
+    return _summary(r, evs, accept, sens_s)
+
+
+def _summary(r: Runner, evs, accept, sens_s: float) -> dict:
+    from trt_mpq.search import area_under_frontier, frontier, ranked_in_budget
+
+    ok = ranked_in_budget(evs, accept)
+    best = ok[0] if ok else None
+    return {"ratio": best.latency_ratio if best else None,
+            "holdout_drop": r.holdout_drop(best.plan) if best else None,
+            "plan": best.plan.counts() if best else None,
+            "evaluations": len(evs),
+            "wall_s": sens_s + sum(e.wall_s for e in evs),
+            "auf": area_under_frontier(frontier(evs), 0.05),
+            "points": [(e.latency_ratio, e.rel_drop) for e in evs if e.ok]}
+
+
+def _median_of(r: Runner, runs, accept) -> dict:
+    sums = [_summary(r, evs, accept, 0.0) for evs in runs]
+    ratios = [s["ratio"] if s["ratio"] is not None else 1.0 for s in sums]
+    mid = sorted(range(len(sums)), key=lambda i: ratios[i])[len(sums) // 2]
+    out = dict(sums[mid])
+    out["evaluations"] = statistics.median(s["evaluations"] for s in sums)
+    out["wall_s"] = statistics.median(s["wall_s"] for s in sums)
+    out["auf"] = statistics.median(s["auf"] for s in sums)
+    return out
+
+
+def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
+    from trt_mpq.search import Budget
+
+    r = Runner(name, cache, runs / f"compare-{name}", repeats)
+    t0 = time.perf_counter()
+    rows = {}
+    sens_cache: dict = {}
+    try:
+        for method in methods:
+            rows[method] = {}
+            for text in BUDGETS:
+                rows[method][text] = run_method(r, method, Budget.parse(text), sens_cache)
+                print(f"{name} {method} {text}: {json.dumps(_short(rows[method][text]))}",
+                      file=sys.stderr, flush=True)
+        quality = {}
+        try:
+            from trt_mpq.pipeline import analysis
+
+            ref = analysis.reference_drop(r.ws, r.ranges, r.backend.dialect, r.low, r.store)
+            orders = {m: analysis.order(r.names, s.scores) for m, s in sens_cache.items()}
+            if "hessian+deps" in sens_cache:
+                orders["hessian+deps (latency-aware)"] = analysis.order(
+                    r.names, sens_cache["hessian+deps"].scores, r.gains().gain)
+            quality = analysis.order_quality(orders, ref.scores)
+        except Exception as e:  # the comparison stands without it
+            quality = {"error": str(e)}
+        result = {"model": name, "weights": r.ws.task.weights, "groups": len(r.names),
+                  "baseline_metric": r.baseline_metric, "rows": rows,
+                  "sensitivity_cost": {m: {"seconds": s.seconds, "passes": s.passes}
+                                       for m, s in sens_cache.items()},
+                  "order_quality": quality, "wall_s": time.perf_counter() - t0,
+                  "unique_evaluations": len(r.store)}
+    finally:
+        r.close()
+    (runs / f"compare-{name}" / "compare.json").write_text(json.dumps(result, indent=1))
+    plot(result, HERE / f"compare_{name}.png")
+    return result
+
+
+def _short(row: dict) -> dict:
+    return {k: row[k] for k in ("ratio", "holdout_drop", "evaluations") if k in row}
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    for method, by_budget in result["rows"].items():
+        pts = sorted({p for row in by_budget.values() for p in row.get("points", [])
+                      if p[0] is not None and p[1] is not None})
+        if pts:
+            ax.scatter([p[0] for p in pts], [100 * p[1] for p in pts], s=14, label=method)
+    ax.set_xlabel("latency / FP32 latency (measured)")
+    ax.set_ylabel("metric drop on the search split (%)")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_title(f"{result['model']}: every plan each method measured")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def table(results: list[dict]) -> str:
+    import onnxruntime
+    import platform
+
+    cpu = platform.processor()
+    try:
+        cpu = next(line.split(":", 1)[1].strip() for line in
+                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    lines = [f"Backend `ort-cpu` (ONNX Runtime {onnxruntime.__version__}), {cpu}; "
+             f"run on {time.strftime('%Y-%m-%d')} with `python benchmarks/compare_methods.py`. "
+             "Each cell: latency ratio of the method's fastest in-budget measured plan / its "
+             "holdout drop (relative); `-` = no quantized plan in budget.", ""]
+    for res in results:
+        lines += [f"### {res['model']} ({res['weights']} weights, {res['groups']} groups, "
+                  f"baseline {res['baseline_metric']:.4f}; {res['unique_evaluations']} distinct "
+                  f"plans measured, {res['wall_s'] / 60:.0f} min)", "",
+                  "| method | " + " | ".join(f"budget {b}" for b in BUDGETS) +
+                  " | evaluations (1% / 0.1% / 0.01%) | wall s | area under frontier |",
+                  "|---|" + "---|" * (len(BUDGETS) + 3)]
+        for method, by_budget in res["rows"].items():
+            cells = []
+            for b in BUDGETS:
+                row = by_budget[b]
+                cells.append("-" if row["ratio"] is None else
+                             f"{row['ratio']:.3f} / {100 * row['holdout_drop']:+.2f}%")
+            evs = " / ".join(str(by_budget[b]["evaluations"]) for b in BUDGETS)
+            wall = sum(by_budget[b]["wall_s"] for b in BUDGETS)
+            auf = max(by_budget[b]["auf"] for b in BUDGETS)
+            lines.append(f"| {method} | " + " | ".join(cells) + f" | {evs} | {wall:.0f} | "
+                         f"{auf:.3f} |")
+        q = res.get("order_quality", {})
+        if q and "error" not in q:
+            lines += ["", "Rank correlation of each order with the measured one-at-a-time drop "
+                      "on the search split (Spearman / Kendall): " + "; ".join(
+                          f"{m} {v['spearman']:+.2f} / {v['kendall']:+.2f}" for m, v in q.items()
+                          if v["spearman"] is not None)]
+        cost = res.get("sensitivity_cost", {})
+        if cost:
+            lines += ["", "Sensitivity cost: " + "; ".join(
+                f"{m} {c['seconds']:.1f} s ({c['passes']} passes)" for m, c in cost.items())]
+        lines += ["", f"![{res['model']}](compare_{res['model']}.png)", ""]
+    return "\n".join(lines)
+
+
+def write_results(text: str) -> Path:
+    path = HERE / "RESULTS.md"
+    old = path.read_text() if path.exists() else "# Benchmark results\n"
+    section = f"{BEGIN}\n{text}\n{END}"
+    if BEGIN in old:
+        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
+    else:
+        new = old.rstrip() + "\n\n## Method comparison\n\n" + section + "\n"
+    path.write_text(new)
+    return path
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", nargs="+", default=["resnet-digits", "mobilenetv2-digits",
+                                                    "efficientnet-lite0", "minilm-sentiment"])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--cache", type=Path, default=None)
+    ap.add_argument("--runs", type=Path, default=HERE / "runs")
+    ap.add_argument("--no-write", action="store_true")
+    args = ap.parse_args()
+    from trt_mpq.task import default_cache_dir
+
+    cache = args.cache or default_cache_dir()
+    results = [compare(m, cache, args.runs, args.repeats, args.methods) for m in args.models]
+    text = table(results)
+    print(text)
+    if not args.no_write:
+        print(f"wrote {write_results(text)}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,116 @@
+"""Orders, their quality, measured per-group gains, and the simulated sensitivities (accuracy,
+sqnr, inter-layer dependencies) on constructed cases with a known answer."""
+
+import numpy as np
+import pytest
+
+import models
+from trt_mpq.model.groups import Group, GroupOp
+from trt_mpq.pipeline.analysis import order, order_quality
+from trt_mpq.plan import Plan
+from trt_mpq.plan import Precision as P
+from trt_mpq.qdq import Dialect
+from trt_mpq.sensitivity import SensitivityConfig, SensitivityContext
+from trt_mpq.sensitivity.simulated import (
+    AccuracyDrop,
+    Divergence,
+    Sqnr,
+    conditional_order,
+    pairwise_interactions,
+)
+from trt_mpq.task import Split, Task, accuracy
+
+NAMES = ["a", "b", "c", "d"]
+
+
+def test_order_by_sensitivity_and_latency_aware():
+    scores = {"a": 0.3, "b": 0.1, "c": 0.1, "d": 0.9}
+    assert order(NAMES, scores) == ["b", "c", "a", "d"]  # ties keep graph order
+    gains = {"a": 3.0, "b": 0.1, "c": 1.0, "d": -0.2}
+    # per unit of gain: a 0.1, b 1.0, c 0.1 -> a, c (graph order on the tie), b; d gains nothing
+    assert order(NAMES, scores, gains) == ["a", "c", "b", "d"]
+
+
+def test_order_quality():
+    ref = {"a": 0.0, "b": 1.0, "c": 2.0, "d": 3.0}
+    q = order_quality({"same": ["a", "b", "c", "d"], "reversed": ["d", "c", "b", "a"]}, ref)
+    assert q["same"] == {"spearman": pytest.approx(1.0), "kendall": pytest.approx(1.0)}
+    assert q["reversed"]["spearman"] == pytest.approx(-1.0)
+
+
+def _op(name):
+    return GroupOp(name, "MatMul", name + ":x", name + ":y", name + ":w", None, (2, 2), (), 4, 4)
+
+
+def _fake_ctx(delta: dict[str, np.ndarray], n=64, labels=None):
+    """A context whose 'simulation' adds a fixed perturbation per lowered group to fixed logits:
+    the outcome of every plan is known exactly."""
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 1, (n, 3))
+    groups = tuple(Group(k, (_op(k),)) for k in delta)
+    labels = labels if labels is not None else logits.argmax(1)
+    split = Split({"x": np.zeros((n, 1), np.float32)}, labels)
+    task = Task(name="t", model_path=None, calibration=split, search=split, holdout=split,
+                metric=accuracy())
+    calls = []
+
+    def simulate(plan: Plan, s: Split):
+        calls.append(plan)
+        out = logits.copy()
+        for g in plan.groups_at(P.INT8):
+            out = out + delta[g]
+        return {"logits": out}
+
+    ctx = SensitivityContext(model=None, groups=groups, ranges=None, dialect=Dialect.ORT_CPU,
+                             low={g.name: P.INT8 for g in groups}, base=P.FP32, task=task,
+                             subset=split, simulate=simulate,
+                             config=SensitivityConfig(neighbours=1))
+    return ctx, calls
+
+
+def test_interactions_compound_and_cancel():
+    v = np.array([0.0, 0.8, -0.8])
+    # a and b push the logits the same way (errors compound); c pushes back (cancels b's)
+    ctx, _ = _fake_ctx({"a": v, "b": v, "c": -v})
+    d, div = pairwise_interactions(ctx, neighbours=1, progress=False)
+    assert set(d) == {("a", "b"), ("b", "c")}
+    assert d[("a", "b")] > 0  # l(ab) = KL(2v) > l(a) + l(b)
+    assert d[("b", "c")] < 0  # l(bc) = 0 < l(b) + l(c)
+    assert div(["b", "c"]) == pytest.approx(0.0, abs=1e-12)
+    assert div.passes == 1 + 3 + 2  # baseline, singles, pairs (memoized)
+
+
+def test_conditional_order_picks_the_cheapest_next_group():
+    v = np.array([0.0, 0.5, -0.5])
+    ctx, _ = _fake_ctx({"a": 2 * v, "b": v, "c": -v})
+    div = Divergence(ctx)
+    seq, inc = conditional_order(ctx, div, progress=False)
+    # b and c are equally cheap alone; once b is in, c cancels it (negative increment)
+    assert seq[:2] in (["b", "c"], ["c", "b"]) and seq[2] == "a"
+    assert inc[seq[1]] < 0
+
+
+def test_accuracy_and_sqnr_on_known_perturbations():
+    v = np.array([0.0, 3.0, -3.0])
+    ctx, _ = _fake_ctx({"a": 0.01 * v, "b": v, "c": 0 * v})
+    acc = AccuracyDrop().score(ctx, progress=False)
+    assert acc.scores["c"] == 0 and acc.scores["b"] > acc.scores["a"] >= 0
+    sq = Sqnr().score(ctx, progress=False)
+    assert sq.scores["c"] == 0 and sq.scores["b"] > sq.scores["a"] > 0
+    assert sq.extra["sqnr_db"]["a"] > sq.extra["sqnr_db"]["b"]
+    assert acc.passes == sq.passes == 4
+
+
+def test_profile_groups_attributes_kernel_time(prepared_cnn, cnn_ranges):
+    from trt_mpq.backends import get_backend
+    from trt_mpq.qdq import materialize
+
+    _, model, groups = prepared_cnn
+    backend = get_backend("ort-cpu", threads=1)
+    feed = {"input": models.cnn_inputs(4)}
+    for precision in (P.FP32, P.INT8):
+        plan = Plan.uniform([g.name for g in groups], precision)
+        times, other = backend.profile_groups(materialize(model, groups, plan, cnn_ranges,
+                                                          backend.dialect), groups, feed, runs=3)
+        assert set(times) == {g.name for g in groups}
+        assert all(t > 0 for t in times.values()) and other >= 0

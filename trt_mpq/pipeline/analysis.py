@@ -1,0 +1,286 @@
+"""Sensitivities, measured per-group latency gains, orderings and their quality.
+
+- `sensitivity(...)`: run one metric (cached in the store by metric, precisions and settings).
+- `latency_gains(...)`: each group's measured latency gain, from the backend's per-layer profile
+  of the all-baseline and the all-lowered plans (ONNX Runtime's profiler, per kernel, attributed
+  to groups like the kernel census). Gains are per-kernel times; what no group owns (Q/DQ,
+  layout conversions) is reported apart: it is why latency is not additive.
+- `order(...)`: by sensitivity (the papers) or latency-aware, by sensitivity per unit of gain.
+- `order_quality(...)`: Spearman and Kendall rank correlations of orders with a reference.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trt_mpq.backends.base import Backend
+from trt_mpq.calib import Ranges
+from trt_mpq.errors import ConfigError
+from trt_mpq.pipeline.workspace import Workspace
+from trt_mpq.plan import Plan, Precision
+from trt_mpq.qdq import BASELINE, Dialect, materialize
+from trt_mpq.sensitivity import (
+    NEEDS_TORCH,
+    SensitivityConfig,
+    SensitivityContext,
+    SensitivityResult,
+    get_metric,
+)
+from trt_mpq.store import Store
+from trt_mpq.task import Split
+
+ORDERS = ("sensitivity", "latency-aware")
+
+
+def make_simulator(ws: Workspace, ranges: Ranges, dialect: Dialect):
+    """run(plan, split) -> outputs on ONNX Runtime (CPU): the numerical effect of a plan, used by
+    sensitivity metrics. Not a latency measurement and not the target backend."""
+    import onnxruntime as ort
+
+    from trt_mpq.backends.ort import QDQ_DISABLED_OPTIMIZERS, has_qdq
+
+    def run(plan: Plan, split: Split) -> dict[str, np.ndarray]:
+        graph = materialize(ws.model, ws.groups, plan, ranges, dialect)
+        so = ort.SessionOptions()
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(graph.SerializeToString(), so,
+                                    providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS)
+                                    if has_qdq(graph) else [])
+        names = [o.name for o in sess.get_outputs()]
+        parts: dict[str, list] = {n: [] for n in names}
+        for feed, _ in split.batches(ws.task.eval_batch):
+            for n, v in zip(names, sess.run(None, feed)):
+                parts[n].append(v)
+        return {n: np.concatenate(v) for n, v in parts.items()}
+
+    return run
+
+
+def torch_twin(ws: Workspace, spec: str | None):
+    """A factory for the model's eval-mode torch twin: `--torch package.module:make_model` (no
+    arguments) or the zoo task's own (`make_torch_model(cache_dir)`); None if neither."""
+    if spec is None and ws.task.torch_model is None:
+        return None
+    from trt_mpq.sensitivity.torch_twin import load_twin
+
+    if spec is not None:
+        return load_twin(spec, None)
+    return load_twin(ws.task.torch_model, ws.cache_dir)
+
+
+def context(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, Precision],
+            config: SensitivityConfig, torch_spec: str | None = None,
+            subset: Split | None = None) -> SensitivityContext:
+    return SensitivityContext(
+        model=ws.model, groups=tuple(ws.groups), ranges=ranges, dialect=dialect, low=dict(low),
+        base=BASELINE[dialect], task=ws.task,
+        subset=subset if subset is not None else ws.task.calibration.head(config.samples),
+        simulate=make_simulator(ws, ranges, dialect), config=config,
+        input_names=tuple(i.name for i in ws.model.graph.input
+                          if i.name not in {t.name for t in ws.model.graph.initializer}),
+        output_names=tuple(o.name for o in ws.model.graph.output),
+        torch_model=torch_twin(ws, torch_spec))
+
+
+def sensitivity(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, Precision],
+                metric: str, config: SensitivityConfig, store: Store | None = None,
+                torch_spec: str | None = None) -> SensitivityResult:
+    key = (f"sensitivity:{metric}:{Plan.of(low).digest}:"
+           f"{hash_config(config)}:{torch_spec or ''}")
+    if store is not None:
+        cached = store.get_blob(key)
+        if cached is not None:
+            return SensitivityResult.from_json_dict(cached)
+    ctx = context(ws, ranges, dialect, low, config, torch_spec)
+    if metric in NEEDS_TORCH and ctx.torch_model is None:
+        raise ConfigError(f"the {metric} sensitivity needs the model's torch twin: zoo models "
+                          "have one; for your own model pass --torch package.module:make_model")
+    result = get_metric(metric).score(ctx, progress=ws.progress)
+    if store is not None:
+        store.put_blob(key, result.to_json_dict())
+    return result
+
+
+def hash_config(config: SensitivityConfig) -> str:
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(config.to_json_dict(), sort_keys=True).encode()
+                          ).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class Gains:
+    """Measured per-group latency (ms per run) with every group at baseline and lowered."""
+
+    base_ms: Mapping[str, float]
+    low_ms: Mapping[str, float]
+    other_base_ms: float  # kernels no group owns
+    other_low_ms: float
+    runs: int
+    source: str = "onnxruntime profiler"
+    extra: Mapping = field(default_factory=dict)
+
+    @property
+    def gain(self) -> dict[str, float]:
+        return {g: self.base_ms[g] - self.low_ms[g] for g in self.base_ms}
+
+    def to_json_dict(self) -> dict:
+        return {"base_ms": dict(self.base_ms), "low_ms": dict(self.low_ms),
+                "other_base_ms": self.other_base_ms, "other_low_ms": self.other_low_ms,
+                "runs": self.runs, "source": self.source}
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping) -> Gains:
+        return cls(base_ms=dict(d["base_ms"]), low_ms=dict(d["low_ms"]),
+                   other_base_ms=float(d["other_base_ms"]), other_low_ms=float(d["other_low_ms"]),
+                   runs=int(d["runs"]), source=str(d.get("source", "")))
+
+
+def latency_gains(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, Precision],
+                  store: Store | None = None, runs: int = 30) -> Gains:
+    key = f"gains:{backend.name}:{Plan.of(low).digest}:{runs}"
+    if store is not None:
+        cached = store.get_blob(key)
+        if cached is not None:
+            return Gains.from_json_dict(cached)
+    profile = getattr(backend, "profile_groups", None)
+    if profile is None:
+        raise ConfigError(f"latency-aware ordering needs a per-layer profile, which {backend.name}"
+                          " does not give yet (ort-cpu does); use --order sensitivity")
+    names = ws.group_names()
+    feed = ws.task.latency_feed()
+    base_plan = Plan.uniform(names, BASELINE[backend.dialect])
+    base, other_b = profile(materialize(ws.model, ws.groups, base_plan, ranges, backend.dialect),
+                            ws.groups, feed, runs=runs)
+    lowered, other_l = profile(materialize(ws.model, ws.groups, Plan.of(low), ranges,
+                                           backend.dialect), ws.groups, feed, runs=runs)
+    gains = Gains(base_ms=base, low_ms=lowered, other_base_ms=other_b, other_low_ms=other_l,
+                  runs=runs)
+    if store is not None:
+        store.put_blob(key, gains.to_json_dict())
+    return gains
+
+
+def order(groups_in_graph_order: list[str], scores: Mapping[str, float],
+          gains: Mapping[str, float] | None = None) -> list[str]:
+    """Least sensitive first; with `gains`, least sensitivity per unit of gain first (groups
+    that gain nothing or lose go last, by sensitivity). Ties keep graph order."""
+    position = {g: i for i, g in enumerate(groups_in_graph_order)}
+    if gains is None:
+        return sorted(groups_in_graph_order, key=lambda g: (scores[g], position[g]))
+
+    def key(g: str):
+        gain = gains.get(g, 0.0)
+        if gain <= 0:
+            return (1, scores[g], position[g])
+        return (0, max(scores[g], 0.0) / gain, position[g])
+
+    return sorted(groups_in_graph_order, key=key)
+
+
+def order_quality(orders: Mapping[str, list[str]], reference: Mapping[str, float]) -> dict:
+    """Spearman and Kendall correlation of each order's ranks with the reference's (the groups
+    sorted by the reference score, ascending). 1 = identical order."""
+    from scipy.stats import kendalltau, spearmanr
+
+    groups = sorted(reference)
+    ref_rank = {g: r for r, g in enumerate(sorted(groups, key=lambda g: (reference[g], g)))}
+    out = {}
+    for name, seq in orders.items():
+        rank = {g: r for r, g in enumerate(seq)}
+        a = [ref_rank[g] for g in groups]
+        b = [rank[g] for g in groups]
+        rho = spearmanr(a, b).statistic
+        tau = kendalltau(a, b).statistic
+        out[name] = {"spearman": None if math.isnan(rho) else float(rho),
+                     "kendall": None if math.isnan(tau) else float(tau)}
+    return out
+
+
+def reference_drop(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, Precision],
+                   store: Store | None = None) -> SensitivityResult:
+    """The measured one-at-a-time metric drop on the *search* split: the reference order."""
+    config = SensitivityConfig(samples=len(ws.task.search))
+    key = f"reference:{Plan.of(low).digest}:{ws.task.search.digest}"
+    if store is not None and (cached := store.get_blob(key)) is not None:
+        return SensitivityResult.from_json_dict(cached)
+    ctx = context(ws, ranges, dialect, low, config, subset=ws.task.search)
+    result = get_metric("accuracy").score(ctx, progress=ws.progress)
+    if store is not None:
+        store.put_blob(key, result.to_json_dict())
+    return result
+
+
+__all__ = ["ORDERS", "Gains", "context", "latency_gains", "make_simulator", "order",
+           "order_quality", "reference_drop", "sensitivity", "torch_twin"]
+
+
+def analyze(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, Precision],
+            metrics: list[str], config: SensitivityConfig, *, reference: bool = True,
+            gains: bool = False, torch_spec: str | None = None,
+            store: Store | None = None) -> dict:
+    """Every metric's scores, cost and order; with `reference`, their rank correlations with the
+    measured one-at-a-time drop on the search split; with `gains`, the measured per-group
+    latency gains and each metric's latency-aware order."""
+    names = ws.group_names()
+    report: dict = {"model": ws.task.name, "backend": backend.name, "groups": names,
+                    "low_precisions": {g: p.value for g, p in low.items()},
+                    "config": config.to_json_dict(), "metrics": {}}
+    orders: dict[str, list[str]] = {}
+    for metric in metrics:
+        r = sensitivity(ws, ranges, backend.dialect, low, metric, config, store, torch_spec)
+        orders[metric] = order(names, r.scores)
+        report["metrics"][metric] = {**r.to_json_dict(), "order": orders[metric]}
+    measured = None
+    if gains:
+        measured = latency_gains(ws, backend, ranges, low, store)
+        report["latency_gains"] = {**measured.to_json_dict(), "gain_ms": measured.gain}
+        for metric in metrics:
+            key = f"{metric} (latency-aware)"
+            orders[key] = order(names, report["metrics"][metric]["scores"], measured.gain)
+            report.setdefault("latency_aware_orders", {})[metric] = orders[key]
+    if reference:
+        ref = reference_drop(ws, ranges, backend.dialect, low, store)
+        report["reference"] = {"what": "measured metric drop, one group lowered at a time, on "
+                                       "the search split", **ref.to_json_dict()}
+        report["order_quality"] = order_quality(orders, ref.scores)
+    return report
+
+
+def plot_orders(report: dict, path) -> None:
+    """Each metric's rank of every group against the reference rank (a perfect order lies on
+    the diagonal)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ref = report["reference"]["scores"]
+    ref_rank = {g: r for r, g in enumerate(sorted(ref, key=lambda g: (ref[g], g)))}
+    metrics = list(report["metrics"])
+    cols = min(3, len(metrics)) or 1
+    rows = math.ceil(len(metrics) / cols) or 1
+    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        seq = report["metrics"][metric]["order"]
+        q = report["order_quality"][metric]
+        ax.scatter([ref_rank[g] for g in seq], range(len(seq)), s=14)
+        n = len(seq)
+        ax.plot([0, n - 1], [0, n - 1], c="0.7", lw=1)
+        rho = q["spearman"]
+        ax.set_title(f"{metric}: Spearman {rho:.2f}" if rho is not None else metric, fontsize=9)
+        ax.set_xlabel("rank by measured drop (search split)", fontsize=8)
+        ax.set_ylabel("rank by metric", fontsize=8)
+    for ax in list(axes.flat)[len(metrics):]:
+        ax.axis("off")
+    fig.suptitle(f"{report['model']}: sensitivity orders vs the measured one-at-a-time drop",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
