@@ -89,18 +89,29 @@ def context(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, P
 
 def sensitivity(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, Precision],
                 metric: str, config: SensitivityConfig, store: Store | None = None,
-                torch_spec: str | None = None) -> SensitivityResult:
+                torch_spec: str | None = None, memo: dict | None = None) -> SensitivityResult:
+    """One metric's result, from `memo` (this process) or `store` (earlier runs) when there."""
     key = (f"sensitivity:{metric}:{Plan.of(low).digest}:"
            f"{hash_config(config)}:{torch_spec or ''}")
+    memo = {} if memo is None else memo
+    if key in memo:
+        return memo[key]
     if store is not None:
         cached = store.get_blob(key)
         if cached is not None:
-            return SensitivityResult.from_json_dict(cached)
+            memo[key] = SensitivityResult.from_json_dict(cached)
+            return memo[key]
     ctx = context(ws, ranges, dialect, low, config, torch_spec)
+    if metric == "hessian+deps":  # reuse (and cache) the Hessian part
+        from dataclasses import replace
+
+        ctx = replace(ctx, prior={"hessian": sensitivity(ws, ranges, dialect, low, "hessian",
+                                                         config, store, torch_spec, memo)})
     if metric in NEEDS_TORCH and ctx.torch_model is None:
         raise ConfigError(f"the {metric} sensitivity needs the model's torch twin: zoo models "
                           "have one; for your own model pass --torch package.module:make_model")
     result = get_metric(metric).score(ctx, progress=ws.progress)
+    memo[key] = result
     if store is not None:
         store.put_blob(key, result.to_json_dict())
     return result
@@ -233,8 +244,9 @@ def analyze(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, P
                     "low_precisions": {g: p.value for g, p in low.items()},
                     "config": config.to_json_dict(), "metrics": {}}
     orders: dict[str, list[str]] = {}
+    memo: dict = {}
     for metric in metrics:
-        r = sensitivity(ws, ranges, backend.dialect, low, metric, config, store, torch_spec)
+        r = sensitivity(ws, ranges, backend.dialect, low, metric, config, store, torch_spec, memo)
         orders[metric] = order(names, r.scores)
         report["metrics"][metric] = {**r.to_json_dict(), "order": orders[metric]}
     measured = None

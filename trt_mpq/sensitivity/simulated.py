@@ -151,7 +151,7 @@ class HessianDeps(SensitivityMetric):
         from trt_mpq.sensitivity import get_metric
 
         t0 = time.perf_counter()
-        hessian = get_metric("hessian").score(ctx, progress)
+        hessian = ctx.prior.get("hessian") or get_metric("hessian").score(ctx, progress)
         d, div = pairwise_interactions(ctx, ctx.config.neighbours, progress)
         scores = dict(hessian.scores)
         for (i, j), value in d.items():
@@ -168,6 +168,9 @@ class HessianDeps(SensitivityMetric):
             extra["conditional_order"] = order
             scores = {g: float(k) for k, g in enumerate(order)}
             extra["simulations"] = div.passes
+        # the cost includes the Hessian's even when it was computed before and reused
+        reused = "hessian" in ctx.prior
         return SensitivityResult(self.name, scores, passes=hessian.passes + div.passes,
-                                 seconds=time.perf_counter() - t0, samples=len(ctx.subset),
-                                 extra=extra)
+                                 seconds=time.perf_counter() - t0 + (hessian.seconds if reused
+                                                                     else 0.0),
+                                 samples=len(ctx.subset), extra=extra)
