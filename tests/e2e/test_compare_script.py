@@ -1,0 +1,34 @@
+"""benchmarks/compare_methods.py end to end on the tiny digits CNN (trains it in seconds)."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).parents[2]
+
+pytestmark = pytest.mark.zoo
+
+
+def test_compare_methods_on_a_tiny_model(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_methods.py"),
+                        "--models", "tiny", "--no-write", "--repeats", "5",
+                        "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs")],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rows = [line for line in r.stdout.splitlines() if line.startswith("| ")][2:]
+    methods = [line.split("|")[1].strip() for line in rows]
+    assert methods == ["uniform", "graph-order", "aimet", "hawq", "autoquantize", "random",
+                       "deps", "ours"]
+    result = json.loads((tmp_path / "runs" / "compare-tiny" / "compare.json").read_text())
+    for method, by_budget in result["rows"].items():
+        assert set(by_budget) == {"1%", "0.1%", "0.01%"}
+        for row in by_budget.values():
+            assert row["evaluations"] >= 1
+            if row["ratio"] is not None:  # an answer holds its budget on the holdout split
+                assert row["ratio"] > 0 and row["holdout_drop"] is not None
+    assert {"hessian", "fisher", "accuracy", "hessian+deps"} <= set(result["sensitivity_cost"])
+    assert (tmp_path / "runs" / "compare-tiny" / "frontier.png").stat().st_size > 0
+    assert not (ROOT / "benchmarks" / "compare_tiny.png").exists()  # --no-write writes nothing
