@@ -246,3 +246,46 @@ def test_interrupt_exits_130_and_says_how_to_resume(digits_model, env):
 
 def test_main_without_command_prints_help(capsys):
     assert main([]) == 2
+
+
+# -- issue 3: sensitivities, orders and strategies from the command line ----------------------
+def test_sensitivity_command_scores_orders_and_ranks(digits_model, env, tmp_path):
+    import digits_task
+
+    env = dict(env, **{digits_task.TWIN_ENV: str(digits_model.with_suffix(".pt"))})
+    r = cli("sensitivity", digits_model, "--task", TASK, "--metrics",
+            "noise,sqnr,accuracy,fisher,hessian,hessian+deps", "--gains", "--out", "sens",
+            "--no-progress", env=env)
+    assert r.returncode == 0, r.stderr
+    report = json.loads(Path("sens/sensitivity.json").read_text())
+    names = report["groups"]
+    for m in ("noise", "sqnr", "accuracy", "fisher", "hessian", "hessian+deps"):
+        res = report["metrics"][m]
+        assert sorted(res["order"]) == sorted(names) and res["passes"] >= 1
+        assert res["seconds"] >= 0
+        assert m in report["order_quality"]
+    deps = report["metrics"]["hessian+deps"]["extra"]
+    assert len(deps["interactions"]) == len(names) - 1  # neighbours=1: consecutive pairs
+    assert set(report["latency_gains"]["gain_ms"]) == set(names)
+    assert set(report["latency_aware_orders"]) == set(report["metrics"])
+    assert Path("sens/sensitivity.png").stat().st_size > 0
+
+
+@pytest.mark.parametrize("extra", [["--strategy", "greedy", "--greedy-candidates", "2"],
+                                   ["--strategy", "ilp", "--ilp-steps", "3"],
+                                   ["--order", "latency-aware", "--sensitivity", "sqnr"]])
+def test_search_strategies_and_orders(digits_model, env, extra):
+    out = Path("strategy")
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out, *FAST,
+            *extra, env=env)
+    assert r.returncode in (0, 1), r.stderr
+    res = json.loads((out / "result.json").read_text())
+    labels = [e["label"] for e in json.loads((out / "pareto.json").read_text())["evaluations"]]
+    if "greedy" in extra:
+        assert any(label.startswith("greedy step") for label in labels)
+    if "ilp" in extra:
+        assert any(label.startswith("ilp") for label in labels)
+        assert res["latency_gains"] is not None
+    if "latency-aware" in extra:
+        assert res["sensitivity"]["ordering"] == "latency-aware"
+        assert res["latency_gains"]["base_ms"]
