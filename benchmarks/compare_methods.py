@@ -189,13 +189,13 @@ def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
 
 
 def _summary(r: Runner, evs, accept, sens_s: float, budget) -> dict:
-    """The method's answer: like `trt-mpq search`, the fastest in-budget plan that also holds
-    the budget on the holdout split (up to 3 tried), else none."""
+    """The method's answer: like `trt-mpq search`, the fastest in-budget plan faster than the
+    baseline that also holds the budget on the holdout split (up to 3 tried), else none."""
     from trt_mpq.search import area_under_frontier, frontier, ranked_in_budget
 
     best, hold = None, None
     for e in [e for e in ranked_in_budget(evs, accept) if e.plan.groups_at(r.base)
-              != e.plan.groups][:3]:
+              != e.plan.groups and e.latency_ratio < 1.0][:3]:
         drop = r.holdout_drop(e.plan)
         if drop <= budget.max_drop + 1e-12:
             best, hold = e, drop

@@ -473,8 +473,8 @@ def cmd_search(args) -> int:
               f"({result['evaluations']} plans, {result['wall_s']:.0f} s)\n"
               f"  {out / best['artifact']}\n  {out / 'report.md'}")
         return EXIT_OK
-    print(f"budget NOT met: no quantized plan stayed within {budget.describe()} on search and "
-          f"holdout; frontier and report in {out}")
+    print(f"budget NOT met: no quantized plan faster than the baseline stayed within "
+          f"{budget.describe()} on search and holdout; frontier and report in {out}")
     return EXIT_BUDGET
 
 

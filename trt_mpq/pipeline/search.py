@@ -1,8 +1,8 @@
 """The search job: sensitivity -> order -> strategies -> frontier -> confirmation on the holdout.
 
 The answer is the in-budget plan with the lowest *measured* latency (latency is not monotone in
-the number of quantized groups on CPU), re-measured against the baseline and confirmed on the
-holdout split that the search never saw. If the fastest fails on the holdout, the next fastest
+the number of quantized groups on CPU), if it is faster than the baseline, re-measured against the
+baseline and confirmed on the holdout split that the search never saw. If the fastest fails on the holdout, the next fastest
 in-budget plans are tried (up to `confirm_candidates`).
 """
 
@@ -242,8 +242,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         tried: list[Confirmation] = []
         best = None
         for ev in ranked_in_budget(evaluations, accept):
-            if ev.plan == evaluator.baseline_plan:
-                continue
+            if ev.plan == evaluator.baseline_plan or ev.latency_ratio >= 1.0:
+                continue  # the baseline itself, or a plan no faster than it: not an answer
             if len(tried) >= config.confirm_candidates:
                 break
             conf = _confirm(ws, backend, evaluator, ev, measure, config, out_dir, holdout_base,

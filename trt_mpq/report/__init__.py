@@ -177,8 +177,9 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
                   "were available offline). Latencies are real; the metric only measures "
                   "agreement with the FP32 model. Use it for latency studies only.", ""]
     verdict = ("**Budget met.**" if result["budget_met"] else
-               "**Budget not met**: no quantized plan stayed within the budget on both the "
-               "search and the holdout split; the frontier below shows what was measured.")
+               "**Budget not met**: no quantized plan faster than the baseline stayed within the "
+               "budget on both the search and the holdout split; the frontier below shows what "
+               "was measured.")
     lines += [verdict, "",
               f"- Budget: metric drop at most {result['budget']['describe']} "
               f"(= {result['budget']['allowed_drop']:.4g} in metric units)",
