@@ -251,11 +251,59 @@ def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
                   "sensitivity_cost": {m: {"seconds": s.seconds, "passes": s.passes}
                                        for m, s in sens_cache.items()},
                   "order_quality": quality, "wall_s": time.perf_counter() - t0,
-                  "unique_evaluations": len(r.store)}
+                  "unique_evaluations": len(r.store), "date": time.strftime("%Y-%m-%d")}
     finally:
         r.close()
     (runs / f"compare-{name}" / "compare.json").write_text(json.dumps(result, indent=1))
     plot(result, runs / f"compare-{name}" / "frontier.png")
+    return result
+
+
+def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: int = 6) -> dict:
+    """Latency-only rows (random-weight models, whose metric means nothing): how fast each plan
+    family gets, accuracy ignored. Uniform low; the fastest of `points` prefixes along the graph
+    order (Polygraphy's family); the fastest of as many prefixes along the order by measured
+    per-group latency gain alone (ours, with no sensitivity to weigh it against)."""
+    from trt_mpq.pipeline import analysis
+    from trt_mpq.plan import Plan
+    from trt_mpq.search import PrefixPlans, PrefixSweep, drive
+
+    r = Runner(name, cache, runs / f"latency-{name}", repeats)
+    t0 = time.perf_counter()
+    try:
+        def sweep(order):
+            pp = PrefixPlans(order, {g: r.low[g] for g in order}, r.base)
+            return drive([PrefixSweep(pp, points)], r.evaluator.evaluate)
+
+        g0 = time.perf_counter()
+        gains = r.gains()
+        gains_s = time.perf_counter() - g0
+        families = {
+            "uniform": [r.evaluator.evaluate(Plan.of(r.low), "uniform")],
+            "graph-order sweep": sweep(list(reversed(r.names))),
+            "latency-aware sweep": sweep(analysis.order(r.names, {g: 0.0 for g in r.names},
+                                                        gains.gain)),
+        }
+        rows = {}
+        for family, evs in families.items():
+            ok = [e for e in evs if e.ok and e.latency_ratio is not None]
+            best = min(ok, key=lambda e: e.latency_ratio) if ok else None
+            rows[family] = {"ratio": best.latency_ratio if best else None,
+                            "plan": best.plan.counts() if best else None,
+                            "evaluations": len(evs),
+                            "wall_s": sum(e.wall_s for e in evs)
+                            + (gains_s if family.startswith("latency") else 0.0)}
+            print(f"{name} latency-only {family}: {json.dumps(_short(rows[family]))}",
+                  file=sys.stderr, flush=True)
+        result = {"model": name, "weights": r.ws.task.weights, "groups": len(r.names),
+                  "latency_only": True, "baseline_ms": statistics.median(
+                      e.baseline_latency.median_ms for evs in families.values() for e in evs
+                      if e.baseline_latency is not None),
+                  "rows": rows, "gains_s": gains_s, "wall_s": time.perf_counter() - t0,
+                  "unique_evaluations": len(r.store), "date": time.strftime("%Y-%m-%d")}
+    finally:
+        r.close()
+    (runs / f"latency-{name}" / "compare.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -300,7 +348,8 @@ def table(results: list[dict]) -> str:
              f"run on {time.strftime('%Y-%m-%d')} with `python benchmarks/compare_methods.py`. "
              "Each cell: latency ratio of the method's fastest in-budget measured plan / its "
              "holdout drop (relative); `-` = no quantized plan in budget.", ""]
-    for res in results:
+    latency = [res for res in results if res.get("latency_only")]
+    for res in [res for res in results if not res.get("latency_only")]:
         lines += [f"### {res['model']} ({res['weights']} weights, {res['groups']} groups, "
                   f"baseline {res['baseline_metric']:.4f}; {res['unique_evaluations']} distinct "
                   f"plans measured, {res['wall_s'] / 60:.0f} min)", "",
@@ -331,7 +380,41 @@ def table(results: list[dict]) -> str:
             lines += ["", "Sensitivity cost: " + "; ".join(
                 f"{m} {c['seconds']:.1f} s ({c['passes']} passes)" for m, c in cost.items())]
         lines += ["", f"![{res['model']}](compare_{res['model']}.png)", ""]
+    if latency:
+        families = list(latency[0]["rows"])
+        lines += ["### Latency-only rows (random weights)", "",
+                  "These models' weights are random (no pretrained weights reach this machine), "
+                  "so their metric says nothing and no accuracy budget applies: each cell is the "
+                  "latency ratio of the fastest plan a family of plans reaches, accuracy "
+                  "ignored, with its evaluations. *latency-aware sweep* orders groups by their "
+                  "measured latency gain alone (ours without the sensitivity it would weigh "
+                  "against); the sensitivity-ordered methods (c, d, e, g) share uniform's "
+                  "end point.", "",
+                  "| model | FP32 ms | " + " | ".join(families) + " | wall s |",
+                  "|---|---|" + "---|" * (len(families) + 1)]
+        for res in latency:
+            cells = [("-" if (row := res["rows"][f])["ratio"] is None else
+                      f"{row['ratio']:.3f} ({row['evaluations']} ev.; "
+                      + ", ".join(f"{p} {n}" for p, n in row["plan"].items()) + ")")
+                     for f in families]
+            lines.append(f"| {res['model']} ({res['weights']}) | {res['baseline_ms']:.2f} | "
+                         + " | ".join(cells) + f" | {res['wall_s']:.0f} |")
+        lines.append("")
     return "\n".join(lines)
+
+
+def _with_saved(results: list[dict], runs: Path, models, latency_models) -> list[dict]:
+    """The default models' saved results (from earlier runs) for those not run now, in the
+    default order; so the models can be run one invocation at a time."""
+    now = {(r["model"], bool(r.get("latency_only"))): r for r in results}
+    out = []
+    for name, lat in [(m, False) for m in models] + [(m, True) for m in latency_models]:
+        if (name, lat) in now:
+            out.append(now.pop((name, lat)))
+        elif (path := runs / f"{'latency' if lat else 'compare'}-{name}" / "compare.json").exists():
+            out.append(json.loads(path.read_text()))
+            print(f"{name}: saved result from {path}", file=sys.stderr)
+    return out + list(now.values())
 
 
 def write_results(text: str) -> Path:
@@ -348,9 +431,14 @@ def write_results(text: str) -> Path:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--models", nargs="+", default=["resnet-digits", "mobilenetv2-digits",
+    ap.add_argument("--models", nargs="*", default=["resnet-digits", "mobilenetv2-digits",
                                                     "efficientnet-lite0", "minilm-sentiment"])
+    ap.add_argument("--latency-models", nargs="*", default=["resnet50", "bert-base"],
+                    help="latency-only rows (random-weight models)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--fresh-table", action="store_true",
+                    help="table only the models run now (default: also the default models' "
+                         "saved results from earlier runs under --runs)")
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--cache", type=Path, default=None)
     ap.add_argument("--runs", type=Path, default=HERE / "runs")
@@ -360,12 +448,16 @@ def main() -> int:
 
     cache = args.cache or default_cache_dir()
     results = [compare(m, cache, args.runs, args.repeats, args.methods) for m in args.models]
+    results += [compare_latency(m, cache, args.runs, args.repeats) for m in args.latency_models]
+    if not args.fresh_table:
+        results = _with_saved(results, args.runs, ap.get_default("models"),
+                              ap.get_default("latency_models"))
     text = table(results)
     print(text)
     if not args.no_write:
         import shutil
 
-        for res in results:
+        for res in [r for r in results if not r.get("latency_only")]:
             shutil.copy(args.runs / f"compare-{res['model']}" / "frontier.png",
                         HERE / f"compare_{res['model']}.png")
         print(f"wrote {write_results(text)}", file=sys.stderr)

@@ -14,11 +14,12 @@ pytestmark = pytest.mark.zoo
 
 def test_compare_methods_on_a_tiny_model(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_methods.py"),
-                        "--models", "tiny", "--no-write", "--repeats", "5",
+                        "--models", "tiny", "--latency-models", "tiny", "--no-write", "--repeats", "5",
                         "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
-    rows = [line for line in r.stdout.splitlines()
+    main, latency = r.stdout.split("### Latency-only rows")
+    rows = [line for line in main.splitlines()
             if line.startswith("| ") and not line.startswith("| method")]
     methods = [line.split("|")[1].strip() for line in rows]
     assert methods == ["uniform", "graph-order", "aimet", "hawq", "autoquantize", "random",
@@ -32,4 +33,12 @@ def test_compare_methods_on_a_tiny_model(tmp_path):
                 assert row["ratio"] > 0 and row["holdout_drop"] is not None
     assert {"hessian", "fisher", "accuracy", "hessian+deps"} <= set(result["sensitivity_cost"])
     assert (tmp_path / "runs" / "compare-tiny" / "frontier.png").stat().st_size > 0
+    # latency-only rows: the three families, the fastest plan of each, from the same store
+    lat = json.loads((tmp_path / "runs" / "latency-tiny" / "compare.json").read_text())
+    assert lat["latency_only"] and list(lat["rows"]) == ["uniform", "graph-order sweep",
+                                                         "latency-aware sweep"]
+    for row in lat["rows"].values():
+        assert row["ratio"] > 0 and row["evaluations"] >= 1 and row["plan"]
+    assert lat["rows"]["uniform"]["evaluations"] == 1
+    assert [line for line in latency.splitlines() if line.startswith("| tiny (")]
     assert not (ROOT / "benchmarks" / "compare_tiny.png").exists()  # --no-write writes nothing
