@@ -296,3 +296,28 @@ def test_without_a_twin_or_with_a_mismatched_one(tiny):
     other = lambda: torch.nn.Sequential(torch.nn.Conv2d(3, 8, 3)).eval()  # noqa: E731
     with pytest.raises(ConfigError, match="/conv1/Conv.*--torch package.module:make_model"):
         Fisher().score(_ctx(tiny, twin=other), progress=False)
+
+
+def test_output_change_of_a_conv_that_pads_in_its_own_forward():
+    """EfficientNet's "same"-padding convs pad in forward(); the output change must come from
+    the module's own forward, not a bare conv with the module's padding attribute."""
+    import torch
+    import torch.nn.functional as F
+
+    from trt_mpq.sensitivity.hessian import _delta_output
+
+    class SamePadConv(torch.nn.Conv2d):
+        def forward(self, x):
+            return super().forward(F.pad(x, [0, 1, 0, 1]))
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 8, 8)
+    delta = 0.1 * torch.randn(4, 3, 3, 3)
+    for module in (SamePadConv(3, 4, 3, stride=2), torch.nn.Conv2d(3, 4, 3, stride=2, padding=1)):
+        with torch.no_grad():
+            dy = _delta_output(module, (x,), {}, delta)
+            moved = module.weight + delta
+            expect = (torch.func.functional_call(module, {"weight": moved, "bias": module.bias},
+                                                 (x,)) - module(x))
+        assert dy.shape == expect.shape
+        torch.testing.assert_close(dy, expect, atol=1e-5, rtol=1e-4)

@@ -457,9 +457,12 @@ def _delta_output(module: Any, args: tuple, kwargs: dict, delta: torch.Tensor) -
     import torch.nn.functional as F
 
     x = args[0] if args else next(iter(kwargs.values()))
-    if isinstance(module, torch.nn.Linear):
+    # the shortcuts only where the module runs the stock forward: subclasses that pad first
+    # (EfficientNet's "same"-padding convs) or reshape would not line up
+    stock = type(module) in (torch.nn.Linear, torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d)
+    if stock and isinstance(module, torch.nn.Linear):
         return F.linear(x, delta.to(x.dtype))
-    if isinstance(module, torch.nn.modules.conv._ConvNd) and not module.transposed:
+    if stock and not module.transposed:
         d = delta.to(x.dtype)
         if module.padding_mode != "zeros":
             return module._conv_forward(x, d, None)
