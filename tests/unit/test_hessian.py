@@ -244,6 +244,10 @@ def test_hessian_scores_follow_the_estimated_traces(tiny):
             want += 0.5 * max(metric.estimates[op.name].mean, 0) / w.numel() * d2
         assert result.scores[g.name] == pytest.approx(want, rel=1e-6)
     assert all(e.mean > 0 for e in metric.estimates.values())  # random labels: a real loss
+    est = list(metric.estimates.values())
+    assert result.extra["probes"] == n and result.extra["negative_traces"] == 0
+    assert result.extra["not_converged"] == sum(e.rel_stderr > 0.1 for e in est)
+    assert result.extra["worst_rel_stderr"] == pytest.approx(max(e.rel_stderr for e in est))
     # coarser precision, larger perturbation, larger score (same traces: same seed)
     int4 = HessianTrace().score(_ctx(tiny, low=P.INT4_WEIGHT), progress=False)
     assert all(int4.scores[g] > result.scores[g] for g in result.scores)

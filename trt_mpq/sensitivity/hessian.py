@@ -351,8 +351,15 @@ class HessianTrace(SensitivityMetric):
         rounds = est[0].rounds if est else 0
         log.info("hessian: %d parameter tensors, %d probes in %d rounds over %d samples",
                  len(params), iterations, rounds, twin.samples)
+        # how far to trust the traces: probes used, how many tensors stopped short of the
+        # tolerance (at the probe cap) and how many estimates came out negative (counted as 0)
+        extra = {"probes": iterations, "rel_tol": cfg.hutchinson_rel_tol,
+                 "not_converged": sum(e.rel_stderr > cfg.hutchinson_rel_tol for e in est),
+                 "negative_traces": sum(e.mean < 0 for e in est),
+                 "worst_rel_stderr": max((e.rel_stderr for e in est), default=0.0)}
         return SensitivityResult(metric=self.name, scores=scores, passes=rounds + iterations,
-                                 seconds=time.perf_counter() - t0, samples=twin.samples)
+                                 seconds=time.perf_counter() - t0, samples=twin.samples,
+                                 extra=extra)
 
 
 class Fisher(SensitivityMetric):
