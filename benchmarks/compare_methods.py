@@ -336,14 +336,10 @@ def plot(result: dict, path: Path) -> None:
 
 def table(results: list[dict]) -> str:
     import onnxruntime
-    import platform
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    from trt_mpq.report import machine_info
+
+    cpu = machine_info()["cpu"]
     lines = [f"Backend `ort-cpu` (ONNX Runtime {onnxruntime.__version__}), {cpu}; "
              f"run on {time.strftime('%Y-%m-%d')} with `python benchmarks/compare_methods.py`. "
              "Each cell: latency ratio of the method's fastest in-budget measured plan / its "

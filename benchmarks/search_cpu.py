@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import subprocess
 import sys
@@ -80,19 +79,14 @@ def fmt_row(r: dict) -> str:
 def table(rows: list[dict], max_drop: str) -> str:
     import onnxruntime
 
-    cpu = platform.processor()
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in
-                   Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    import os
+    from trt_mpq.report import machine_info
 
+    machine = machine_info()
     head = [
         f"Budget `--max-drop {max_drop}` (relative to the FP32 baseline), backend `ort-cpu` "
         f"(ONNX Runtime {onnxruntime.__version__}, CPU provider), latency at batch 1 (the task's "
-        f"latency batch), median of interleaved runs. Machine: {cpu}, "
-        f"{len(os.sched_getaffinity(0))} cores; run on {time.strftime('%Y-%m-%d')}.",
+        f"latency batch), median of interleaved runs. Machine: {machine['cpu']}, "
+        f"{machine['cores']} cores; run on {time.strftime('%Y-%m-%d')}.",
         "",
         "Ratios are latency / baseline latency measured side by side in one process; "
         "*uniform low* lowers every group (int8-dynamic for MatMul, int8 for Conv/Gemm), "

@@ -14,7 +14,7 @@ from collections.abc import Mapping, Sequence
 
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.search.evaluation import Evaluation
-from trt_mpq.search.strategies import Accept, Proposal, Strategy
+from trt_mpq.search.strategies import Accept, Proposal, Strategy, checked_groups
 
 
 def greedy_evaluations(n: int, flips: int, candidates: int | None = None,
@@ -80,11 +80,7 @@ class Greedy(Strategy):
                  order: Sequence[str] | None = None, start: Evaluation | None = None,
                  eps: float = 1e-6) -> None:
         super().__init__()
-        self.groups = tuple(groups)
-        if len(set(self.groups)) != len(self.groups):
-            raise ValueError("groups must be distinct")
-        if set(low) != set(self.groups):
-            raise ValueError("groups and low precisions must name the same groups")
+        self.groups = checked_groups(groups, low)
         self.order = tuple(order) if order is not None else self.groups
         if sorted(self.order) != sorted(self.groups):
             raise ValueError("order must be a permutation of groups")

@@ -21,7 +21,7 @@ from collections.abc import Mapping, Sequence
 
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.search.evaluation import Evaluation
-from trt_mpq.search.strategies import Accept, Proposal, Strategy
+from trt_mpq.search.strategies import Accept, Proposal, Strategy, checked_groups
 
 
 def solve_binary(objective: Sequence[float], row: Sequence[float], *,
@@ -116,11 +116,7 @@ class IlpSearch(Strategy):
                  params: Mapping[str, int] | None = None, steps: int = 8,
                  time_limit: float | None = 10.0, rtol: float = 1e-6) -> None:
         super().__init__()
-        self.groups = tuple(groups)
-        if len(set(self.groups)) != len(self.groups):
-            raise ValueError("groups must be distinct")
-        if set(low) != set(self.groups):
-            raise ValueError("groups and low precisions must name the same groups")
+        self.groups = checked_groups(groups, low)
         if objective not in ("gain", "bits"):
             raise ValueError('objective must be "gain" or "bits"')
         if steps < 0:

@@ -37,6 +37,16 @@ class Strategy(abc.ABC):
         """The evaluation of a plan that `ask` proposed."""
 
 
+def checked_groups(groups: Sequence[str], low: Mapping[str, Precision]) -> tuple[str, ...]:
+    """`groups` as a tuple, after checking they are distinct and that `low` names exactly them."""
+    out = tuple(groups)
+    if len(set(out)) != len(out):
+        raise ValueError("groups must be distinct")
+    if set(low) != set(out):
+        raise ValueError("groups and low precisions must name the same groups")
+    return out
+
+
 class PrefixPlans:
     """Plans that lower the first k groups of `order` and keep the rest at `base`."""
 
