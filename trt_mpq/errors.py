@@ -7,6 +7,8 @@ propagates.
 
 from __future__ import annotations
 
+import contextlib
+
 
 class TrtMpqError(Exception):
     """Base class of every error trt-mpq raises on purpose."""
@@ -32,12 +34,21 @@ class PlanError(TrtMpqError):
     """A precision plan is malformed, names unknown groups, or asks for what the target cannot run."""
 
 
+class MaterializeError(TrtMpqError):
+    """A plan could not be turned into a graph: a quantizer or converter refused this graph.
+    During a search this fails the one candidate (status build-failed), not the search."""
+
+
 class BuildError(TrtMpqError):
     """The backend could not build an artifact from a materialized graph."""
 
 
 class MeasurementError(TrtMpqError):
-    """Running or timing an artifact failed, or produced non-finite outputs."""
+    """Running or timing an artifact failed."""
+
+
+class NonFiniteOutputError(MeasurementError):
+    """An artifact ran but produced NaN or Inf outputs."""
 
 
 class BudgetError(TrtMpqError):
@@ -50,3 +61,19 @@ class ConfigError(TrtMpqError):
 
 class StoreError(TrtMpqError):
     """The evaluation store cannot be opened or belongs to a different search."""
+
+
+@contextlib.contextmanager
+def third_party(step: str, error: type[TrtMpqError] = MaterializeError):
+    """Turn any exception raised inside a call into a library we do not own (a quantizer, a
+    converter, a runtime) into `error`, naming the step; our own errors pass through unchanged.
+    Use it around the third-party call only, never around our own code: a bug is a bug."""
+    try:
+        yield
+    except TrtMpqError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the boundary to code we do not own
+        text = str(e).strip()
+        detail = text.splitlines()[0][:500] if text else ""
+        raise error(f"{step} failed: {type(e).__name__}" + (f": {detail}" if detail else "")
+                    ) from e
