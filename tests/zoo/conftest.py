@@ -14,11 +14,11 @@ import pytest
 def vader_sdist(tmp_path_factory) -> Path:
     """The vaderSentiment sdist, fetched once per session (needs PyPI; skips without it)."""
     from trt_mpq.errors import TaskError
-    from trt_mpq.zoo import _common as C
+    from trt_mpq.zoo.datasets import fetch_vader_sdist
 
     root = tmp_path_factory.mktemp("vader")
     try:
-        return C.fetch_vader_sdist(root)
+        return fetch_vader_sdist(root)
     except TaskError as e:
         pytest.skip(f"cannot fetch the VADER data: {e}")
 

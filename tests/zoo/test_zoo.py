@@ -21,8 +21,21 @@ import pytest
 
 from trt_mpq.errors import TaskError
 from trt_mpq.task import SPLITS, Task, check_inputs
-from trt_mpq.zoo import ZOO
-from trt_mpq.zoo import _common as C
+from trt_mpq.zoo import ZOO, datasets
+from trt_mpq.zoo.cache import cached_build, entry_dir
+from trt_mpq.zoo.datasets import (
+    VADER_INNER,
+    VADER_MEMBER,
+    VADER_SDIST,
+    fetch_vader_sdist,
+    load_photos,
+    load_vader,
+    parse_vader_ground_truth,
+    read_vader_movie_reviews,
+)
+from trt_mpq.zoo.export import check_fingerprint, export_onnx, state_fingerprint, torch_seeded
+from trt_mpq.zoo.images import bilinear_matrix, photo_views, random_views, upsample_bilinear
+from trt_mpq.zoo.splits import load_split_indices, load_splits, save_splits, split_indices
 
 ORT_DTYPES = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(int32)": "int32"}
 
@@ -42,9 +55,9 @@ def _tar_gz(members: dict[str, bytes]) -> bytes:
 
 
 def _fake_sdist(path: Path, ground_truth: str) -> Path:
-    inner = _tar_gz({C.VADER_MEMBER: ground_truth.encode("utf-8"),
+    inner = _tar_gz({VADER_MEMBER: ground_truth.encode("utf-8"),
                      "hutto_ICWSM_2014/tweets_GroundTruth.txt": b"1\t1.0\tnot this one\r\n"})
-    path.write_bytes(_tar_gz({C.VADER_INNER: inner,
+    path.write_bytes(_tar_gz({VADER_INNER: inner,
                               "vaderSentiment-3.3.2/setup.py": b"# not used\n"}))
     return path
 
@@ -57,7 +70,7 @@ def test_vader_parser_reads_the_nested_tarball(tmp_path):
             "5\t0.0333\tBarely positive, caf\u00e9 included.\r\n"
             "6\t-3.5\tAwful.\r\n")
     sdist = _fake_sdist(tmp_path / "vaderSentiment-3.3.2.tar.gz", text)
-    sentences, labels, ratings = C.read_vader_movie_reviews(sdist)
+    sentences, labels, ratings = read_vader_movie_reviews(sdist)
     assert sentences == ["The Rock is destined to be great.", "Effective but too tepid biopic",
                          "Barely positive, caf\u00e9 included.", "Awful."]
     assert labels.dtype == np.int64
@@ -68,21 +81,21 @@ def test_vader_parser_reads_the_nested_tarball(tmp_path):
 
 def test_vader_parser_rejects_a_malformed_line():
     with pytest.raises(TaskError, match="line 2"):
-        C.parse_vader_ground_truth("1\t1.0\tfine\r\n2\tno tabs here\r\n")
+        parse_vader_ground_truth("1\t1.0\tfine\r\n2\tno tabs here\r\n")
 
 
 def test_vader_sdist_missing_member_says_what_to_do(tmp_path):
     bad = tmp_path / "x.tar.gz"
     bad.write_bytes(_tar_gz({"something/else.txt": b"x"}))
     with pytest.raises(TaskError, match="delete the file"):
-        C.read_vader_movie_reviews(bad)
+        read_vader_movie_reviews(bad)
 
 
 def test_vader_fetch_checks_a_hand_placed_file(tmp_path):
     (tmp_path / "downloads").mkdir()
-    (tmp_path / "downloads" / C.VADER_SDIST).write_bytes(b"not the sdist")
+    (tmp_path / "downloads" / VADER_SDIST).write_bytes(b"not the sdist")
     with pytest.raises(TaskError, match="by hand"):
-        C.fetch_vader_sdist(tmp_path)
+        fetch_vader_sdist(tmp_path)
 
 
 def test_vader_fetch_failure_says_reach_pypi_or_place_by_hand(tmp_path, monkeypatch):
@@ -90,11 +103,11 @@ def test_vader_fetch_failure_says_reach_pypi_or_place_by_hand(tmp_path, monkeypa
         assert cmd[1:4] == ["-m", "pip", "download"] and "--no-binary" in cmd
         return subprocess.CompletedProcess(cmd, 1, "", "ERROR: No matching distribution\n")
 
-    monkeypatch.setattr(C.subprocess, "run", failing_run)
+    monkeypatch.setattr(datasets.subprocess, "run", failing_run)
     with pytest.raises(TaskError) as e:
-        C.fetch_vader_sdist(tmp_path)
+        fetch_vader_sdist(tmp_path)
     msg = str(e.value)
-    assert "PyPI" in msg and str(tmp_path / "downloads" / C.VADER_SDIST) in msg
+    assert "PyPI" in msg and str(tmp_path / "downloads" / VADER_SDIST) in msg
     assert [p.name for p in (tmp_path / "downloads").iterdir()] == []  # no leftovers
 
 
@@ -104,9 +117,9 @@ def test_vader_fetch_failure_says_reach_pypi_or_place_by_hand(tmp_path, monkeypa
 
 def test_split_indices_disjoint_deterministic_sized():
     sizes = (("train", 30), ("calibration", 10), ("search", 25), ("holdout", None))
-    a = C.split_indices(100, sizes, seed=3)
-    b = C.split_indices(100, sizes, seed=3)
-    c = C.split_indices(100, sizes, seed=4)
+    a = split_indices(100, sizes, seed=3)
+    b = split_indices(100, sizes, seed=3)
+    c = split_indices(100, sizes, seed=4)
     assert {k: len(v) for k, v in a.items()} == {"train": 30, "calibration": 10, "search": 25,
                                                  "holdout": 35}
     assert all(np.array_equal(a[k], b[k]) for k in a)
@@ -114,33 +127,33 @@ def test_split_indices_disjoint_deterministic_sized():
     allidx = np.concatenate(list(a.values()))
     assert sorted(allidx.tolist()) == list(range(100))  # disjoint and covering
     assert all(v.dtype == np.int64 for v in a.values())
-    fixed = C.split_indices(100, (("x", 10), ("y", 20)), seed=0)
+    fixed = split_indices(100, (("x", 10), ("y", 20)), seed=0)
     assert len(np.intersect1d(fixed["x"], fixed["y"])) == 0 and len(fixed["y"]) == 20
 
 
 def test_split_indices_refuses_too_few_samples():
     with pytest.raises(TaskError, match="smaller than expected"):
-        C.split_indices(10, (("a", 6), ("b", 6)), seed=0)
+        split_indices(10, (("a", 6), ("b", 6)), seed=0)
     with pytest.raises(ValueError):
-        C.split_indices(10, (("a", None), ("b", 2)), seed=0)
+        split_indices(10, (("a", None), ("b", 2)), seed=0)
 
 
 def test_splits_roundtrip(tmp_path):
     x = np.arange(24, dtype=np.float32).reshape(6, 4)
     ids = np.arange(12, dtype=np.int64).reshape(6, 2)
-    C.save_splits(tmp_path / "s.npz",
+    save_splits(tmp_path / "s.npz",
                   {"calibration": ({"input": x[:2]}, None),
                    "search": ({"input": x[2:4]}, np.array([0, 1])),
                    "holdout": ({"input": x[4:]}, np.array([1, 1]))},
                   {"train": np.array([7, 8]), "search": np.array([2, 3])})
-    splits = C.load_splits(tmp_path / "s.npz")
+    splits = load_splits(tmp_path / "s.npz")
     assert set(splits) == {"calibration", "search", "holdout"}
     assert splits["calibration"].labels is None
     assert np.array_equal(splits["search"].inputs["input"], x[2:4])
     assert splits["holdout"].labels.tolist() == [1, 1]
-    assert C.load_split_indices(tmp_path / "s.npz")["train"].tolist() == [7, 8]
-    C.save_splits(tmp_path / "t.npz", {"search": ({"input_ids": ids}, None)})
-    assert C.load_splits(tmp_path / "t.npz")["search"].inputs["input_ids"].dtype == np.int64
+    assert load_split_indices(tmp_path / "s.npz")["train"].tolist() == [7, 8]
+    save_splits(tmp_path / "t.npz", {"search": ({"input_ids": ids}, None)})
+    assert load_splits(tmp_path / "t.npz")["search"].inputs["input_ids"].dtype == np.int64
 
 
 def test_cached_build_is_atomic_and_cached(tmp_path):
@@ -151,7 +164,7 @@ def test_cached_build_is_atomic_and_cached(tmp_path):
         raise RuntimeError("interrupted")
 
     with pytest.raises(RuntimeError):
-        C.cached_build(tmp_path, "toy", broken)
+        cached_build(tmp_path, "toy", broken)
     assert not final.exists()
     assert list(final.parent.iterdir()) == []  # no half-written directory left behind
 
@@ -162,55 +175,55 @@ def test_cached_build_is_atomic_and_cached(tmp_path):
         (tmp / "model.onnx").write_bytes(b"onnx")
         return {"weights": "trained", "files": ["model.onnx"]}
 
-    d, meta = C.cached_build(tmp_path, "toy", good)
+    d, meta = cached_build(tmp_path, "toy", good)
     assert d == final and (d / "model.onnx").read_bytes() == b"onnx"
     assert meta["weights"] == "trained" and "build_seconds" in meta and "versions" in meta
     assert json.loads((d / "meta.json").read_text())["name"] == "toy"
-    d2, _ = C.cached_build(tmp_path, "toy", good)
+    d2, _ = cached_build(tmp_path, "toy", good)
     assert d2 == d and len(calls) == 1
     # a stale cache is rebuilt in place
-    d3, _ = C.cached_build(tmp_path, "toy", good, stale=lambda m: "changed")
+    d3, _ = cached_build(tmp_path, "toy", good, stale=lambda m: "changed")
     assert d3 == d and len(calls) == 2 and (d / "meta.json").is_file()
     assert sorted(p.name for p in final.parent.iterdir()) == ["v1"]
     # a cache missing one of its files counts as absent
     (d / "model.onnx").unlink()
-    C.cached_build(tmp_path, "toy", good)
+    cached_build(tmp_path, "toy", good)
     assert len(calls) == 3
-    assert C.entry_dir(d, "toy") == d  # the entry dir itself is accepted too
+    assert entry_dir(d, "toy") == d  # the entry dir itself is accepted too
 
 
 def test_bilinear_matrix_rows_sum_to_one():
     for n_in, n_out in ((8, 32), (8, 224), (5, 3)):
-        m = C.bilinear_matrix(n_in, n_out)
+        m = bilinear_matrix(n_in, n_out)
         assert m.shape == (n_out, n_in)
         assert np.allclose(m.sum(axis=1), 1.0)
 
 
 def test_photo_views_load_offline():
     pytest.importorskip("skimage")
-    photos = C.load_photos()
+    photos = load_photos()
     assert {"astronaut", "coffee", "chelsea", "rocket"} <= set(photos)
-    views, names = C.photo_views(photos)
+    views, names = photo_views(photos)
     assert 40 <= len(views) <= 80 and len(names) == len(views)
     assert views.dtype == np.uint8 and views.shape[1:] == (224, 224, 3)
-    crops = C.random_views(list(photos.values())[:2], 5, np.random.default_rng(0))
-    again = C.random_views(list(photos.values())[:2], 5, np.random.default_rng(0))
+    crops = random_views(list(photos.values())[:2], 5, np.random.default_rng(0))
+    again = random_views(list(photos.values())[:2], 5, np.random.default_rng(0))
     assert crops.shape == (5, 224, 224, 3) and np.array_equal(crops, again)
 
 
 def test_corrupt_splits_file_says_rebuild(tmp_path):
     (tmp_path / "splits.npz").write_bytes(b"garbage")
     with pytest.raises(TaskError, match="build again"):
-        C.load_splits(tmp_path / "splits.npz")
+        load_splits(tmp_path / "splits.npz")
 
 
 def test_too_few_offline_photos_is_a_task_error(monkeypatch):
     pytest.importorskip("skimage")
     # skimage turns a pooch download into pytest.skip() while PYTEST_CURRENT_TEST is set
     monkeypatch.delenv("PYTEST_CURRENT_TEST", raising=False)
-    monkeypatch.setattr(C, "PHOTO_NAMES", ("astronaut", "brain", "no_such_photo"))
+    monkeypatch.setattr(datasets, "PHOTO_NAMES", ("astronaut", "brain", "no_such_photo"))
     with pytest.raises(TaskError, match="photos load offline"):
-        C.load_photos()
+        load_photos()
 
 
 def test_imagenet_folder_errors(tmp_path, monkeypatch):
@@ -266,21 +279,21 @@ def test_torch_error_paths(tmp_path):
             return {"not": "a tensor"}
 
     with pytest.raises(TaskError, match="exporting the zoo model to ONNX failed"):
-        C.export_onnx(Unexportable(), (torch.zeros(1, 2),), tmp_path / "m.onnx", ["x"], ["y"])
+        export_onnx(Unexportable(), (torch.zeros(1, 2),), tmp_path / "m.onnx", ["x"], ["y"])
 
     lin = torch.nn.Linear(2, 2)
-    C.check_fingerprint(lin, {"fingerprint": C.state_fingerprint(lin)}, "toy")
+    check_fingerprint(lin, {"fingerprint": state_fingerprint(lin)}, "toy")
     with pytest.raises(TaskError, match="build it again"):
-        C.check_fingerprint(lin, {"fingerprint": "0" * 16, "versions": {}}, "toy")
+        check_fingerprint(lin, {"fingerprint": "0" * 16, "versions": {}}, "toy")
 
     (tmp_path / "bad.pth").write_bytes(b"not a checkpoint")
     with pytest.raises(TaskError, match="intact copy"):
         imagenet._load_checkpoint(imagenet._new_model("mobilenet_v2"), tmp_path / "bad.pth")
 
-    with C.torch_seeded(5):
+    with torch_seeded(5):
         a = torch.rand(3)
     state = torch.random.get_rng_state()
-    with C.torch_seeded(5):
+    with torch_seeded(5):
         b = torch.rand(3)
     assert torch.equal(a, b) and torch.equal(torch.random.get_rng_state(), state)
 
@@ -291,7 +304,7 @@ def test_upsample_matches_torch_bilinear():
     x = np.random.default_rng(0).uniform(0, 16, (3, 8, 8)).astype(np.float32)
     ref = torch.nn.functional.interpolate(torch.from_numpy(x)[:, None], size=(32, 32),
                                           mode="bilinear", align_corners=False)[:, 0].numpy()
-    assert np.allclose(C.upsample_bilinear(x, 32), ref, atol=1e-5)
+    assert np.allclose(upsample_bilinear(x, 32), ref, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -337,7 +350,7 @@ def check_built_task(task: Task, builder, cache_dir: Path, *, min_metric: float,
     import torch
 
     assert isinstance(task, Task)
-    assert task.model_path == C.entry_dir(cache_dir, task.name) / "model.onnx"
+    assert task.model_path == entry_dir(cache_dir, task.name) / "model.onnx"
     meta = json.loads((task.model_path.parent / "meta.json").read_text())
     assert task.weights == meta["weights"]
     assert task.weights in ((weights,) if isinstance(weights, str) else weights)
@@ -364,7 +377,7 @@ def check_built_task(task: Task, builder, cache_dir: Path, *, min_metric: float,
     for s in SPLITS:
         labels = task.split(s).labels
         assert labels is not None and labels.dtype == np.int64 and len(labels) == sizes[s]
-    indices = C.load_split_indices(task.model_path.parent / "splits.npz")
+    indices = load_split_indices(task.model_path.parent / "splits.npz")
     assert set(SPLITS) <= set(indices)
     groups = list(indices)
     for i, a in enumerate(groups):
@@ -563,7 +576,7 @@ def test_imagenet_with_checkpoint_and_image_folder(tmp_path, monkeypatch):
     ckpt_dir = tmp_path / "torch-home" / "hub" / "checkpoints"
     ckpt_dir.mkdir(parents=True)
     fname = torchvision.models.MobileNet_V2_Weights.DEFAULT.url.rsplit("/", 1)[-1]
-    with C.torch_seeded(123):
+    with torch_seeded(123):
         torch.save(torchvision.models.mobilenet_v2().state_dict(), ckpt_dir / fname)
     task = imagenet.build_mobilenet_v2(cache, False)  # stale: rebuilt with the checkpoint
     assert task.weights == "pretrained"
@@ -606,7 +619,7 @@ def test_bert_base_pretrained_path(text_cache, monkeypatch):
     from trt_mpq.zoo import bert
 
     def stand_in(progress):
-        with C.torch_seeded(7):
+        with torch_seeded(7):
             return BertModel(BertConfig(num_hidden_layers=1, attn_implementation="eager"),
                              add_pooling_layer=False)
 
@@ -616,7 +629,7 @@ def test_bert_base_pretrained_path(text_cache, monkeypatch):
                             sizes={"calibration": 128, "search": 256, "holdout": 256},
                             weights="pretrained")
     assert meta["split_sizes"]["head_train"] == 1000 and "head_train_accuracy" in meta
-    texts, labels, _ = C.load_vader(text_cache)
-    idx = C.load_split_indices(task.model_path.parent / "splits.npz")
+    texts, labels, _ = load_vader(text_cache)
+    idx = load_split_indices(task.model_path.parent / "splits.npz")
     assert np.array_equal(task.search.labels, labels[idx["search"]])  # the real labels
     assert bert.RANDOM_NOTE not in task.notes

