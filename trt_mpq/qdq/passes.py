@@ -1,7 +1,10 @@
 """Graph passes shared by the dialects. Each takes a ModelProto and returns a new one.
 
-The int8 passes drive ONNX Runtime's own quantizers (the library made for this) with our
-precomputed ranges and an explicit list of nodes, so a plan quantizes exactly its groups.
+The int8, int4 and FP16 passes drive ONNX Runtime's own quantizers and converter (the libraries
+made for this) with our precomputed ranges and an explicit list of nodes, so a plan quantizes
+exactly its groups. The passes that ONNX Runtime has no fitting tool for (dynamic int8 without
+its Gemm rewrite, FP8) edit the graph with onnx-graphsurgeon. Every call into those libraries
+runs inside `third_party`, so a graph one of them refuses fails as a `MaterializeError`.
 """
 
 from __future__ import annotations
@@ -9,13 +12,17 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import sys
+import threading
 from collections.abc import Iterable
 
+import ml_dtypes  # an onnx dependency
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+import onnx_graphsurgeon as gs
 
 from trt_mpq.calib import Ranges
+from trt_mpq.errors import MaterializeError, third_party
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +41,8 @@ def copy_model(model: onnx.ModelProto) -> onnx.ModelProto:
 @contextlib.contextmanager
 def _quiet():
     """ONNX Runtime's quantization tools print progress to stdout and log INFO/WARNING lines to
-    the root logger (e.g. one line per node); keep our output clean while they run."""
+    the root logger (e.g. one line per node), onnx-graphsurgeon prints its warnings to stdout;
+    keep our output clean while they run."""
     previous = logging.root.manager.disable
     logging.disable(logging.WARNING)
     try:
@@ -46,6 +54,36 @@ def _quiet():
 
 def initializer_names(model: onnx.ModelProto) -> set[str]:
     return {i.name for i in model.graph.initializer}
+
+
+def _import(model: onnx.ModelProto) -> gs.Graph:
+    """`model` as a gs graph. From a copy: gs's export writes into the TensorProtos it imported
+    (it sets the name of Constant-node values), and a pass must not change its input."""
+    with third_party("onnx-graphsurgeon's import"), _quiet():
+        return gs.import_onnx(copy_model(model))
+
+
+def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """`graph` as a model that keeps everything else of `like`: gs writes only the graph, opset
+    and producer (not metadata_props, doc_string, ...), and restates the graph inputs and
+    outputs from its own types, so those two are copied back as they were.
+
+    gs writes only the initializers that some node or graph output still reads, so a pass that
+    rewires a weight leaves no unused initializer behind. It keeps every node, so no
+    `cleanup()`: that would also drop named nodes whose outputs no graph output depends on."""
+    with third_party("onnx-graphsurgeon's export"), _quiet():
+        out = gs.export_onnx(graph, do_type_check=False)
+    for field, value in like.ListFields():
+        if field.name != "graph":
+            out.ClearField(field.name)
+            if field.type == field.TYPE_MESSAGE:  # the message fields besides graph are lists
+                getattr(out, field.name).extend(value)
+            else:
+                setattr(out, field.name, value)
+    for io_field in ("input", "output"):
+        out.graph.ClearField(io_field)
+        getattr(out.graph, io_field).extend(getattr(like.graph, io_field))
+    return out
 
 
 def glue_nodes(model: onnx.ModelProto, quantized: Iterable[str]) -> set[str]:
@@ -96,10 +134,12 @@ def static_qdq(model: onnx.ModelProto, nodes: Iterable[str], ranges: Ranges, *,
     if not quantize_outputs:
         extra["OpTypesToExcludeOutputQuantization"] = ["Conv", "Gemm", "MatMul"]
     act = QuantType.QInt8 if symmetric_activations else QuantType.QUInt8
-    work = update_opset_version(copy_model(model), QuantType.QInt8, act)
-    with _quiet():
-        quantizer = QDQQuantizer(work, True, False, QuantType.QInt8, act, ranges.to_tensors_data(),
-                                 nodes, [], _all_op_types(), extra)
+    tensors_range, op_types = ranges.to_tensors_data(), _all_op_types()
+    with third_party("ONNX Runtime's opset update for its QDQ quantizer"):
+        work = update_opset_version(copy_model(model), QuantType.QInt8, act)
+    with third_party("ONNX Runtime's QDQ quantizer"), _quiet():
+        quantizer = QDQQuantizer(work, True, False, QuantType.QInt8, act, tensors_range,
+                                 nodes, [], op_types, extra)
         quantizer.quantize_model()
     return quantizer.model.model
 
@@ -111,52 +151,60 @@ def dynamic_int8(model: onnx.ModelProto, nodes: Iterable[str]) -> onnx.ModelProt
 
     Written here rather than with ONNX Runtime's dynamic quantizer because that one rewrites
     every Gemm of the graph into Transpose+MatMul+Add, including Gemms the plan keeps or
-    quantizes statically.
+    quantizes statically. Each MatMul keeps its name (now a MatMulInteger); the float weights
+    it no longer reads leave the graph.
     """
     targets = set(nodes)
     if not targets:
         return model
-    out = copy_model(model)
-    inits = {i.name: i for i in out.graph.initializer}
-    new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[onnx.TensorProto] = []
-    quantized_inputs: dict[str, tuple[str, str, str]] = {}
-    for node in out.graph.node:
+    graph = _import(model)
+    quantized: dict[str, list[gs.Variable]] = {}  # activation -> [uint8, scale, zero point]
+    weights: dict[str, tuple[gs.Constant, gs.Constant, gs.Constant]] = {}
+    ordered: list[gs.Node] = []
+    for node in graph.nodes:
         if node.name not in targets:
-            new_nodes.append(node)
+            ordered.append(node)
             continue
-        if node.op_type != "MatMul" or node.input[1] not in inits:
-            raise ValueError(f"dynamic int8 applies to MatMul with a constant weight, not "
-                             f"{node.op_type} {node.name!r}")
-        x, w_name = node.input[0], node.input[1]
-        if x not in quantized_inputs:
-            q = (f"{x}_dyn_quantized", f"{x}_dyn_scale", f"{x}_dyn_zero_point")
-            new_nodes.append(helper.make_node("DynamicQuantizeLinear", [x], list(q),
-                                              name=f"{x}_DynamicQuantizeLinear"))
-            quantized_inputs[x] = q
-        xq, xs, xz = quantized_inputs[x]
-        w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
-        scale = np.maximum(np.abs(w).max(axis=0), 1e-12) / 127.0  # per output column
-        wq = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-        wq_name, ws_name, wz_name = f"{w_name}_quantized", f"{w_name}_scale", f"{w_name}_zero_point"
-        new_inits += [numpy_helper.from_array(wq, wq_name),
-                      numpy_helper.from_array(scale.astype(np.float32), ws_name),
-                      numpy_helper.from_array(np.zeros(scale.shape, np.int8), wz_name)]
-        y = node.output[0]
-        base = node.name
-        new_nodes += [
-            helper.make_node("MatMulInteger", [xq, wq_name, xz, wz_name], [f"{y}_int32"],
-                             name=base),
-            helper.make_node("Cast", [f"{y}_int32"], [f"{y}_int32_float"], to=TensorProto.FLOAT,
-                             name=f"{base}_Cast"),
-            helper.make_node("Mul", [xs, ws_name], [f"{y}_scale"], name=f"{base}_ScaleMul"),
-            helper.make_node("Mul", [f"{y}_int32_float", f"{y}_scale"], [y],
-                             name=f"{base}_OutputMul"),
+        if node.op != "MatMul" or not isinstance(node.inputs[1], gs.Constant):
+            raise MaterializeError(f"dynamic int8 applies to a MatMul with a constant weight, "
+                                   f"not {node.op} {node.name!r}; use int8 for it")
+        x, w = node.inputs
+        if x.name not in quantized:
+            quantized[x.name] = [gs.Variable(f"{x.name}_dyn_{s}")
+                                 for s in ("quantized", "scale", "zero_point")]
+            ordered.append(gs.Node("DynamicQuantizeLinear", f"{x.name}_DynamicQuantizeLinear",
+                                   inputs=[x], outputs=quantized[x.name]))
+        xq, xs, xz = quantized[x.name]
+        if w.name not in weights:
+            wf = w.values.astype(np.float32)
+            scale = np.maximum(np.abs(wf).max(axis=0), 1e-12) / 127.0  # per output column
+            weights[w.name] = (
+                gs.Constant(f"{w.name}_quantized",
+                            np.clip(np.rint(wf / scale), -127, 127).astype(np.int8)),
+                gs.Constant(f"{w.name}_scale", scale.astype(np.float32)),
+                gs.Constant(f"{w.name}_zero_point", np.zeros(scale.shape, np.int8)))
+        wq, ws, wz = weights[w.name]
+        y = node.outputs[0]
+        acc, acc_f, y_scale = (gs.Variable(f"{y.name}_{s}")
+                               for s in ("int32", "int32_float", "scale"))
+        node.op = "MatMulInteger"  # the same node, so the same name
+        node.inputs.clear()
+        node.inputs.extend([xq, wq, xz, wz])
+        node.outputs.clear()
+        node.outputs.append(acc)
+        ordered += [
+            node,
+            gs.Node("Cast", f"{node.name}_Cast", {"to": onnx.TensorProto.FLOAT}, [acc], [acc_f]),
+            gs.Node("Mul", f"{node.name}_ScaleMul", inputs=[xs, ws], outputs=[y_scale]),
+            gs.Node("Mul", f"{node.name}_OutputMul", inputs=[acc_f, y_scale], outputs=[y]),
         ]
-    del out.graph.node[:]
-    out.graph.node.extend(new_nodes)
-    out.graph.initializer.extend(new_inits)
-    return out
+    graph.nodes = ordered
+    return _export(graph, model)
+
+
+#: the names ONNX Runtime's MatMulNBitsQuantizer gives the node it rewrites (4 bits):
+#: "<name>_Q4" (MatMulNBits) or "<name>_matmul_Q4" (the MatMul after the block-wise DQ)
+_INT4_SUFFIXES = ("_matmul_Q4", "_Q4")
 
 
 def int4_weight_only(model: onnx.ModelProto, nodes: Iterable[str], *, qdq: bool,
@@ -176,24 +224,24 @@ def int4_weight_only(model: onnx.ModelProto, nodes: Iterable[str], *, qdq: bool,
     )
 
     fmt = QuantFormat.QDQ if qdq else QuantFormat.QOperator
-    cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True, quant_format=fmt,
-                                       op_types_to_quantize=("MatMul",))
     # the quantizer's nodes_to_include adds to its op-type selection; exclude the rest instead
     wanted = set(nodes)
     exclude = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in wanted]
-    with _quiet():
+    with third_party("ONNX Runtime's MatMulNBits quantizer"), _quiet():
+        cfg = DefaultWeightOnlyQuantConfig(block_size=block_size, is_symmetric=True,
+                                           quant_format=fmt, op_types_to_quantize=("MatMul",))
         q = MatMulNBitsQuantizer(copy_model(model), nodes_to_exclude=exclude, algo_config=cfg)
         q.process()
     out = q.model.model
-    # the quantizer renames the node it rewrites ("<name>_Q4", "<name>_matmul_Q4"); plans and
-    # censuses refer to nodes by name, so give each its original name back
-    present = {n.name for n in out.graph.node}
+    # the quantizer renames the node it rewrites; plans and censuses refer to nodes by name,
+    # so give each its original name back
+    missing = wanted - {n.name for n in out.graph.node}
     for node in out.graph.node:
-        if node.op_type in ("MatMul", "MatMulNBits") and node.name not in wanted:
-            for name in wanted - present:
-                if node.name.startswith(name + "_"):
-                    node.name = name
-                    present.add(name)
+        if node.op_type in ("MatMul", "MatMulNBits"):
+            for suffix in _INT4_SUFFIXES:
+                if node.name.endswith(suffix) and node.name[:-len(suffix)] in missing:
+                    node.name = node.name[:-len(suffix)]
+                    missing.discard(node.name)
                     break
     return out
 
@@ -201,41 +249,56 @@ def int4_weight_only(model: onnx.ModelProto, nodes: Iterable[str], *, qdq: bool,
 def to_fp16(model: onnx.ModelProto, keep_fp32: Iterable[str]) -> onnx.ModelProto:
     """Convert the graph to FP16 except the nodes in `keep_fp32`; graph inputs and outputs keep
     their types (casts are inserted at the boundaries)."""
-    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
+    from onnxruntime.transformers.float16 import (
+        DEFAULT_OP_BLOCK_LIST,
+        convert_float_to_float16,
+    )
 
-    with _quiet():
+    with third_party("ONNX Runtime's float16 converter"), _quiet():
         out = convert_float_to_float16(copy_model(model), keep_io_types=True,
                                        op_block_list=list(DEFAULT_OP_BLOCK_LIST),
                                        node_block_list=list(keep_fp32))
-    return topo_sort(out)
+    return topo_sort(out)  # the converter appends its casts at the end of the node list
+
+
+def _first_unready(graph: onnx.GraphProto) -> tuple[onnx.NodeProto, list[str]] | None:
+    """The first node that reads tensors that no graph input, initializer or earlier node gives,
+    and those tensors; None when the order is topological."""
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    for node in graph.node:
+        missing = [i for i in node.input if i not in ready]
+        if missing:
+            return node, missing
+        ready.update(node.output)
+    return None
+
+
+_RECURSION = threading.Lock()
 
 
 def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
-    """Reorder nodes topologically (stable: keeps the original order where it is valid)."""
-    graph = model.graph
-    available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending = list(graph.node)
-    ordered: list[onnx.NodeProto] = []
-    while pending:
-        progressed = False
-        rest = []
-        for node in pending:
-            if all(i in available for i in node.input):
-                ordered.append(node)
-                available.update(node.output)
-                progressed = True
-            else:
-                rest.append(node)
-        if not progressed:
-            raise ValueError(f"graph has a cycle or a missing input near node {rest[0].name!r}")
-        pending = rest
-    if [n.name for n in ordered] != [n.name for n in graph.node]:
-        new = [onnx.NodeProto() for _ in ordered]
-        for dst, src in zip(new, ordered):
-            dst.CopyFrom(src)
-        del graph.node[:]
-        graph.node.extend(new)
-    return model
+    """Order the nodes topologically. A graph already in a valid order comes back as it is;
+    otherwise onnx-graphsurgeon sorts it: by depth, which is deterministic but does not keep
+    the original order of independent nodes.
+    Raises ValueError on a cycle or on an input that nothing produces (a bug of a pass)."""
+    if _first_unready(model.graph) is None:
+        return model
+    graph = _import(model)
+    with _RECURSION:  # gs recurses once per node of an out-of-order chain (2 frames each)
+        limit = sys.getrecursionlimit()
+        sys.setrecursionlimit(limit + 2 * len(graph.nodes))
+        try:
+            with _quiet():
+                graph.toposort()
+        except gs.OnnxGraphSurgeonException as e:  # how gs reports a cycle
+            raise ValueError(f"graph has a cycle: {e}") from None
+        finally:
+            sys.setrecursionlimit(limit)
+    out = _export(graph, model)
+    if bad := _first_unready(out.graph):  # gs sorts past a tensor that nothing produces
+        raise ValueError(f"node {bad[0].name!r} ({bad[0].op_type}) reads {bad[1][:3]}, which no "
+                         "node, graph input or initializer gives")
+    return out
 
 
 # -- FP8 (E4M3) Q/DQ, written here: ONNX Runtime's quantizer supports FP8 only with its
@@ -243,75 +306,71 @@ def topo_sort(model: onnx.ModelProto) -> onnx.ModelProto:
 FP8_MAX = 448.0
 
 
+def _opset(model: onnx.ModelProto) -> int:
+    return max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
+
+
+def _fp8(name: str, values: np.ndarray) -> gs.Constant:
+    return gs.Constant(name, np.asarray(values).astype(ml_dtypes.float8_e4m3fn))
+
+
 def fp8_qdq(model: onnx.ModelProto, op_nodes: Iterable[str], ranges: Ranges) -> onnx.ModelProto:
-    """FP8 E4M3 Q/DQ on the activation input and the weight of each node in `op_nodes`."""
+    """FP8 E4M3 Q/DQ on the activation input and the weight of each node in `op_nodes`. The
+    float weights that no node reads any more leave the graph."""
     targets = set(op_nodes)
     if not targets:
         return model
-    out = copy_model(model)
-    if max((o.version for o in out.opset_import if o.domain in ("", "ai.onnx")), default=0) < 19:
-        raise ValueError("FP8 Q/DQ needs opset >= 19")
-    inits = {i.name: i for i in out.graph.initializer}
-    new_nodes: list[onnx.NodeProto] = []
-    new_inits: list[onnx.TensorProto] = []
-    done_acts: dict[str, str] = {}
-    for node in out.graph.node:
+    if _opset(model) < 19:
+        raise MaterializeError(f"FP8 Q/DQ needs opset >= 19, the model has {_opset(model)}; "
+                               "convert it first (ensure_opset)")
+    graph = _import(model)
+    done_acts: dict[str, gs.Variable] = {}
+    done_weights: dict[str, gs.Variable] = {}
+    ordered: list[gs.Node] = []
+    for node in graph.nodes:
         if node.name in targets:
-            x = node.input[0]
-            if x not in done_acts:
-                amax = max(ranges.amax(x), 1e-8) if x in ranges else 1.0
-                s = f"{x}_fp8_scale"
-                z = f"{x}_fp8_zero_point"
-                new_inits.append(numpy_helper.from_array(np.array(amax / FP8_MAX, np.float32), s))
-                new_inits.append(helper.make_tensor(z, TensorProto.FLOAT8E4M3FN, [], [0.0]))
-                q_out, dq_out = f"{x}_fp8_q", f"{x}_fp8_dq"
-                new_nodes.append(helper.make_node("QuantizeLinear", [x, s, z], [q_out],
-                                                  name=f"{x}_fp8_QuantizeLinear"))
-                new_nodes.append(helper.make_node("DequantizeLinear", [q_out, s, z], [dq_out],
-                                                  name=f"{x}_fp8_DequantizeLinear"))
-                done_acts[x] = dq_out
-            node.input[0] = done_acts[x]
-            w_name = node.input[1]
-            w = numpy_helper.to_array(inits[w_name]).astype(np.float32)
-            axis = 0 if node.op_type == "Conv" else (0 if _gemm_trans_b(node) else w.ndim - 1)
-            red = tuple(i for i in range(w.ndim) if i != axis)
-            scale = np.maximum(np.abs(w).max(axis=red), 1e-12) / FP8_MAX
-            shape = [1] * w.ndim
-            shape[axis] = -1
-            wq = w / scale.reshape(shape)
-            wq_name, ws_name, wz_name = f"{w_name}_fp8", f"{w_name}_fp8_scale", f"{w_name}_fp8_zp"
-            new_inits.append(_fp8_tensor(wq_name, wq))
-            new_inits.append(numpy_helper.from_array(scale.astype(np.float32), ws_name))
-            new_inits.append(helper.make_tensor(wz_name, TensorProto.FLOAT8E4M3FN,
-                                                [scale.size], [0.0] * scale.size))
-            dq_w = f"{w_name}_fp8_dq"
-            new_nodes.append(helper.make_node("DequantizeLinear", [wq_name, ws_name, wz_name],
-                                              [dq_w], name=f"{w_name}_fp8_DequantizeLinear",
-                                              axis=axis))
-            node.input[1] = dq_w
-        new_nodes.append(node)
-    del out.graph.node[:]
-    out.graph.node.extend(new_nodes)
-    out.graph.initializer.extend(new_inits)
-    return out
-
-
-def _fp8_tensor(name: str, values: np.ndarray) -> onnx.TensorProto:
-    import ml_dtypes  # an onnx dependency
-
-    raw = values.astype(ml_dtypes.float8_e4m3fn).view(np.uint8).tobytes()
-    return helper.make_tensor(name, TensorProto.FLOAT8E4M3FN, list(values.shape), raw, raw=True)
-
-
-def _gemm_trans_b(node: onnx.NodeProto) -> bool:
-    return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+            x, w = node.inputs[:2]
+            if not isinstance(w, gs.Constant):
+                raise MaterializeError(f"FP8 applies to ops with a constant weight, not "
+                                       f"{node.op} {node.name!r}")
+            if x.name not in done_acts:
+                amax = max(ranges.amax(x.name), 1e-8) if x.name in ranges else 1.0
+                s = gs.Constant(f"{x.name}_fp8_scale", np.array(amax / FP8_MAX, np.float32))
+                z = _fp8(f"{x.name}_fp8_zero_point", 0.0)
+                q, dq = gs.Variable(f"{x.name}_fp8_q"), gs.Variable(f"{x.name}_fp8_dq")
+                ordered += [gs.Node("QuantizeLinear", f"{x.name}_fp8_QuantizeLinear",
+                                    inputs=[x, s, z], outputs=[q]),
+                            gs.Node("DequantizeLinear", f"{x.name}_fp8_DequantizeLinear",
+                                    inputs=[q, s, z], outputs=[dq])]
+                done_acts[x.name] = dq
+            node.inputs[0] = done_acts[x.name]
+            if w.name not in done_weights:
+                wf = w.values.astype(np.float32)
+                trans_b = node.op == "Gemm" and node.attrs.get("transB", 0)
+                axis = 0 if node.op == "Conv" or trans_b else wf.ndim - 1  # output channels
+                red = tuple(i for i in range(wf.ndim) if i != axis)
+                scale = np.maximum(np.abs(wf).max(axis=red), 1e-12) / FP8_MAX
+                shape = [1] * wf.ndim
+                shape[axis] = -1
+                dq_w = gs.Variable(f"{w.name}_fp8_dq")
+                ordered.append(gs.Node(
+                    "DequantizeLinear", f"{w.name}_fp8_DequantizeLinear", {"axis": axis},
+                    inputs=[_fp8(f"{w.name}_fp8", wf / scale.reshape(shape)),
+                            gs.Constant(f"{w.name}_fp8_scale", scale.astype(np.float32)),
+                            _fp8(f"{w.name}_fp8_zp", np.zeros(scale.size, np.float32))],
+                    outputs=[dq_w]))
+                done_weights[w.name] = dq_w
+            node.inputs[1] = done_weights[w.name]
+        ordered.append(node)
+    graph.nodes = ordered
+    return _export(graph, model)
 
 
 def ensure_opset(model: onnx.ModelProto, version: int) -> onnx.ModelProto:
     """Convert the default-domain opset up to `version` if it is lower."""
-    current = max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0)
-    if current >= version:
+    if _opset(model) >= version:
         return model
     from onnx import version_converter
 
-    return version_converter.convert_version(model, version)
+    with third_party("onnx's version converter"):
+        return version_converter.convert_version(model, version)
