@@ -107,14 +107,15 @@ class Runner:
 
     def holdout_drop(self, plan) -> float:
         """Holdout drop of a plan (ONNX Runtime, same graph and runtime as its evaluation)."""
-        from trt_mpq.pipeline.analysis import make_simulator
+        from trt_mpq.sensitivity.simulator import make_simulator
         from trt_mpq.search import drop_of
 
         key = f"holdout:{plan.digest}"
         if (cached := self.store.get_blob(key)) is not None:
             return cached
         task = self.ws.task
-        sim = make_simulator(self.ws, self.ranges, self.backend.dialect)
+        sim = make_simulator(self.ws.model, self.ws.groups, self.ranges, self.backend.dialect,
+                             self.ws.task.eval_batch)
         base = self.store.get_blob("holdout:baseline")
         if base is None:
             base = task.metric(sim(self.evaluator.baseline_plan, task.holdout), task.holdout.labels)
@@ -126,7 +127,6 @@ class Runner:
 
 
 def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
-    from trt_mpq.pipeline import analysis
     from trt_mpq.plan import Plan
     from trt_mpq.qdq import BASELINE
     from trt_mpq.search import (
@@ -137,6 +137,7 @@ def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
         PrefixSweep,
         drive,
     )
+    from trt_mpq.sensitivity import ordering
 
     accept = lambda e: e.ok and budget.accepts(e.drop, r.baseline_metric)  # noqa: E731
     base = BASELINE[r.backend.dialect]
@@ -160,14 +161,14 @@ def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
     elif method == "graph-order":
         evs = bisect(list(reversed(r.names)))  # lower from the end: the first N stay high
     elif method == "aimet":
-        evs = bisect(analysis.order(r.names, scores("accuracy")))
+        evs = bisect(ordering.order(r.names, scores("accuracy")))
     elif method == "hawq":
-        evs = bisect(analysis.order(r.names, scores("hessian")))
+        evs = bisect(ordering.order(r.names, scores("hessian")))
     elif method == "deps":
-        evs = bisect(analysis.order(r.names, scores("hessian+deps")))
+        evs = bisect(ordering.order(r.names, scores("hessian+deps")))
     elif method == "ours":
         gains = r.gains()
-        order = analysis.order(r.names, scores("hessian+deps"), gains.gain)
+        order = ordering.order(r.names, scores("hessian+deps"), gains.gain)
         evs = bisect(order, extra=(lambda pp, bis: Around(pp, lambda: bis.best_k, width=2),
                                    lambda pp, bis: PrefixSweep(pp, 6)))
     elif method == "autoquantize":
@@ -237,13 +238,14 @@ def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
         quality = {}
         try:
             from trt_mpq.pipeline import analysis
+            from trt_mpq.sensitivity import ordering
 
             ref = analysis.reference_drop(r.ws, r.ranges, r.backend.dialect, r.low, r.store)
-            orders = {m: analysis.order(r.names, s.scores) for m, s in sens_cache.items()}
+            orders = {m: ordering.order(r.names, s.scores) for m, s in sens_cache.items()}
             if "hessian+deps" in sens_cache:
-                orders["hessian+deps (latency-aware)"] = analysis.order(
+                orders["hessian+deps (latency-aware)"] = ordering.order(
                     r.names, sens_cache["hessian+deps"].scores, r.gains().gain)
-            quality = analysis.order_quality(orders, ref.scores)
+            quality = ordering.order_quality(orders, ref.scores)
         except Exception as e:  # the comparison stands without it
             quality = {"error": str(e)}
         result = {"model": name, "weights": r.ws.task.weights, "groups": len(r.names),
@@ -264,8 +266,8 @@ def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: in
     family gets, accuracy ignored. Uniform low; the fastest of `points` prefixes along the graph
     order (Polygraphy's family); the fastest of as many prefixes along the order by measured
     per-group latency gain alone (ours, with no sensitivity to weigh it against)."""
-    from trt_mpq.pipeline import analysis
     from trt_mpq.plan import Plan
+    from trt_mpq.sensitivity import ordering
     from trt_mpq.search import PrefixPlans, PrefixSweep, drive
 
     r = Runner(name, cache, runs / f"latency-{name}", repeats)
@@ -281,7 +283,7 @@ def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: in
         families = {
             "uniform": [r.evaluator.evaluate(Plan.of(r.low), "uniform")],
             "graph-order sweep": sweep(list(reversed(r.names))),
-            "latency-aware sweep": sweep(analysis.order(r.names, {g: 0.0 for g in r.names},
+            "latency-aware sweep": sweep(ordering.order(r.names, {g: 0.0 for g in r.names},
                                                         gains.gain)),
         }
         rows = {}

@@ -16,7 +16,8 @@ from trt_mpq.cli.main import main
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TASK = "digits_task:make_task"
-FAST = ["--repeats", "20", "--warmup", "3", "--sweep", "3", "--no-progress"]
+MEASURE = ["--repeats", "20", "--warmup", "3", "--no-progress"]
+FAST = [*MEASURE, "--sweep", "3"]
 
 pytestmark = pytest.mark.zoo  # the fixture model is trained with torch
 
@@ -152,7 +153,11 @@ def test_bad_inputs_exit_2_with_a_clear_message(digits_model, env, capsys):
         (["search", digits_model, "--task", "nomodule_xyz:f", "--max-drop", "1%"], "cannot import"),
         ([*search[:4], "--max-drop", "lots"], "cannot read the budget"),
         ([*search, "--precision", "fp8"], "fp8 is not available on ort-cpu"),
-        ([*search, "--backend", "tpu"], "unknown backend"),
+        ([*search, "--backend", "tpu"], "invalid choice: 'tpu'"),
+        ([*search, "--threads", "2", "--backend", "tensorrt-rtx"],
+         "--threads applies to ort-cpu, not tensorrt-rtx"),
+        ([*search[:6], "--strategy", "greedy", "--ilp-steps", "2"],
+         "--ilp-steps applies to ilp, not --strategy greedy"),
         (["evaluate", digits_model, "--task", TASK, "--plan", "bad_plan.json"], "unknown precision"),
         (["evaluate", digits_model, "--task", TASK, "--plan", "plan_unknown.json"],
          "does not have"),
@@ -276,7 +281,8 @@ def test_sensitivity_command_scores_orders_and_ranks(digits_model, env, tmp_path
                                    ["--order", "latency-aware", "--sensitivity", "sqnr"]])
 def test_search_strategies_and_orders(digits_model, env, extra):
     out = Path("strategy")
-    r = cli("search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out, *FAST,
+    flags = MEASURE if "--strategy" in extra else FAST  # --sweep belongs to bisection/frontier
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out, *flags,
             *extra, env=env)
     assert r.returncode in (0, 1), r.stderr
     res = json.loads((out / "result.json").read_text())

@@ -6,7 +6,7 @@ import pytest
 
 import models
 from trt_mpq.model.groups import Group, GroupOp
-from trt_mpq.pipeline.analysis import order, order_quality
+from trt_mpq.sensitivity.ordering import order, order_quality
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect

@@ -12,6 +12,7 @@ from trt_mpq.errors import ConfigError
 from trt_mpq.model import find_groups, prepare_model
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect
+from trt_mpq.sensitivity import ordering
 from trt_mpq.sensitivity import SensitivityConfig, SensitivityContext, SensitivityResult
 from trt_mpq.task import Split, Task, accuracy
 
@@ -217,7 +218,7 @@ def test_scores_are_finite_and_rank_the_badly_quantizable_group_last(tiny, metri
     result = metric_cls().score(_ctx(tiny, dead=True), progress=False)
     assert set(result.scores) == {g.name for g in groups}
     assert all(np.isfinite(s) and s >= 0 for s in result.scores.values())
-    order = result.order(list(groups))
+    order = ordering.order([g.name for g in groups], result.scores)
     assert order[-1] == "/conv2/Conv", result.scores
     assert result.scores["/conv2/Conv"] > 10 * max(v for k, v in result.scores.items()
                                                   if k != "/conv2/Conv")

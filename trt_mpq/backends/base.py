@@ -9,9 +9,10 @@ backends only through this contract.
 from __future__ import annotations
 
 import abc
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -19,35 +20,7 @@ import onnx
 from trt_mpq.model.groups import Group
 from trt_mpq.plan import Plan
 from trt_mpq.qdq import Dialect
-
-
-@dataclass(frozen=True)
-class Census:
-    """What each group really ran as, read from the backend (profiler, engine inspector, builder
-    report). `executed` maps group -> precision value ("fp32", "int8", "int8-dynamic", ...), or
-    "unknown" when no kernel could be attributed. `kernels` counts kernels by type."""
-
-    executed: Mapping[str, str]
-    kernels: Mapping[str, int] = field(default_factory=dict)
-    source: str = ""  # how it was read, e.g. "onnxruntime profiler"
-
-    def mismatches(self, plan: Plan) -> list[tuple[str, str, str]]:
-        """(group, planned, executed) for every group whose executed precision differs."""
-        out = []
-        for group, planned in plan.items:
-            got = self.executed.get(group, "unknown")
-            if got != planned.value:
-                out.append((group, planned.value, got))
-        return out
-
-    def to_json_dict(self) -> dict:
-        return {"executed": dict(self.executed), "kernels": dict(self.kernels),
-                "source": self.source}
-
-    @classmethod
-    def from_json_dict(cls, d: Mapping) -> Census:
-        return cls(executed=dict(d.get("executed", {})), kernels=dict(d.get("kernels", {})),
-                   source=str(d.get("source", "")))
+from trt_mpq.results import Census
 
 
 @dataclass(frozen=True)
@@ -76,11 +49,12 @@ class Runner(abc.ABC):
 
     @abc.abstractmethod
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Outputs by name for one batch."""
+        """Outputs by name for one batch; `MeasurementError` if the runtime fails."""
 
     @abc.abstractmethod
     def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
-        """Seconds for one execution of `feed`, measured as tightly as the backend allows."""
+        """Seconds for one execution of `feed`, measured as tightly as the backend allows;
+        `MeasurementError` if the runtime fails."""
 
 
 class Backend(abc.ABC):
@@ -92,7 +66,8 @@ class Backend(abc.ABC):
               sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None) -> Artifact:
         """Build `model` (already materialized for `dialect`) into `out_dir`; fill the census.
         `sample_feed` is a representative input (its shapes are the ones timed); `max_batch` the
-        largest batch the artifact must accept (accuracy runs in batches)."""
+        largest batch the artifact must accept (accuracy runs in batches). Raises `BuildError`
+        if the runtime refuses the graph, `MeasurementError` if it builds but cannot run."""
 
     def check_plan(self, plan: Plan, groups: list[Group]) -> None:
         """Raise `PlanError` if the target cannot run the plan (beyond the dialect's own rules,
@@ -111,3 +86,18 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def describe(self) -> dict:
         """Settings and versions that determine the measurements (recorded beside results)."""
+
+
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """A backend as the CLI and `get_backend` see it (registered in `trt_mpq.backends`)."""
+
+    name: str
+    description: str  # one line, shown by --help
+    config: type  # frozen dataclass; fields with `trt_mpq.options.flag` become CLI flags
+    create: Callable[[Any, Path | None], Backend]  # (config, cache directory) -> backend
+
+
+__all__ = ["Artifact", "Backend", "BackendSpec", "Census", "Runner"]

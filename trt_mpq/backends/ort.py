@@ -15,15 +15,17 @@ import os
 import time
 from collections import Counter
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import onnx
 
-from trt_mpq.backends.base import Artifact, Backend, Census, Runner
+from trt_mpq.backends.base import Artifact, Backend, BackendSpec, Census, Runner
 from trt_mpq.errors import BuildError, ConfigError, MeasurementError
 from trt_mpq.model.groups import Group
+from trt_mpq.options import flag
+from trt_mpq.plan.precision import ONNXRUNTIME, census_words, executed_word
 from trt_mpq.qdq import Dialect
 
 log = logging.getLogger(__name__)
@@ -33,13 +35,12 @@ log = logging.getLogger(__name__)
 #: would run all-int8); MatMulAddFusion breaks loading of mixed BERT Q/DQ graphs.
 QDQ_DISABLED_OPTIMIZERS = ("WeightBiasQuantization", "MatMulAddFusion")
 
-INT8_STATIC_KERNELS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "NhwcQLinearConv"})
-INT8_DYNAMIC_KERNELS = frozenset({"MatMulInteger", "DynamicQuantizeMatMul",
-                                  "MatMulIntegerToFloat", "ConvInteger"})
-INT4_KERNELS = frozenset({"MatMulNBits"})
+#: float kernels of the compute ops; the integer kernels each precision runs are declared with
+#: the precision (`PrecisionSpec.census["onnxruntime"]`)
 FLOAT_KERNELS = frozenset({"Conv", "FusedConv", "NhwcFusedConv", "Gemm", "FusedGemm", "MatMul",
                            "FusedMatMul", "ConvTranspose"})
-COMPUTE_KERNELS = INT8_STATIC_KERNELS | INT8_DYNAMIC_KERNELS | INT4_KERNELS | FLOAT_KERNELS
+INTEGER_KERNELS = frozenset(w for w in census_words(ONNXRUNTIME) if not w.startswith("float:"))
+COMPUTE_KERNELS = INTEGER_KERNELS | FLOAT_KERNELS
 #: ops a weight passes through on its way to the kernel that uses it
 WEIGHT_PASSTHROUGH = frozenset({"DequantizeLinear", "Cast", "Transpose", "Reshape",
                                 "ReorderInput"})
@@ -47,7 +48,8 @@ WEIGHT_PASSTHROUGH = frozenset({"DequantizeLinear", "Cast", "Transpose", "Reshap
 
 @dataclass(frozen=True)
 class OrtConfig:
-    threads: int | None = None  # intra-op threads; None: every core this process may use
+    threads: int | None = field(default=None, metadata=flag(
+        "--threads", "intra-op threads (default: every core this process may use)"))
     inter_op_threads: int = 1
     allow_spinning: bool = False  # spinning pools of interleaved sessions steal each other's cores
     optimization_level: str = "all"  # "basic" | "extended" | "all"
@@ -191,6 +193,12 @@ class OrtBackend(Backend):
         return OrtRunner(sess)
 
 
+SPEC = BackendSpec(
+    name="ort-cpu", config=OrtConfig,
+    create=lambda config, cache_dir: OrtBackend(config),
+    description="ONNX Runtime, CPU execution provider (default; runs anywhere)")
+
+
 class OrtRunner(Runner):
     def __init__(self, session) -> None:
         self._sess = session
@@ -206,7 +214,10 @@ class OrtRunner(Runner):
 
     def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
         t0 = time.perf_counter()
-        self._sess.run(None, feed)
+        try:
+            self._sess.run(None, feed)
+        except Exception as e:
+            raise MeasurementError(f"inference failed: {_first_line(e)}") from None
         return time.perf_counter() - t0
 
     def close(self) -> None:
@@ -220,15 +231,11 @@ def _first_line(e: BaseException) -> str:
 
 # -- census ------------------------------------------------------------------------------------
 def _classify(kernel: str, input_types: list[str]) -> str:
-    if kernel in INT8_STATIC_KERNELS:
-        return "int8"
-    if kernel in INT8_DYNAMIC_KERNELS:
-        return "int8-dynamic"
-    if kernel in INT4_KERNELS:
-        return "int4w"
-    if input_types and input_types[0] == "float16":
-        return "fp16"
-    return "fp32"
+    """The census word of one compute kernel (an integer kernel's op type, or "float:<type of
+    its first input>"), as the precision it means."""
+    first_input = input_types[0] if input_types else "float"
+    word = kernel if kernel in INTEGER_KERNELS else f"float:{first_input}"
+    return executed_word(ONNXRUNTIME, word)
 
 
 #: elementwise ops ONNX Runtime fuses into the Conv/Gemm before them (their output then names

@@ -10,7 +10,6 @@ import argparse
 import json
 import logging
 import shlex
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -77,22 +76,38 @@ def _sensitivity_config(args):
                              conditional=args.conditional)
 
 
+def _config_groups(p: argparse.ArgumentParser, specs, what: str) -> None:
+    """One argument group per config class of `specs` (backends or strategies), its flags taken
+    from the config's fields (`trt_mpq.options`)."""
+    from trt_mpq import options
+
+    by_config: dict[type, list[str]] = {}
+    for spec in specs:
+        by_config.setdefault(spec.config, []).append(spec.name)
+    seen: dict[str, tuple] = {}
+    for config, names in by_config.items():
+        if options.flag_fields(config):
+            group = p.add_argument_group(f"{what} {', '.join(names)}")
+            options.add_flags(group, config, seen)
+
+
+def _backend_specs():
+    from trt_mpq.backends import BACKENDS, backend_spec
+
+    return [backend_spec(n) for n in BACKENDS]
+
+
+def _strategy_specs():
+    from trt_mpq.search import STRATEGIES, strategy_spec
+
+    return [strategy_spec(n) for n in STRATEGIES]
+
+
 def _backend_opts(p: argparse.ArgumentParser, measure: bool = True) -> None:
-    p.add_argument("--backend", default="ort-cpu",
-                   help="ort-cpu (default), tensorrt (TensorRT 10/11), tensorrt-rtx")
-    p.add_argument("--threads", type=int, default=None,
-                   help="ort-cpu: intra-op threads (default: every core this process may use)")
-    p.add_argument("--compute-capability", default="", metavar="SM[,SM...]",
-                   help="tensorrt-rtx: GPUs to build for, e.g. sm86,sm89 (default: the GPU "
-                        "present; needed without a GPU)")
-    p.add_argument("--opt-level", type=int, default=3, help="tensorrt: builder optimization "
-                                                            "level 0..5")
-    p.add_argument("--workspace-mb", type=int, default=None, help="tensorrt: workspace limit")
-    p.add_argument("--typing", default="strong",
-                   help="tensorrt 10: strong (precision from the graph, default) or weak "
-                        "(per-layer precision constraints)")
-    p.add_argument("--cuda-graph", action="store_true",
-                   help="tensorrt: time CUDA-graph replays instead of enqueues")
+    specs = _backend_specs()
+    p.add_argument("--backend", default="ort-cpu", choices=[s.name for s in specs],
+                   help="; ".join(f"{s.name}: {s.description}" for s in specs))
+    _config_groups(p, specs, "backend")
     if not measure:
         return
     p.add_argument("--calib-method", default="minmax", help="minmax | percentile | entropy")
@@ -152,20 +167,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true",
                    help="continue the search in --out (or the latest one for this model and "
                         "backend) without re-measuring anything")
-    p.add_argument("--strategy", default="bisection",
-                   help="bisection (+ refine + sweep, default) | frontier (sweep only) | greedy "
-                        "(measured forward selection, O(n^2)) | ilp (integer program on "
-                        "sensitivity and measured gains, budget bisected on accuracy)")
-    p.add_argument("--greedy-candidates", type=int, default=8,
-                   help="greedy: flips tried per step, least sensitive first (0: all)")
-    p.add_argument("--ilp-steps", type=int, default=8, help="ilp: evaluations after the first")
+    strategies = _strategy_specs()
+    p.add_argument("--strategy", default="bisection", choices=[s.name for s in strategies],
+                   help="; ".join(f"{s.name}: {s.description}" for s in strategies))
+    _config_groups(p, strategies, "strategy")
     p.add_argument("--sensitivity", default="noise", help="sensitivity metric (noise)")
     p.add_argument("--precision", default="auto",
                    help="what groups are lowered to: auto (int8-dynamic for MatMul and int8 "
                         "otherwise on ort-cpu), int8, int8-dynamic, int4w, ...")
-    p.add_argument("--sweep", type=int, default=6, help="extra prefixes measured for the frontier")
-    p.add_argument("--refine", type=int, default=2,
-                   help="also measure k +- this around the bisection boundary")
     p.add_argument("--order", default="sensitivity",
                    help="sensitivity (least sensitive first, the papers) or latency-aware "
                         "(least sensitivity per unit of measured latency gain first)")
@@ -228,15 +237,24 @@ def _calib_config(args):
 
 
 def _backend(args):
-    from trt_mpq.backends import get_backend
+    """The backend of --backend, configured from its own flags; flags of another backend are
+    refused."""
+    from trt_mpq import options
+    from trt_mpq.backends import backend_spec, get_backend
 
-    if args.backend == "ort-cpu":
-        return get_backend("ort-cpu", threads=args.threads)
-    ccs = tuple(c.strip().lower() for c in args.compute_capability.split(",") if c.strip())
-    return get_backend(args.backend, compute_capabilities=ccs,
-                       optimization_level=args.opt_level, workspace_mb=args.workspace_mb,
-                       typing=args.typing, cuda_graph=args.cuda_graph,
-                       cache_dir=_cache_dir(args))
+    spec = backend_spec(args.backend)
+    others = {s.name: s.config for s in _backend_specs() if s.config is not spec.config}
+    config = options.build(spec.config, args, spec.name, others)
+    return get_backend(spec.name, config, cache_dir=_cache_dir(args))
+
+
+def _strategy_config(args):
+    from trt_mpq import options
+    from trt_mpq.search import strategy_spec
+
+    spec = strategy_spec(args.strategy)
+    others = {s.name: s.config for s in _strategy_specs() if s.config is not spec.config}
+    return options.build(spec.config, args, f"--strategy {spec.name}", others)
 
 
 def _measure(args):
@@ -323,8 +341,9 @@ def _plan_arg(args, ws):
 def cmd_build(args) -> int:
     """Build one plan into an artifact folder; exit 1 if the built artifact does not run the
     plan's precisions (its census disagrees)."""
+    from trt_mpq.pipeline.artifacts import update_sidecar
     from trt_mpq.qdq import materialize
-    from trt_mpq.report import write_json, write_text
+    from trt_mpq.report import write_text
 
     backend = _backend(args)
     ws = _workspace(args)
@@ -340,12 +359,8 @@ def cmd_build(args) -> int:
                              max_batch=ws.task.eval_batch)
     write_text(out / "plan.json", plan.to_json() + "\n")
     bad = artifact.census.mismatches(plan) if artifact.census else []
-    sidecar = artifact.path.with_name(artifact.path.name + ".json")
-    if sidecar.exists():
-        data = json.loads(sidecar.read_text())
-        data.update(plan=plan.to_json_dict()["groups"], model=ws.task.name,
-                    census_matches_plan=not bad)
-        write_json(sidecar, data)
+    update_sidecar(artifact.path, {"plan": plan.to_json_dict()["groups"], "model": ws.task.name,
+                                   "census_matches_plan": not bad})
     print(json.dumps({"artifact": str(artifact.path), "build_s": round(artifact.build_s, 3),
                       "precision_counts": plan.counts(),
                       "census": artifact.census.to_json_dict() if artifact.census else None,
@@ -411,60 +426,39 @@ def _resolve_out(args, model_name: str, backend_name: str) -> Path:
 
 
 def cmd_search(args) -> int:
-    from trt_mpq.pipeline.outputs import write_search_outputs
-    from trt_mpq.pipeline.search import SearchConfig, run_search
+    from trt_mpq.pipeline.job import SearchInterrupted, search_job
+    from trt_mpq.pipeline.search import SearchConfig, low_precisions
     from trt_mpq.plan import Precision
     from trt_mpq.search import Budget
-    from trt_mpq.store import Store
+    from trt_mpq.sensitivity import get_metric
 
     t_start = time.perf_counter()
     budget = Budget.parse(args.max_drop)
     precision = None if args.precision == "auto" else Precision.parse(args.precision)
-    config = SearchConfig(budget=budget, strategy=args.strategy, sensitivity=args.sensitivity,
-                          precision=precision, sweep_points=args.sweep, refine=args.refine,
-                          sensitivity_samples=args.sensitivity_samples, order=args.order,
-                          sensitivity_config=_sensitivity_config(args), torch_model=args.torch,
-                          greedy_candidates=args.greedy_candidates or None,
-                          ilp_steps=args.ilp_steps)
-    from trt_mpq.sensitivity import get_metric
-
+    config = SearchConfig(budget=budget, strategy=args.strategy,
+                          strategy_config=_strategy_config(args), sensitivity=args.sensitivity,
+                          precision=precision, sensitivity_samples=args.sensitivity_samples,
+                          order=args.order, sensitivity_config=_sensitivity_config(args),
+                          torch_model=args.torch)
     get_metric(config.sensitivity)
     calib = _calib_config(args)
     measure = _measure(args)
     backend = _backend(args)
     backend.check_can_run()
     ws = _workspace(args)
-    from trt_mpq.pipeline.search import low_precisions
-
     low_precisions(ws, backend, precision)  # refuse impossible precisions before work
     out = _resolve_out(args, ws.task.name, backend.name)
     ranges = ws.calibrate(calib)
-    context = {"model": ws.model_digest, "task_data": ws.task.data_digest,
-               "backend": {k: v for k, v in backend.describe().items()},
-               "ranges": ranges.digest, "measure": measure.to_json_dict(),
-               "latency_batch": ws.task.latency_batch}
     setup_s = time.perf_counter() - t_start
-    created = out  # the top-most folder this run creates, removed again on early bad input
-    while not created.parent.exists():
-        created = created.parent
-    created = created if not created.exists() else None
-    out.mkdir(parents=True, exist_ok=True)
     log.info("search %s on %s, budget %s -> %s", ws.task.name, backend.name, budget.describe(), out)
-    with Store(out / "evaluations.sqlite", context) as store:
-        try:
-            outcome = run_search(ws, backend, ranges, measure, config, out, store)
-        except TrtMpqError:
-            if created is not None and len(store) == 0:  # bad input found before any
-                store.close()                             # measurement: leave nothing behind
-                shutil.rmtree(created, ignore_errors=True)
-            raise
-        except KeyboardInterrupt:
-            print(f"\ninterrupted: {len(store)} evaluation(s) are saved in {out}; continue with\n"
-                  f"  trt-mpq search {shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else ''} "
-                  f"--resume --out {out}", file=sys.stderr)
-            return EXIT_INTERRUPTED
-        result = write_search_outputs(out, ws, backend, outcome, config, calib, ranges, measure,
-                                      argv=sys.argv[1:], setup_s=setup_s)
+    try:
+        result = search_job(ws, backend, ranges, calib, measure, config, out,
+                            argv=sys.argv[1:], setup_s=setup_s)
+    except SearchInterrupted as e:
+        print(f"\ninterrupted: {e.saved} evaluation(s) are saved in {out}; continue with\n"
+              f"  trt-mpq search {shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else ''} "
+              f"--resume --out {out}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     best = result["best"]
     if best:
         print(f"budget met: {best['precision_counts']} -> latency x{best['latency_ratio']:.3f} "
@@ -479,10 +473,10 @@ def cmd_search(args) -> int:
 
 
 def cmd_sensitivity(args) -> int:
-    from trt_mpq.pipeline.analysis import analyze, plot_orders
+    from trt_mpq.pipeline.analysis import analyze
     from trt_mpq.pipeline.search import low_precisions
     from trt_mpq.plan import Precision
-    from trt_mpq.report import write_json
+    from trt_mpq.report import plot_orders, write_json
     from trt_mpq.sensitivity import get_metric
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
@@ -530,7 +524,10 @@ COMMANDS = {"zoo": cmd_zoo, "inspect": cmd_inspect, "calibrate": cmd_calibrate,
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: usage error (2, message printed) or --help (0)
+        return EXIT_USER if e.code else EXIT_OK
     if not args.command:
         parser.print_help()
         return EXIT_USER

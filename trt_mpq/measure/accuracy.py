@@ -6,14 +6,14 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from trt_mpq.backends.base import Runner
-from trt_mpq.errors import MeasurementError
-from trt_mpq.task import Metric, Split
+from trt_mpq.errors import NonFiniteOutputError
+from trt_mpq.task import Split
 
 
 def compute_outputs(runner: Runner, split: Split, batch_size: int, *, desc: str = "",
                     progress: bool | None = None) -> dict[str, np.ndarray]:
     """All outputs of `runner` over `split`, concatenated along axis 0. Raises
-    `MeasurementError` if any output is not finite."""
+    `NonFiniteOutputError` if any output is not finite (`MeasurementError` if a run fails)."""
     parts: dict[str, list[np.ndarray]] = {}
     with tqdm(total=len(split), desc=desc or "infer", unit="sample", leave=False,
               disable=None if progress is None else not progress) as bar:
@@ -25,11 +25,5 @@ def compute_outputs(runner: Runner, split: Split, batch_size: int, *, desc: str 
     for name, value in outputs.items():
         if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
             bad = int(np.sum(~np.isfinite(value)))
-            raise MeasurementError(f"output {name!r} has {bad} non-finite value(s) (NaN/Inf)")
+            raise NonFiniteOutputError(f"output {name!r} has {bad} non-finite value(s) (NaN/Inf)")
     return outputs
-
-
-def metric_on_split(runner: Runner, split: Split, metric: Metric, batch_size: int, *,
-                    desc: str = "", progress: bool | None = None) -> tuple[float, dict]:
-    outputs = compute_outputs(runner, split, batch_size, desc=desc, progress=progress)
-    return metric(outputs, split.labels), outputs

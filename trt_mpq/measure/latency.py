@@ -8,7 +8,6 @@ every round, so neither always runs on a cache warmed by the other.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -16,7 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from trt_mpq.backends.base import Runner
-from trt_mpq.errors import ConfigError, MeasurementError
+from trt_mpq.errors import ConfigError
+from trt_mpq.results import LatencyStats
 
 
 @dataclass(frozen=True)
@@ -41,59 +41,25 @@ class MeasureConfig:
                 "min_repeats": self.min_repeats}
 
 
-@dataclass(frozen=True)
-class LatencyStats:
-    median_ms: float
-    p90_ms: float
-    p10_ms: float
-    mean_ms: float
-    std_ms: float
-    min_ms: float
-    n: int
-
-    @classmethod
-    def of(cls, seconds: Sequence[float]) -> LatencyStats:
-        ms = np.asarray(seconds, dtype=np.float64) * 1e3
-        return cls(median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)),
-                   p10_ms=float(np.percentile(ms, 10)), mean_ms=float(ms.mean()),
-                   std_ms=float(ms.std()), min_ms=float(ms.min()), n=int(ms.size))
-
-    @property
-    def spread(self) -> float:
-        """(p90 - p10) / median: relative width of the middle 80% of runs."""
-        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms else math.inf
-
-    def to_json_dict(self) -> dict:
-        return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "p10_ms": self.p10_ms,
-                "mean_ms": self.mean_ms, "std_ms": self.std_ms, "min_ms": self.min_ms,
-                "n": self.n, "spread": self.spread}
-
-    @classmethod
-    def from_json_dict(cls, d: Mapping) -> LatencyStats:
-        return cls(**{k: d[k] for k in ("median_ms", "p90_ms", "p10_ms", "mean_ms", "std_ms",
-                                        "min_ms", "n")})
-
-
 def measure_interleaved(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
                         config: MeasureConfig) -> list[LatencyStats]:
-    """Time every runner on `feed`, interleaved; one `LatencyStats` per runner, in order."""
+    """Time every runner on `feed`, interleaved; one `LatencyStats` per runner, in order.
+    A runner that fails raises `MeasurementError` itself (the `Runner` contract)."""
     if not runners:
         return []
     feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
-    try:
-        for _ in range(config.warmup):
-            for r in runners:
-                r.time_once(feed)
-        times: list[list[float]] = [[] for _ in runners]
-        start = time.perf_counter()
-        for i in range(config.repeats):
-            order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
-            for k in order:
-                times[k].append(runners[k].time_once(feed))
-            if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_seconds:
-                break
-    except MeasurementError:
-        raise
-    except Exception as e:
-        raise MeasurementError(f"timing run failed: {str(e).splitlines()[0] if str(e) else e!r}") from None
+    for _ in range(config.warmup):
+        for r in runners:
+            r.time_once(feed)
+    times: list[list[float]] = [[] for _ in runners]
+    start = time.perf_counter()
+    for i in range(config.repeats):
+        order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
+        for k in order:
+            times[k].append(runners[k].time_once(feed))
+        if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_seconds:
+            break
     return [LatencyStats.of(t) for t in times]
+
+
+__all__ = ["LatencyStats", "MeasureConfig", "measure_interleaved"]

@@ -1,21 +1,19 @@
-"""Sensitivities, measured per-group latency gains, orderings and their quality.
+"""Sensitivity and latency-gain analysis of a workspace (the orders themselves and their
+quality live in `trt_mpq.sensitivity.ordering`).
 
 - `sensitivity(...)`: run one metric (cached in the store by metric, precisions and settings).
 - `latency_gains(...)`: each group's measured latency gain, from the backend's per-layer profile
   of the all-baseline and the all-lowered plans (ONNX Runtime's profiler, per kernel, attributed
   to groups like the kernel census). Gains are per-kernel times; what no group owns (Q/DQ,
   layout conversions) is reported apart: it is why latency is not additive.
-- `order(...)`: by sensitivity (the papers) or latency-aware, by sensitivity per unit of gain.
-- `order_quality(...)`: Spearman and Kendall rank correlations of orders with a reference.
+- `reference_drop(...)`: the measured one-at-a-time drop, the reference for order quality.
+- `analyze(...)`: all of the above for `trt-mpq sensitivity`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-import numpy as np
 
 from trt_mpq.backends.base import Backend
 from trt_mpq.calib import Ranges
@@ -30,35 +28,10 @@ from trt_mpq.sensitivity import (
     SensitivityResult,
     get_metric,
 )
+from trt_mpq.sensitivity.ordering import order, order_quality
+from trt_mpq.sensitivity.simulator import make_simulator
 from trt_mpq.store import Store
 from trt_mpq.task import Split
-
-ORDERS = ("sensitivity", "latency-aware")
-
-
-def make_simulator(ws: Workspace, ranges: Ranges, dialect: Dialect):
-    """run(plan, split) -> outputs on ONNX Runtime (CPU): the numerical effect of a plan, used by
-    sensitivity metrics. Not a latency measurement and not the target backend."""
-    import onnxruntime as ort
-
-    from trt_mpq.backends.ort import QDQ_DISABLED_OPTIMIZERS, has_qdq
-
-    def run(plan: Plan, split: Split) -> dict[str, np.ndarray]:
-        graph = materialize(ws.model, ws.groups, plan, ranges, dialect)
-        so = ort.SessionOptions()
-        so.log_severity_level = 3
-        sess = ort.InferenceSession(graph.SerializeToString(), so,
-                                    providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS)
-                                    if has_qdq(graph) else [])
-        names = [o.name for o in sess.get_outputs()]
-        parts: dict[str, list] = {n: [] for n in names}
-        for feed, _ in split.batches(ws.task.eval_batch):
-            for n, v in zip(names, sess.run(None, feed)):
-                parts[n].append(v)
-        return {n: np.concatenate(v) for n, v in parts.items()}
-
-    return run
 
 
 def torch_twin(ws: Workspace, spec: str | None):
@@ -80,7 +53,8 @@ def context(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, P
         model=ws.model, groups=tuple(ws.groups), ranges=ranges, dialect=dialect, low=dict(low),
         base=BASELINE[dialect], task=ws.task,
         subset=subset if subset is not None else ws.task.calibration.head(config.samples),
-        simulate=make_simulator(ws, ranges, dialect), config=config,
+        simulate=make_simulator(ws.model, ws.groups, ranges, dialect, ws.task.eval_batch),
+        config=config,
         input_names=tuple(i.name for i in ws.model.graph.input
                           if i.name not in {t.name for t in ws.model.graph.initializer}),
         output_names=tuple(o.name for o in ws.model.graph.output),
@@ -178,42 +152,6 @@ def latency_gains(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[
     return gains
 
 
-def order(groups_in_graph_order: list[str], scores: Mapping[str, float],
-          gains: Mapping[str, float] | None = None) -> list[str]:
-    """Least sensitive first; with `gains`, least sensitivity per unit of gain first (groups
-    that gain nothing or lose go last, by sensitivity). Ties keep graph order."""
-    position = {g: i for i, g in enumerate(groups_in_graph_order)}
-    if gains is None:
-        return sorted(groups_in_graph_order, key=lambda g: (scores[g], position[g]))
-
-    def key(g: str):
-        gain = gains.get(g, 0.0)
-        if gain <= 0:
-            return (1, scores[g], position[g])
-        return (0, max(scores[g], 0.0) / gain, position[g])
-
-    return sorted(groups_in_graph_order, key=key)
-
-
-def order_quality(orders: Mapping[str, list[str]], reference: Mapping[str, float]) -> dict:
-    """Spearman and Kendall correlation of each order's ranks with the reference's (the groups
-    sorted by the reference score, ascending). 1 = identical order."""
-    from scipy.stats import kendalltau, spearmanr
-
-    groups = sorted(reference)
-    ref_rank = {g: r for r, g in enumerate(sorted(groups, key=lambda g: (reference[g], g)))}
-    out = {}
-    for name, seq in orders.items():
-        rank = {g: r for r, g in enumerate(seq)}
-        a = [ref_rank[g] for g in groups]
-        b = [rank[g] for g in groups]
-        rho = spearmanr(a, b).statistic
-        tau = kendalltau(a, b).statistic
-        out[name] = {"spearman": None if math.isnan(rho) else float(rho),
-                     "kendall": None if math.isnan(tau) else float(tau)}
-    return out
-
-
 def reference_drop(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, Precision],
                    store: Store | None = None) -> SensitivityResult:
     """The measured one-at-a-time metric drop on the *search* split: the reference order."""
@@ -228,8 +166,8 @@ def reference_drop(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping
     return result
 
 
-__all__ = ["ORDERS", "Gains", "context", "latency_gains", "make_simulator", "order",
-           "order_quality", "reference_drop", "sensitivity", "torch_twin"]
+__all__ = ["Gains", "analyze", "context", "latency_gains", "reference_drop", "sensitivity",
+           "torch_twin"]
 
 
 def analyze(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, Precision],
@@ -263,36 +201,3 @@ def analyze(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, P
                                        "the search split", **ref.to_json_dict()}
         report["order_quality"] = order_quality(orders, ref.scores)
     return report
-
-
-def plot_orders(report: dict, path) -> None:
-    """Each metric's rank of every group against the reference rank (a perfect order lies on
-    the diagonal)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ref = report["reference"]["scores"]
-    ref_rank = {g: r for r, g in enumerate(sorted(ref, key=lambda g: (ref[g], g)))}
-    metrics = list(report["metrics"])
-    cols = min(3, len(metrics)) or 1
-    rows = math.ceil(len(metrics) / cols) or 1
-    fig, axes = plt.subplots(rows, cols, figsize=(4 * cols, 3.6 * rows), squeeze=False)
-    for ax, metric in zip(axes.flat, metrics):
-        seq = report["metrics"][metric]["order"]
-        q = report["order_quality"][metric]
-        ax.scatter([ref_rank[g] for g in seq], range(len(seq)), s=14)
-        n = len(seq)
-        ax.plot([0, n - 1], [0, n - 1], c="0.7", lw=1)
-        rho = q["spearman"]
-        ax.set_title(f"{metric}: Spearman {rho:.2f}" if rho is not None else metric, fontsize=9)
-        ax.set_xlabel("rank by measured drop (search split)", fontsize=8)
-        ax.set_ylabel("rank by metric", fontsize=8)
-    for ax in list(axes.flat)[len(metrics):]:
-        ax.axis("off")
-    fig.suptitle(f"{report['model']}: sensitivity orders vs the measured one-at-a-time drop",
-                 fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)

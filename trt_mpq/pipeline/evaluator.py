@@ -1,6 +1,11 @@
 """Evaluate one plan on a backend: materialize, build, census, accuracy, latency (interleaved
-with the baseline), recorded in the store. Failures of a candidate are recorded with their
-reason and the search goes on; unknown exceptions propagate (they are bugs)."""
+with the baseline), recorded in the store.
+
+A candidate's failure is recorded with its reason and the search goes on; which status it gets
+follows from the error's type alone: `MaterializeError` / `BuildError` -> build-failed,
+`MeasurementError` -> run-failed, `NonFiniteOutputError` -> nan-output, a census that disagrees
+with the plan -> precision-mismatch. `PlanError` (the plan is wrong for this model) and any
+exception that is not a trt-mpq error propagate: they are the caller's mistake or a bug."""
 
 from __future__ import annotations
 
@@ -14,7 +19,13 @@ import numpy as np
 
 from trt_mpq.backends.base import Artifact, Backend, Runner
 from trt_mpq.calib import Ranges
-from trt_mpq.errors import BuildError, DataError, MeasurementError
+from trt_mpq.errors import (
+    BuildError,
+    DataError,
+    MaterializeError,
+    MeasurementError,
+    NonFiniteOutputError,
+)
 from trt_mpq.measure.accuracy import compute_outputs
 from trt_mpq.measure.latency import MeasureConfig, measure_interleaved
 from trt_mpq.pipeline.workspace import Workspace
@@ -67,11 +78,12 @@ class Evaluator:
 
     def open_baseline(self) -> Baseline:
         plan = self.baseline_plan
-        graph = materialize(self.ws.model, self.ws.groups, plan, self.ranges, self.backend.dialect)
         try:
+            graph = materialize(self.ws.model, self.ws.groups, plan, self.ranges,
+                                self.backend.dialect)
             artifact = self.backend.build(graph, self.workdir / "baseline", self.ws.groups,
                                           self._feed, max_batch=self.ws.task.eval_batch)
-        except (BuildError, MeasurementError) as e:
+        except (MaterializeError, BuildError, MeasurementError) as e:
             raise DataError(f"the unquantized model does not build/run on {self.backend.name}: "
                             f"{e}") from None
         runner = self.backend.open(artifact).__enter__()
@@ -88,6 +100,7 @@ class Evaluator:
                                 f"split ({e}); check the data preprocessing") from None
             metric = self.ws.task.metric(outputs, self.ws.task.search.labels)
             if not np.isfinite(metric):
+                runner.close()
                 raise DataError(f"the task metric of the unquantized model is {metric}; check "
                                 "the labels and the metric")
             if self.store:
@@ -117,11 +130,9 @@ class Evaluator:
         try:
             graph = materialize(self.ws.model, self.ws.groups, plan, self.ranges,
                                 self.backend.dialect)
-        except Exception as e:  # the quantizer choked on this graph: a failed candidate
-            if type(e).__module__.startswith("trt_mpq"):
-                raise
+        except MaterializeError as e:  # a quantizer refused this graph: a failed candidate
             return Evaluation(**base, status=Status.BUILD_FAILED,
-                              reason=f"materialization failed: {type(e).__name__}: {e}",
+                              reason=f"materialization failed: {e}",
                               wall_s=time.perf_counter() - t0)
         t_mat = time.perf_counter() - t0
         out_dir = self.workdir / "evals" / plan.digest
@@ -152,9 +163,8 @@ class Evaluator:
                 try:
                     outputs = compute_outputs(runner, task.search, task.eval_batch,
                                               desc=label or "evaluate", progress=self.ws.progress)
-                except MeasurementError as e:
-                    status = Status.NAN_OUTPUT if "non-finite" in str(e) else Status.RUN_FAILED
-                    return Evaluation(**common, status=status, reason=str(e),
+                except NonFiniteOutputError as e:
+                    return Evaluation(**common, status=Status.NAN_OUTPUT, reason=str(e),
                                       wall_s=time.perf_counter() - t0)
                 metric = task.metric(outputs, task.search.labels)
                 cand, base_lat = measure_interleaved([runner, self.baseline.runner], self._feed,

@@ -1,9 +1,9 @@
 """The search job: sensitivity -> order -> strategies -> frontier -> confirmation on the holdout.
 
 The answer is the in-budget plan with the lowest *measured* latency (latency is not monotone in
-the number of quantized groups on CPU), if it is faster than the baseline, re-measured against the
-baseline and confirmed on the holdout split that the search never saw. If the fastest fails on the holdout, the next fastest
-in-budget plans are tried (up to `confirm_candidates`).
+the number of quantized groups on CPU), if it is faster than the baseline, re-measured against
+the baseline and confirmed on the holdout split that the search never saw. If the fastest fails
+on the holdout, the next fastest in-budget plans are tried (up to `confirm_candidates`).
 """
 
 from __future__ import annotations
@@ -13,70 +13,59 @@ import shutil
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
-from trt_mpq.backends.base import Artifact, Backend
+from trt_mpq import options
+from trt_mpq.backends.base import Backend
 from trt_mpq.calib import Ranges
 from trt_mpq.errors import ConfigError, PlanError
 from trt_mpq.measure.accuracy import compute_outputs
 from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_interleaved
+from trt_mpq.pipeline import analysis
+from trt_mpq.pipeline.artifacts import install_artifact
 from trt_mpq.pipeline.evaluator import Evaluator
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan, Precision
-from trt_mpq.qdq import BASELINE, MATMUL_ONLY, default_low_precision, materialize
+from trt_mpq.qdq import BASELINE, default_low_precision, materialize
 from trt_mpq.search import (
-    Around,
-    Bisection,
     Budget,
     Evaluation,
-    Greedy,
-    IlpSearch,
-    PrefixPlans,
-    PrefixSweep,
+    SearchInputs,
     drive,
     drop_of,
     frontier,
     ranked_in_budget,
+    strategy_spec,
 )
-from trt_mpq.pipeline import analysis
-from trt_mpq.pipeline.analysis import ORDERS
-from trt_mpq.sensitivity import SensitivityConfig, SensitivityResult
+from trt_mpq.sensitivity import SensitivityConfig, SensitivityResult, ordering
+from trt_mpq.sensitivity.ordering import ORDERS
 from trt_mpq.store import Store
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("bisection", "frontier", "greedy", "ilp")
-
-
 @dataclass(frozen=True)
 class SearchConfig:
     budget: Budget
-    strategy: str = "bisection"  # bisection (+ refine + sweep) | frontier (sweep only)
+    strategy: str = "bisection"  # a name in trt_mpq.search.STRATEGIES
+    strategy_config: Any = None  # the strategy's own config object; None: its defaults
     sensitivity: str = "noise"
     precision: Precision | None = None  # None: the dialect's default low precision per group
-    sweep_points: int = 6
-    refine: int = 2  # after bisection, also try k +- refine around the boundary
     sensitivity_samples: int = 64
     confirm_candidates: int = 3
     final_repeats_factor: int = 2  # the final re-measurement uses this many times more runs
     order: str = "sensitivity"  # sensitivity (the papers) | latency-aware (per unit of gain)
     sensitivity_config: SensitivityConfig | None = None  # None: defaults with the samples above
     torch_model: str | None = None  # --torch package.module:make_model
-    greedy_candidates: int | None = 8  # greedy: flips tried per step (None: every group)
-    ilp_steps: int = 8  # ilp: evaluations after the first
 
     def __post_init__(self) -> None:
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"unknown strategy {self.strategy!r}; use one of {STRATEGIES}")
+        spec = strategy_spec(self.strategy)
+        if self.strategy_config is None:
+            object.__setattr__(self, "strategy_config", spec.config())
+        elif not isinstance(self.strategy_config, spec.config):
+            raise ConfigError(f"the {self.strategy} strategy takes a {spec.config.__name__}, "
+                              f"not a {type(self.strategy_config).__name__}")
         if self.order not in ORDERS:
             raise ConfigError(f"unknown order {self.order!r}; use one of {ORDERS}")
-        if self.greedy_candidates is not None and self.greedy_candidates < 1:
-            raise ConfigError("greedy candidates must be >= 1")
-        if self.ilp_steps < 1:
-            raise ConfigError("ilp steps must be >= 1")
-        if self.sweep_points < 0 or self.refine < 0:
-            raise ConfigError("sweep points and refine width must be >= 0")
-        if self.strategy == "frontier" and self.sweep_points < 1:
-            raise ConfigError("the frontier strategy needs --sweep >= 1")
         if self.sensitivity_samples < 1:
             raise ConfigError("sensitivity needs at least one sample")
         if self.confirm_candidates < 1:
@@ -85,19 +74,26 @@ class SearchConfig:
             raise ConfigError("final_repeats_factor must be >= 1")
 
     @property
+    def strategy_spec(self):
+        return strategy_spec(self.strategy)
+
+    @property
+    def needs_gains(self) -> bool:
+        return self.order == "latency-aware" or self.strategy_spec.needs_gains
+
+    @property
     def sens_config(self) -> SensitivityConfig:
         return self.sensitivity_config or SensitivityConfig(samples=self.sensitivity_samples)
 
     def to_json_dict(self) -> dict:
         return {"budget": self.budget.to_json_dict(), "strategy": self.strategy,
+                "strategy_config": options.to_json_dict(self.strategy_config),
                 "sensitivity": self.sensitivity, "order": self.order,
                 "sensitivity_config": self.sens_config.to_json_dict(),
                 "torch_model": self.torch_model,
                 "precision": self.precision.value if self.precision else "auto",
-                "sweep_points": self.sweep_points, "refine": self.refine,
                 "sensitivity_samples": self.sensitivity_samples,
                 "confirm_candidates": self.confirm_candidates,
-                "greedy_candidates": self.greedy_candidates, "ilp_steps": self.ilp_steps,
                 "final_repeats_factor": self.final_repeats_factor}
 
 
@@ -143,14 +139,14 @@ class SearchOutcome:
 
 def low_precisions(ws: Workspace, backend: Backend,
                    precision: Precision | None) -> dict[str, Precision]:
-    """The precision each group is lowered to. A chosen precision that applies to MatMul only
-    (int8-dynamic, int4w) lowers Conv/Gemm groups to int8 instead."""
+    """The precision each group is lowered to. Groups whose op type the chosen precision does
+    not apply to (int8-dynamic and int4w apply to MatMul only) are lowered to int8 instead."""
     dialect = backend.dialect
     low = {}
     for g in ws.groups:
         if precision is None:
             low[g.name] = default_low_precision(g, dialect)
-        elif precision in MATMUL_ONLY and g.op_type != "MatMul":
+        elif not precision.applies_to(g.op_type):
             low[g.name] = Precision.INT8
         else:
             low[g.name] = precision
@@ -193,31 +189,15 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                                     config.sens_config, store, config.torch_model)
         phases["sensitivity_s"] = time.perf_counter() - t
         gains = None
-        if config.order == "latency-aware" or config.strategy == "ilp":
+        if config.needs_gains:
             t = time.perf_counter()
             gains = analysis.latency_gains(ws, backend, ranges, low, store)
             phases["latency_profile_s"] = time.perf_counter() - t
-        order = analysis.order(ws.group_names(), sens.scores, gains.gain if gains else None)
-        prefixes = PrefixPlans(order, {g: low[g] for g in order}, BASELINE[dialect])
-
-        strategies = []
-        base_precision = BASELINE[dialect]
-        names = ws.group_names()
-        if config.strategy == "greedy":
-            strategies.append(Greedy(names, low, base_precision, accept,
-                                     candidates=config.greedy_candidates, order=order))
-        if config.strategy == "ilp":
-            strategies.append(IlpSearch(
-                names, low, base_precision, accept, objective="gain",
-                sensitivity={g: max(v, 0.0) for g, v in sens.scores.items()},
-                gain={g: max(v, 0.0) for g, v in gains.gain.items()}, steps=config.ilp_steps))
-        if config.strategy == "bisection":
-            bis = Bisection(prefixes, accept)
-            strategies.append(bis)
-            if config.refine:
-                strategies.append(Around(prefixes, center=lambda: bis.best_k, width=config.refine))
-        if config.sweep_points and config.strategy in ("bisection", "frontier"):
-            strategies.append(PrefixSweep(prefixes, config.sweep_points))
+        order = ordering.order(ws.group_names(), sens.scores, gains.gain if gains else None)
+        inputs = SearchInputs(groups=tuple(ws.group_names()), order=tuple(order), low=low,
+                              base=BASELINE[dialect], accept=accept, sensitivity=sens.scores,
+                              gain=gains.gain if gains else None)
+        strategies = config.strategy_spec.build(config.strategy_config, inputs)
 
         t = time.perf_counter()
         bar = tqdm(desc="search", unit="plan", leave=False,
@@ -303,7 +283,7 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
                         holdout_rel_drop=rel, latency=lat, baseline_latency=base_lat,
                         in_budget=in_budget, extra=extra)
     if in_budget:
-        conf.artifact = _install_artifact(artifact, out_dir, {
+        conf.artifact = install_artifact(artifact, out_dir, {
             "plan": ev.plan.to_json_dict()["groups"], "model": task.name,
             "latency": lat.to_json_dict(), "baseline_latency": base_lat.to_json_dict(),
             "latency_ratio": conf.latency_ratio, "holdout_metric": metric,
@@ -312,20 +292,4 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
     return conf
 
 
-def _install_artifact(artifact: Artifact, out_dir: Path, facts: dict) -> str:
-    """Move the artifact's files into `out_dir`; a sidecar "<artifact>.json" written by the
-    backend gets the plan and the measurements added."""
-    import json
-
-    for f in (artifact.path, *artifact.files):
-        shutil.move(str(f), str(out_dir / f.name))
-    sidecar = out_dir / (artifact.path.name + ".json")
-    if sidecar.exists():
-        data = json.loads(sidecar.read_text())
-        data.update(facts)
-        sidecar.write_text(json.dumps(data, indent=2))
-    return artifact.path.name
-
-
-__all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
-           "STRATEGIES"]
+__all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions"]

@@ -7,48 +7,13 @@ order groups were listed in.
 
 from __future__ import annotations
 
-import enum
 import hashlib
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from trt_mpq.errors import PlanError
-
-
-class Precision(enum.Enum):
-    """How one group's compute runs. `value` is the spelling used in JSON and on the command line."""
-
-    FP32 = "fp32"
-    FP16 = "fp16"
-    INT8 = "int8"  # static: calibrated activation ranges, per-channel int8 weights
-    INT8_DYNAMIC = "int8-dynamic"  # activations quantized at run time (MatMul only)
-    FP8 = "fp8"  # E4M3, static ranges
-    INT4_WEIGHT = "int4w"  # weight-only, block-wise int4, float activations (MatMul only)
-
-    @classmethod
-    def parse(cls, text: str) -> Precision:
-        key = text.strip().lower().replace("_", "-")
-        aliases = {"int8-dyn": "int8-dynamic", "dynamic": "int8-dynamic", "int4": "int4w",
-                   "int4-weight": "int4w", "float32": "fp32", "float16": "fp16", "half": "fp16",
-                   "fp8-e4m3": "fp8"}
-        key = aliases.get(key, key)
-        for p in cls:
-            if p.value == key:
-                return p
-        raise PlanError(
-            f"unknown precision {text!r}; use one of: {', '.join(p.value for p in cls)}"
-        )
-
-    @property
-    def is_float(self) -> bool:
-        return self in (Precision.FP32, Precision.FP16)
-
-    @property
-    def bits(self) -> int:
-        """Weight bits, for reports and bit budgets."""
-        return {Precision.FP32: 32, Precision.FP16: 16, Precision.INT8: 8,
-                Precision.INT8_DYNAMIC: 8, Precision.FP8: 8, Precision.INT4_WEIGHT: 4}[self]
+from trt_mpq.plan.precision import SPECS, Precision, PrecisionSpec
 
 
 @dataclass(frozen=True)
@@ -169,3 +134,6 @@ class Plan:
             raise PlanError(f"the plan is not valid JSON ({e.msg} at line {e.lineno}); "
                             "fix the file or write a new one with `trt-mpq search`") from None
         return cls.from_json_dict(data, groups)
+
+
+__all__ = ["Plan", "Precision", "PrecisionSpec", "SPECS"]

@@ -4,18 +4,23 @@
 ModelProto and the calibration ranges and returns a new ModelProto with explicit Q/DQ nodes and
 casts. It never imports a trt-mpq backend and never recalibrates.
 
-Dialects
-- `ort-cpu`: what ONNX Runtime's CPU kernels run fast (DESIGN.md §3): U8S8 Q/DQ (uint8 asymmetric
-  activations, int8 per-channel weights, int32 bias) for static INT8; dynamic INT8 (MatMulInteger
-  family) for MatMul; int4 weight-only as MatMulNBits; FP16 as casts around the group.
-- `tensorrt`: what TensorRT's strongly typed networks expect: symmetric int8 Q/DQ (zero point 0)
-  on the inputs of quantized ops, float bias, FP8 (E4M3) Q/DQ, int4 block-wise weight DQ, and FP16
-  everywhere that the plan does not keep in FP32; graph inputs and outputs keep their types.
+Each dialect is declared once, by a `DialectSpec` in its own module (`DIALECTS` names them):
+its baseline precision, the precision a search lowers a group to by default, and its passes,
+one per precision it can lower to, applied in order. A dialect supports its baseline and every
+precision it has a pass for.
+
+- `ort-cpu` (`qdq/ort_cpu.py`): what ONNX Runtime's CPU kernels run fast (DESIGN.md §3).
+- `tensorrt` (`qdq/tensorrt.py`): explicit precision for TensorRT's strongly typed networks.
+- `tensorrt-weak` (`qdq/tensorrt.py`): the FP32 graph annotated for TensorRT 10 weak typing.
 """
 
 from __future__ import annotations
 
 import enum
+import importlib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from functools import cache
 
 import onnx
 
@@ -37,30 +42,82 @@ class Dialect(enum.Enum):
                 return d
         raise PlanError(f"unknown dialect {text!r}; use one of: {', '.join(d.value for d in cls)}")
 
+    @property
+    def spec(self) -> DialectSpec:
+        return dialect_spec(self)
 
-#: precisions each dialect can materialize, and the baseline (unquantized) precision.
-SUPPORTED: dict[Dialect, frozenset[Precision]] = {
-    Dialect.ORT_CPU: frozenset({Precision.FP32, Precision.FP16, Precision.INT8,
-                                Precision.INT8_DYNAMIC, Precision.INT4_WEIGHT}),
-    Dialect.TENSORRT: frozenset({Precision.FP32, Precision.FP16, Precision.INT8, Precision.FP8,
-                                 Precision.INT4_WEIGHT}),
-    Dialect.TENSORRT_WEAK: frozenset({Precision.FP32, Precision.FP16, Precision.INT8}),
-}
-BASELINE: dict[Dialect, Precision] = {Dialect.ORT_CPU: Precision.FP32,
-                                      Dialect.TENSORRT: Precision.FP16,
-                                      Dialect.TENSORRT_WEAK: Precision.FP16}
-#: precisions that apply to MatMul groups only (ONNX Runtime's dynamic and int4 quantizers)
-MATMUL_ONLY = frozenset({Precision.INT8_DYNAMIC, Precision.INT4_WEIGHT})
 
-_WHY_NOT = {
-    (Dialect.ORT_CPU, Precision.FP8): "ONNX Runtime's CPU provider has no FP8 kernels",
-    (Dialect.TENSORRT, Precision.INT8_DYNAMIC): "TensorRT has no dynamic int8 quantization; "
-    "use int8 (static)",
-    (Dialect.TENSORRT_WEAK, Precision.INT8_DYNAMIC): "TensorRT has no dynamic int8 quantization",
-    (Dialect.TENSORRT_WEAK, Precision.FP8): "FP8 needs explicit Q/DQ: use strong typing",
-    (Dialect.TENSORRT_WEAK, Precision.INT4_WEIGHT): "int4 weights need explicit DQ: use strong "
-    "typing",
+@dataclass(frozen=True)
+class PassContext:
+    """What a pass may read besides the graph it rewrites."""
+
+    source: onnx.ModelProto  # the prepared FP32 model (unmodified)
+    groups: tuple[Group, ...]
+    plan: Plan
+    ranges: Ranges
+
+    def ops_at(self, precision: Precision) -> list[str]:
+        return [op for g in self.groups if self.plan[g.name] is precision for op in g.op_names]
+
+    @property
+    def op_count(self) -> int:
+        return sum(len(g.ops) for g in self.groups)
+
+
+#: a pass: (graph so far, the op names the plan puts at its precision, context) -> new graph.
+#: It is called for every plan, with an empty op list when no group is at its precision.
+Pass = Callable[[onnx.ModelProto, list[str], PassContext], onnx.ModelProto]
+
+
+@dataclass(frozen=True)
+class DialectSpec:
+    baseline: Precision
+    passes: Mapping[Precision, Pass]  # applied in this order
+    default_low: Callable[[Group], Precision]
+    prepare: Callable[[onnx.ModelProto], onnx.ModelProto] | None = None  # before the passes
+    finish: Callable[[onnx.ModelProto], onnx.ModelProto] = field(default=lambda m: m)
+    #: the whole plan at once instead of passes (e.g. annotations); supported = its keys
+    annotate: Callable[[onnx.ModelProto, PassContext], onnx.ModelProto] | None = None
+    annotated: frozenset[Precision] = frozenset()
+
+    @property
+    def supported(self) -> frozenset[Precision]:
+        return frozenset({self.baseline, *self.passes, *self.annotated})
+
+
+#: dialect -> "module:attribute" of its DialectSpec, imported on use
+DIALECTS: dict[Dialect, str] = {
+    Dialect.ORT_CPU: "trt_mpq.qdq.ort_cpu:SPEC",
+    Dialect.TENSORRT: "trt_mpq.qdq.tensorrt:SPEC",
+    Dialect.TENSORRT_WEAK: "trt_mpq.qdq.tensorrt:WEAK_SPEC",
 }
+
+
+@cache
+def dialect_spec(dialect: Dialect) -> DialectSpec:
+    module, attr = DIALECTS[dialect].split(":")
+    return getattr(importlib.import_module(module), attr)
+
+
+class _Derived(Mapping):
+    """A read-only dialect -> value view over the dialect specs."""
+
+    def __init__(self, fn: Callable[[DialectSpec], object]) -> None:
+        self._fn = fn
+
+    def __getitem__(self, dialect):
+        return self._fn(dialect_spec(dialect))
+
+    def __iter__(self):
+        return iter(Dialect)
+
+    def __len__(self) -> int:
+        return len(Dialect)
+
+
+#: precisions each dialect can materialize, and its baseline (unquantized) precision
+SUPPORTED: Mapping[Dialect, frozenset[Precision]] = _Derived(lambda s: s.supported)
+BASELINE: Mapping[Dialect, Precision] = _Derived(lambda s: s.baseline)
 
 
 def check_plan(plan: Plan, groups: list[Group], dialect: Dialect) -> None:
@@ -74,42 +131,41 @@ def check_plan(plan: Plan, groups: list[Group], dialect: Dialect) -> None:
         raise PlanError(f"the plan does not match the model's groups ({detail}); "
                         "`trt-mpq inspect MODEL` lists them")
     by_name = {g.name: g for g in groups}
+    supported = SUPPORTED[dialect]
     for name, p in plan.items:
-        if p not in SUPPORTED[dialect]:
-            why = _WHY_NOT.get((dialect, p), "not implemented for this dialect")
-            ok = ", ".join(sorted(x.value for x in SUPPORTED[dialect]))
+        if p not in supported:
+            why = p.spec.unavailable.get(dialect.value, "not implemented for this dialect")
+            ok = ", ".join(sorted(x.value for x in supported))
             raise PlanError(f"group {name!r}: {p.value} is not available on {dialect.value} "
                             f"({why}); use one of: {ok}")
-        if p in MATMUL_ONLY and by_name[name].op_type != "MatMul":
-            raise PlanError(f"group {name!r} is a {by_name[name].op_type}: {p.value} applies to "
-                            "MatMul groups only; use int8 for it")
+        op_type = by_name[name].op_type
+        if not p.applies_to(op_type):
+            only = "/".join(sorted(p.spec.op_types or ()))
+            raise PlanError(f"group {name!r} is a {op_type}: {p.value} applies to {only} groups "
+                            "only; use int8 for it")
 
 
 def default_low_precision(group: Group, dialect: Dialect) -> Precision:
-    """The precision a search lowers `group` to when the user does not choose one.
-
-    ort-cpu: dynamic int8 for MatMul (measured faster and more accurate than static Q/DQ on
-    transformer MatMuls, DESIGN.md §3), static int8 for Conv/Gemm. tensorrt: int8.
-    """
-    if dialect is Dialect.ORT_CPU and group.op_type == "MatMul":
-        return Precision.INT8_DYNAMIC
-    return Precision.INT8
+    """The precision a search lowers `group` to when the user does not choose one."""
+    return dialect_spec(dialect).default_low(group)
 
 
 def materialize(model: onnx.ModelProto, groups: list[Group], plan: Plan, ranges: Ranges,
                 dialect: Dialect) -> onnx.ModelProto:
     """Return the graph that realizes `plan` on `dialect`. `model` is not modified."""
     check_plan(plan, groups, dialect)
-    from trt_mpq.qdq.passes import topo_sort
+    from trt_mpq.qdq.passes import copy_model
 
-    if dialect is Dialect.ORT_CPU:
-        from trt_mpq.qdq.ort_cpu import materialize_ort_cpu
+    spec = dialect_spec(dialect)
+    ctx = PassContext(source=model, groups=tuple(groups), plan=plan, ranges=ranges)
+    if spec.annotate is not None:
+        return spec.annotate(copy_model(model), ctx)
+    # each step returns a new model, or its input untouched when it has no work
+    out = spec.prepare(model) if spec.prepare is not None else model
+    for precision, pass_ in spec.passes.items():
+        out = pass_(out, ctx.ops_at(precision), ctx)
+    return spec.finish(copy_model(model) if out is model else out)
 
-        return topo_sort(materialize_ort_cpu(model, groups, plan, ranges))
-    if dialect is Dialect.TENSORRT_WEAK:
-        from trt_mpq.qdq.tensorrt import annotate_weak
 
-        return annotate_weak(model, groups, plan, ranges)
-    from trt_mpq.qdq.tensorrt import materialize_tensorrt
-
-    return topo_sort(materialize_tensorrt(model, groups, plan, ranges))
+__all__ = ["Dialect", "DialectSpec", "PassContext", "Pass", "DIALECTS", "SUPPORTED", "BASELINE",
+           "check_plan", "default_low_precision", "materialize", "dialect_spec"]

@@ -17,14 +17,17 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from trt_mpq.errors import TrtMpqError
+from trt_mpq.plan import Precision
+from trt_mpq.report.plots import plot_orders, plot_pareto
 
-PRECISION_COLUMNS = ("fp32", "fp16", "int8", "int8-dynamic", "fp8", "int4w")
+PRECISION_COLUMNS = tuple(p.value for p in Precision)
 
 
-def _umask() -> int:
+def file_mode() -> int:
+    """The mode `open(path, "w")` would give a new file (mkstemp alone makes it private)."""
     mask = os.umask(0)
     os.umask(mask)
-    return mask
+    return 0o666 & ~mask
 
 
 def write_text(path: Path, text: str) -> None:
@@ -34,7 +37,7 @@ def write_text(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "w") as f:
         f.write(text)
-    os.chmod(tmp, 0o666 & ~_umask())
+    os.chmod(tmp, file_mode())
     os.replace(tmp, path)
 
 
@@ -115,51 +118,6 @@ def render_csv(rows: Sequence[Mapping]) -> str:
     return buf.getvalue()
 
 
-def plot_pareto(result: Mapping, evaluations: Sequence[Mapping], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ok = [e for e in evaluations if e["status"] == "ok" and e.get("latency_ratio") is not None]
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    base_metric = result["baseline"]["metric"]
-    allowed = result["budget"]["allowed_drop"]
-    higher = result.get("task", {}).get("higher_is_better", True)
-    floor = base_metric - allowed if higher else base_metric + allowed
-    if ok:
-        xs = [e["latency_ratio"] for e in ok]
-        ax.axhspan(floor, max(max(e["metric"] for e in ok), base_metric) + 0.01 * abs(base_metric or 1),
-                   color="tab:green", alpha=0.08, label="within budget (search split)")
-        ax.scatter(xs, [e["metric"] for e in ok], s=22, c="0.55", label="evaluated plans",
-                   zorder=2)
-        front = sorted((e for e in ok if e.get("on_frontier")), key=lambda e: e["latency_ratio"])
-        if front:
-            ax.plot([e["latency_ratio"] for e in front], [e["metric"] for e in front], "-o",
-                    c="tab:blue", ms=5, label="measured frontier", zorder=3)
-    ax.axhline(floor, c="tab:green", lw=1, ls="--")
-    ax.scatter([1.0], [base_metric], marker="s", s=60, c="k", label="baseline", zorder=4)
-    best = result.get("best")
-    if best:
-        ax.scatter([best["search_latency_ratio"]], [best["metric"]], marker="*", s=220,
-                   c="tab:red", label="chosen plan", zorder=5)
-    ax.set_xlabel("latency / baseline latency (measured, interleaved)")
-    ax.set_ylabel(f"{result.get('task', {}).get('metric', 'metric')} (search split)")
-    ax.set_title(f"{result['model']} on {result['backend']} "
-                 f"(budget {result['budget']['describe']})")
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".png")
-    os.close(fd)
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
-
-
-# -- report.md ---------------------------------------------------------------------------------
 def _pct(x) -> str:
     return "n/a" if x is None else f"{100 * x:+.2f}%"
 
@@ -268,3 +226,8 @@ def regenerate(out_dir: Path) -> list[Path]:
     plot_pareto(result, evaluations, out_dir / "pareto.png")
     write_text(out_dir / "report.md", render_report(result, evaluations))
     return [out_dir / "report.md", out_dir / "pareto.csv", out_dir / "pareto.png"]
+
+
+__all__ = ["PRECISION_COLUMNS", "file_mode", "machine_info", "pareto_rows", "plot_orders",
+           "plot_pareto", "regenerate", "render_csv", "render_report", "versions",
+           "write_json", "write_text"]

@@ -1,18 +1,28 @@
-"""Search: strategies over plans. Never imports a backend; sees only evaluate(plan) -> Evaluation."""
+"""Search: strategies over plans. Never imports a backend (nor onnx): it sees only
+evaluate(plan) -> Evaluation. Strategies are registered by name in `registry.STRATEGIES`."""
 
+from trt_mpq.search.base import (
+    PrefixPlans,
+    SearchInputs,
+    Strategy,
+    StrategySpec,
+    drive,
+)
 from trt_mpq.search.evaluation import Budget, Evaluation, Status, drop_of
-from trt_mpq.search.greedy import Greedy
-from trt_mpq.search.ilp import IlpSearch
+from trt_mpq.search.greedy import Greedy, GreedyConfig
+from trt_mpq.search.ilp import IlpConfig, IlpSearch
 from trt_mpq.search.pareto import area_under_frontier, frontier, ranked_in_budget
+from trt_mpq.search.registry import STRATEGIES, strategy_spec
 from trt_mpq.search.strategies import (
     Around,
     Bisection,
-    PrefixPlans,
+    BisectionConfig,
+    FrontierConfig,
     PrefixSweep,
-    Strategy,
-    drive,
 )
 
 __all__ = ["Budget", "Evaluation", "Status", "drop_of", "frontier", "ranked_in_budget",
-           "area_under_frontier", "Bisection", "PrefixSweep", "Around", "PrefixPlans", "Strategy",
-           "drive", "Greedy", "IlpSearch"]
+           "area_under_frontier", "Bisection", "BisectionConfig", "FrontierConfig",
+           "PrefixSweep", "Around", "PrefixPlans", "SearchInputs", "Strategy", "StrategySpec",
+           "drive", "Greedy", "GreedyConfig", "IlpSearch", "IlpConfig", "STRATEGIES",
+           "strategy_spec"]

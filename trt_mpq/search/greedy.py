@@ -11,10 +11,19 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from trt_mpq.plan import Plan, Precision
-from trt_mpq.search.evaluation import Evaluation
-from trt_mpq.search.strategies import Accept, Proposal, Strategy, checked_groups
+from trt_mpq.errors import ConfigError
+from trt_mpq.options import flag
+from trt_mpq.results import Evaluation
+from trt_mpq.search.base import (
+    Accept,
+    Proposal,
+    Strategy,
+    StrategySpec,
+    checked_groups,
+)
 
 
 def greedy_evaluations(n: int, flips: int, candidates: int | None = None,
@@ -182,3 +191,22 @@ class Greedy(Strategy):
         self.current_eval = e
         if len(self.lowered) == len(self.groups):
             self.done = True
+
+
+@dataclass(frozen=True)
+class GreedyConfig:
+    candidates: int = field(default=8, metadata=flag(
+        "--greedy-candidates", "greedy: flips tried per step, least sensitive first (0: all)"))
+
+    def __post_init__(self) -> None:
+        if self.candidates < 0:
+            raise ConfigError("greedy candidates must be >= 0 (0: every group)")
+
+
+SPEC = StrategySpec(
+    name="greedy", config=GreedyConfig,
+    build=lambda config, inputs: [Greedy(inputs.groups, inputs.low, inputs.base, inputs.accept,
+                                         candidates=config.candidates or None,
+                                         order=inputs.order)],
+    description="measured forward selection: lower the group with the best measured saving "
+                "per drop, one at a time (O(n^2) evaluations)")

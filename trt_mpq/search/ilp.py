@@ -18,10 +18,20 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from trt_mpq.plan import Plan, Precision
-from trt_mpq.search.evaluation import Evaluation
-from trt_mpq.search.strategies import Accept, Proposal, Strategy, checked_groups
+from trt_mpq.errors import ConfigError
+from trt_mpq.options import flag
+from trt_mpq.results import Evaluation
+from trt_mpq.search.base import (
+    Accept,
+    Proposal,
+    SearchInputs,
+    Strategy,
+    StrategySpec,
+    checked_groups,
+)
 
 
 def solve_binary(objective: Sequence[float], row: Sequence[float], *,
@@ -258,3 +268,27 @@ class IlpSearch(Strategy):
                 continue
             return t, plan, self._label(t)
         return None
+
+
+@dataclass(frozen=True)
+class IlpConfig:
+    steps: int = field(default=8, metadata=flag("--ilp-steps",
+                                                "ilp: evaluations after the first"))
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ConfigError("ilp steps must be >= 1")
+
+
+def _ilp(config: IlpConfig, inputs: SearchInputs) -> list[Strategy]:
+    assert inputs.gain is not None, "the ilp strategy needs measured gains"
+    return [IlpSearch(inputs.groups, inputs.low, inputs.base, inputs.accept, objective="gain",
+                      sensitivity={g: max(v, 0.0) for g, v in inputs.sensitivity.items()},
+                      gain={g: max(v, 0.0) for g, v in inputs.gain.items()},
+                      steps=config.steps)]
+
+
+SPEC = StrategySpec(
+    name="ilp", config=IlpConfig, build=_ilp, needs_gains=True,
+    description="integer program on sensitivity and measured per-group gains, its budget "
+                "bisected on measured accuracy")

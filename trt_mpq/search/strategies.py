@@ -1,70 +1,28 @@
-"""Search strategies, ask/tell style.
+"""Strategies over *prefix plans* of a sensitivity order: lower the k least sensitive groups to
+their low precision and keep the rest at the baseline precision.
 
-A strategy proposes plans (`ask`) and learns their evaluations (`tell`); it never builds or
-measures anything itself, so it is tested with a fake evaluator and can be resumed by replaying
-stored evaluations. `drive` runs a strategy against any `evaluate(plan, label) -> Evaluation`.
-
-The plans here are *prefix plans* over a sensitivity order: quantize the k least sensitive groups
-to their low precision and keep the rest at the baseline precision.
+- `bisection` (the papers): bisection on k against the budget, then the prefixes around the
+  boundary it found (`Around`) and a sweep of more prefixes (`PrefixSweep`) for the frontier.
+- `frontier`: the sweep alone.
 """
 
 from __future__ import annotations
 
-import abc
-import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
-from trt_mpq.plan import Plan, Precision
-from trt_mpq.search.evaluation import Evaluation
-
-Proposal = tuple[Plan, str]  # (plan, label)
-Evaluate = Callable[[Plan, str], Evaluation]
-Accept = Callable[[Evaluation], bool]  # status ok and within the accuracy budget
-
-
-class Strategy(abc.ABC):
-    name: str = ""
-
-    def __init__(self) -> None:
-        self.evaluations = 0
-
-    @abc.abstractmethod
-    def ask(self) -> list[Proposal]:
-        """Plans to evaluate next; an empty list when the strategy is done."""
-
-    @abc.abstractmethod
-    def tell(self, plan: Plan, evaluation: Evaluation) -> None:
-        """The evaluation of a plan that `ask` proposed."""
-
-
-def checked_groups(groups: Sequence[str], low: Mapping[str, Precision]) -> tuple[str, ...]:
-    """`groups` as a tuple, after checking they are distinct and that `low` names exactly them."""
-    out = tuple(groups)
-    if len(set(out)) != len(out):
-        raise ValueError("groups must be distinct")
-    if set(low) != set(out):
-        raise ValueError("groups and low precisions must name the same groups")
-    return out
-
-
-class PrefixPlans:
-    """Plans that lower the first k groups of `order` and keep the rest at `base`."""
-
-    def __init__(self, order: Sequence[str], low: Mapping[str, Precision], base: Precision) -> None:
-        if set(order) != set(low):
-            raise ValueError("order and low precisions must name the same groups")
-        self.order = tuple(order)
-        self.low = dict(low)
-        self.base = base
-
-    @property
-    def n(self) -> int:
-        return len(self.order)
-
-    def plan(self, k: int) -> Plan:
-        lowered = set(self.order[:k])
-        return Plan.of({g: (self.low[g] if g in lowered else self.base) for g in self.order})
-
+from trt_mpq.errors import ConfigError
+from trt_mpq.options import flag
+from trt_mpq.plan import Plan
+from trt_mpq.results import Evaluation
+from trt_mpq.search.base import (
+    Accept,
+    PrefixPlans,
+    Proposal,
+    SearchInputs,
+    Strategy,
+    StrategySpec,
+)
 
 class Bisection(Strategy):
     """Bisection on k: the largest prefix of the sensitivity order that stays in budget.
@@ -177,28 +135,45 @@ class Around(Strategy):
         self.evaluations += 1
 
 
-def drive(strategies: Sequence[Strategy], evaluate: Evaluate,
-          on_evaluation: Callable[[Evaluation], None] | None = None) -> list[Evaluation]:
-    """Run strategies one after another; each plan is evaluated once even if proposed twice."""
-    seen: dict[str, Evaluation] = {}
-    out: list[Evaluation] = []
-    for strategy in strategies:
-        while True:
-            proposals = strategy.ask()
-            if not proposals:
-                break
-            for plan, label in proposals:
-                ev = seen.get(plan.digest)
-                if ev is None:
-                    ev = evaluate(plan, label)
-                    seen[plan.digest] = ev
-                    out.append(ev)
-                    if on_evaluation:
-                        on_evaluation(ev)
-                strategy.tell(plan, ev)
+# -- specs -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class BisectionConfig:
+    sweep_points: int = field(default=6, metadata=flag(
+        "--sweep", "bisection, frontier: prefixes of the order measured for the frontier"))
+    refine: int = field(default=2, metadata=flag(
+        "--refine", "bisection: also measure k +- this around the boundary"))
+
+    def __post_init__(self) -> None:
+        if self.sweep_points < 0 or self.refine < 0:
+            raise ConfigError("sweep points and refine width must be >= 0")
+
+
+@dataclass(frozen=True)
+class FrontierConfig:
+    sweep_points: int = field(default=6, metadata=flag(
+        "--sweep", "bisection, frontier: prefixes of the order measured for the frontier"))
+
+    def __post_init__(self) -> None:
+        if self.sweep_points < 1:
+            raise ConfigError("the frontier strategy needs --sweep >= 1")
+
+
+def _bisection(config: BisectionConfig, inputs: SearchInputs) -> list[Strategy]:
+    prefixes = inputs.prefixes
+    bis = Bisection(prefixes, inputs.accept)
+    out: list[Strategy] = [bis]
+    if config.refine:
+        out.append(Around(prefixes, center=lambda: bis.best_k, width=config.refine))
+    if config.sweep_points:
+        out.append(PrefixSweep(prefixes, config.sweep_points))
     return out
 
 
-def expected_evaluations(n: int, sweep: int) -> int:
-    """Upper bound on evaluations of bisection + sweep + refine over n groups (for progress)."""
-    return 1 + max(1, math.ceil(math.log2(max(n, 1)))) + sweep + 4
+BISECTION = StrategySpec(
+    name="bisection", config=BisectionConfig, build=_bisection,
+    description="bisection on the number of lowered groups along the order, then the prefixes "
+                "around the boundary and a sweep (default)")
+FRONTIER = StrategySpec(
+    name="frontier", config=FrontierConfig,
+    build=lambda config, inputs: [PrefixSweep(inputs.prefixes, config.sweep_points)],
+    description="a sweep of evenly spaced prefixes of the order only")

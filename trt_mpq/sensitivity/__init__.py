@@ -85,11 +85,6 @@ class SensitivityResult:
     samples: int
     extra: Mapping[str, Any] = field(default_factory=dict, compare=False)  # per-metric details
 
-    def order(self, groups: list[Group]) -> list[str]:
-        """Group names, least sensitive first; ties keep graph order."""
-        position = {g.name: i for i, g in enumerate(groups)}
-        return sorted(self.scores, key=lambda g: (self.scores[g], position[g]))
-
     def to_json_dict(self) -> dict:
         return {"metric": self.metric, "scores": dict(self.scores), "passes": self.passes,
                 "seconds": self.seconds, "samples": self.samples, "extra": dict(self.extra)}

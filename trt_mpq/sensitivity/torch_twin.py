@@ -161,7 +161,8 @@ def map_groups(groups: Iterable[Group], model: Any) -> dict[str, Any]:
 
 
 def fake_quantize(w: torch.Tensor, precision: Precision, op_type: str = "Conv") -> torch.Tensor:
-    """The weight `w` as the real graph would compute with it at `precision`, in torch.
+    """The weight `w` as the real graph would compute with it at `precision`, in torch: the
+    function its `PrecisionSpec.fake_quant` names.
 
     `w` is in torch's [out, in, *kernel] layout (Conv, and Linear whether it was exported as
     Gemm or as MatMul; for a module storing [in, out], pass the transpose). `op_type` is the
@@ -181,40 +182,81 @@ def fake_quantize(w: torch.Tensor, precision: Precision, op_type: str = "Conv") 
 
     Activations are not modelled: these metrics measure the weight perturbation only.
     """
+    p = Precision(precision)
+    fn = _fake_quantizer(p.spec.fake_quant)
+    if fn is None:
+        raise ConfigError(f"no fake quantization for {p.value}")
+    return fn(w)
+
+
+def _fake_quantizer(spec: str) -> Callable[[Any], Any] | None:
+    """The function a `PrecisionSpec.fake_quant` names ("module:function")."""
+    if not spec:
+        return None
+    module, name = spec.split(":")
+    return getattr(importlib.import_module(module), name)
+
+
+def _per_row(w: torch.Tensor) -> torch.Tensor:
+    """`w` as float32 [out, everything else]."""
     import torch
 
-    p = Precision(precision)
-    if p is Precision.FP32:
-        return w
-    if p is Precision.FP16:
-        a = w.detach().to(torch.float32)
-        mag = a.abs()
-        a = torch.where((mag > 0) & (mag < FP16_MIN_POSITIVE), a.sign() * FP16_MIN_POSITIVE, a)
-        a = torch.where(mag > FP16_MAX, a.sign() * FP16_MAX, a)
-        return a.to(torch.float16).to(w.dtype)
     x = w.detach().to(torch.float32)
-    flat = x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
-    if p in (Precision.INT8, Precision.INT8_DYNAMIC):
-        scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / INT8_MAX
-        q = torch.clamp(torch.round(flat / scale), -INT8_MAX, INT8_MAX) * scale
-    elif p is Precision.FP8:
-        scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / FP8_E4M3_MAX
-        q = (flat / scale).to(torch.float8_e4m3fn).to(torch.float32) * scale
-    elif p is Precision.INT4_WEIGHT:
-        rows, k = flat.shape
-        blocks = -(-k // INT4_BLOCK)
-        padded = torch.zeros(rows, blocks * INT4_BLOCK, dtype=flat.dtype, device=flat.device)
-        padded[:, :k] = flat
-        b = padded.reshape(rows, blocks, INT4_BLOCK)
-        hi, lo = b.amax(dim=2, keepdim=True), b.amin(dim=2, keepdim=True)
-        m = torch.where(hi.abs() > lo.abs(), hi, lo)
-        scale = m / -8.0
-        inv = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
-        qb = torch.clamp(torch.floor(b * inv + 0.5), -8.0, 7.0) * scale
-        q = qb.reshape(rows, -1)[:, :k]
-    else:  # pragma: no cover - every Precision is handled above
-        raise ConfigError(f"no fake quantization for {p.value}")
+    return x.reshape(x.shape[0], -1) if x.dim() > 1 else x.reshape(1, -1)
+
+
+def fq_identity(w: torch.Tensor) -> torch.Tensor:
+    """FP32: the weight itself."""
+    return w
+
+
+def fq_fp16(w: torch.Tensor) -> torch.Tensor:
+    """Cast to half and back, after ONNX Runtime's float16 converter's clamp."""
+    import torch
+
+    a = w.detach().to(torch.float32)
+    mag = a.abs()
+    a = torch.where((mag > 0) & (mag < FP16_MIN_POSITIVE), a.sign() * FP16_MIN_POSITIVE, a)
+    a = torch.where(mag > FP16_MAX, a.sign() * FP16_MAX, a)
+    return a.to(torch.float16).to(w.dtype)
+
+
+def fq_int8(w: torch.Tensor) -> torch.Tensor:
+    """Symmetric per output channel, scale = amax/127, round half to even, clip [-127, 127]."""
+    import torch
+
+    flat = _per_row(w)
+    scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / INT8_MAX
+    q = torch.clamp(torch.round(flat / scale), -INT8_MAX, INT8_MAX) * scale
     return q.reshape(w.shape).to(w.dtype)
+
+
+def fq_fp8(w: torch.Tensor) -> torch.Tensor:
+    """Per output channel scale = amax/448, w/scale rounded to float8_e4m3fn."""
+    import torch
+
+    flat = _per_row(w)
+    scale = flat.abs().amax(dim=1, keepdim=True).clamp_min(1e-12) / FP8_E4M3_MAX
+    q = (flat / scale).to(torch.float8_e4m3fn).to(torch.float32) * scale
+    return q.reshape(w.shape).to(w.dtype)
+
+
+def fq_int4_blocks(w: torch.Tensor) -> torch.Tensor:
+    """Blocks of 32 along K; the block's largest-magnitude element m gives scale = m / -8."""
+    import torch
+
+    flat = _per_row(w)
+    rows, k = flat.shape
+    blocks = -(-k // INT4_BLOCK)
+    padded = torch.zeros(rows, blocks * INT4_BLOCK, dtype=flat.dtype, device=flat.device)
+    padded[:, :k] = flat
+    b = padded.reshape(rows, blocks, INT4_BLOCK)
+    hi, lo = b.amax(dim=2, keepdim=True), b.amin(dim=2, keepdim=True)
+    m = torch.where(hi.abs() > lo.abs(), hi, lo)
+    scale = m / -8.0
+    inv = torch.where(scale != 0, 1.0 / scale, torch.zeros_like(scale))
+    qb = torch.clamp(torch.floor(b * inv + 0.5), -8.0, 7.0) * scale
+    return qb.reshape(rows, -1)[:, :k].reshape(w.shape).to(w.dtype)
 
 
 def module_weight(module: Any, op: GroupOp) -> torch.Tensor:

@@ -26,7 +26,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from trt_mpq.backends.base import Artifact, Backend, Runner
+from trt_mpq import options
+from trt_mpq.backends.base import Artifact, Backend, BackendSpec, Runner
 from trt_mpq.backends.tensorrt.gpu import gpu_info
 from trt_mpq.backends.tensorrt.layers import (
     LayerInfo,
@@ -37,6 +38,7 @@ from trt_mpq.backends.tensorrt.layers import (
 )
 from trt_mpq.errors import BuildError, ConfigError
 from trt_mpq.model.groups import Group
+from trt_mpq.options import flag
 from trt_mpq.qdq import Dialect
 
 log = logging.getLogger(__name__)
@@ -71,15 +73,25 @@ def major_version(trt) -> int:
     return int(str(trt.__version__).split(".")[0])
 
 
+def _targets(text: str) -> tuple[str, ...]:
+    return tuple(c.strip().lower() for c in text.split(",") if c.strip())
+
+
 @dataclass(frozen=True)
 class TrtConfig:
-    optimization_level: int = 3  # builder optimization level 0..5
-    workspace_mb: int | None = None  # None: TensorRT's default (the device's memory)
-    compute_capabilities: tuple[str, ...] = ()  # TensorRT-RTX targets; (): the GPU present
-    typing: str = "strong"  # "strong" | "weak" (TensorRT 10 only: per-layer constraints)
+    optimization_level: int = field(default=3, metadata=flag(
+        "--opt-level", "builder optimization level 0..5"))
+    workspace_mb: int | None = field(default=None, metadata=flag(
+        "--workspace-mb", "workspace limit in MiB (default: the device's memory)"))
+    compute_capabilities: tuple[str, ...] = field(default=(), metadata=flag(
+        "--compute-capability", "tensorrt-rtx: GPUs to build for, e.g. sm86,sm89 (default: the "
+        "GPU present; needed without a GPU)", parse=_targets, metavar="SM[,SM...]"))
+    typing: str = field(default="strong", metadata=flag(
+        "--typing", "strong (precision from the graph) or weak (TensorRT 10 only: per-layer "
+        "precision constraints)", choices=("strong", "weak")))
     timing_cache: bool = True  # one timing cache per GPU, reused by every plan of a search
-    cuda_graph: bool = False  # time CUDA-graph replays instead of enqueues
-    cache_dir: Path | None = field(default=None, compare=False)
+    cuda_graph: bool = field(default=False, metadata=flag(
+        "--cuda-graph", "time CUDA-graph replays instead of enqueues"))
 
     def __post_init__(self) -> None:
         if not 0 <= self.optimization_level <= 5:
@@ -94,10 +106,7 @@ class TrtConfig:
                               f"{', '.join(RTX_TARGETS)}")
 
     def to_json_dict(self) -> dict:
-        return {"optimization_level": self.optimization_level, "workspace_mb": self.workspace_mb,
-                "compute_capabilities": list(self.compute_capabilities),
-                "typing": self.typing, "timing_cache": self.timing_cache,
-                "cuda_graph": self.cuda_graph}
+        return options.to_json_dict(self)
 
 
 class _Logger:
@@ -126,8 +135,10 @@ class _Logger:
 class TensorRTBackend(Backend):
     dialect = Dialect.TENSORRT
 
-    def __init__(self, flavor: str = "tensorrt", config: TrtConfig | None = None) -> None:
+    def __init__(self, flavor: str = "tensorrt", config: TrtConfig | None = None,
+                 cache_dir: Path | None = None) -> None:
         self.flavor = flavor
+        self.cache_dir = cache_dir  # where the timing cache is kept (None: not kept)
         self.name = flavor
         self.trt = import_trt(flavor)
         self.version = str(self.trt.__version__)
@@ -185,11 +196,11 @@ class TensorRTBackend(Backend):
         return self.gpu
 
     def _timing_cache_path(self) -> Path | None:
-        if not self.config.timing_cache or self.gpu is None or self.config.cache_dir is None:
+        if not self.config.timing_cache or self.gpu is None or self.cache_dir is None:
             return None
         key = f"{self.flavor}-{self.version}-{self.gpu['name']}-{self.gpu['sm']}"
         digest = hashlib.sha256(key.encode()).hexdigest()[:12]
-        return Path(self.config.cache_dir) / "trt-timing" / f"{self.gpu['sm']}-{digest}.cache"
+        return Path(self.cache_dir) / "trt-timing" / f"{self.gpu['sm']}-{digest}.cache"
 
     # -- build ----------------------------------------------------------------------------------
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
@@ -301,3 +312,13 @@ class TensorRTBackend(Backend):
 
         return TrtRunner(self.trt, Path(artifact.path).read_bytes(),
                          cuda_graph=self.config.cuda_graph)
+
+
+SPEC = BackendSpec(
+    name="tensorrt", config=TrtConfig,
+    create=lambda config, cache_dir: TensorRTBackend("tensorrt", config, cache_dir),
+    description="TensorRT 10/11 on an NVIDIA GPU (e.g. NVIDIA's container, docker/Dockerfile)")
+RTX_SPEC = BackendSpec(
+    name="tensorrt-rtx", config=TrtConfig,
+    create=lambda config, cache_dir: TensorRTBackend("tensorrt-rtx", config, cache_dir),
+    description="TensorRT-RTX (builds engines without a GPU; runs them on SM 7.5/8.x/12.x)")

@@ -12,6 +12,12 @@ import shutil
 import subprocess
 from functools import lru_cache
 
+from trt_mpq.errors import MeasurementError
+
+
+class CudaError(MeasurementError):
+    """A CUDA runtime call failed."""
+
 
 def cudart():
     """`cuda.bindings.runtime` (cuda-python >= 12.6), or the older `cuda.cudart`."""
@@ -29,7 +35,7 @@ def check(result):
     if code != 0:
         rt = cudart()
         name = rt.cudaGetErrorName(err)[1] if hasattr(rt, "cudaGetErrorName") else err
-        raise RuntimeError(f"CUDA error {name!r}")
+        raise CudaError(f"CUDA error {name!r}")
     if not values:
         return None
     return values[0] if len(values) == 1 else tuple(values)

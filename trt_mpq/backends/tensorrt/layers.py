@@ -18,8 +18,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from trt_mpq.backends.base import Census
+from trt_mpq.results import Census
 from trt_mpq.model.groups import Group
+from trt_mpq.plan.precision import TENSORRT, executed_word
 
 _MYL = re.compile(r"_myl\d+_\d+$")
 
@@ -149,12 +150,12 @@ def parse_inspector_json(text: str) -> list[LayerInfo]:
 
 
 def classify(layer: LayerInfo) -> str:
-    """The precision a compute layer runs: its data input type, int4 if its weights are int4."""
+    """The precision a compute layer runs: its data input type, int4 weights if its weights are
+    int4 (census words of the "tensorrt" family, see `trt_mpq.plan.precision`)."""
     if "int4" in layer.constants:
-        return "int4w"
+        return executed_word(TENSORRT, "weights:int4")
     first = next((t for t in layer.inputs if t not in ("bool", "int32", "int64")), "")
-    return {"int8": "int8", "fp8": "fp8", "fp16": "fp16", "fp32": "fp32",
-            "bf16": "bf16"}.get(first, first or "unknown")
+    return executed_word(TENSORRT, first) if first else "unknown"
 
 
 def census_from_layers(layers: list[LayerInfo], groups: list[Group], source: str) -> Census:

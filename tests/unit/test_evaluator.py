@@ -1,0 +1,179 @@
+"""The evaluator's statuses, driven through a fake backend: every failure a candidate can have
+gets its status from the error's type, and anything that is not a trt-mpq error propagates."""
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import models
+from trt_mpq.backends import get_backend
+from trt_mpq.backends.base import Artifact, Backend, Census, Runner
+from trt_mpq.errors import BuildError, MaterializeError, MeasurementError, PlanError
+from trt_mpq.measure import MeasureConfig
+from trt_mpq.model import find_groups, prepare_model
+from trt_mpq.pipeline import evaluator as evaluator_module
+from trt_mpq.pipeline.evaluator import Evaluator
+from trt_mpq.pipeline.workspace import Workspace
+from trt_mpq.plan import Plan
+from trt_mpq.plan import Precision as P
+from trt_mpq.qdq import Dialect
+from trt_mpq.search import Status
+from trt_mpq.store import Store
+from trt_mpq.task import Split, Task, accuracy
+
+MEASURE = MeasureConfig(warmup=1, repeats=3, min_repeats=3)
+
+
+class FakeRunner(Runner):
+    """Runs the real ONNX Runtime session, then does what the backend was told to fail with."""
+
+    def __init__(self, inner: Runner, failure: str | None) -> None:
+        self.inner, self.failure = inner, failure
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+
+    def run(self, feed):
+        if self.failure == "run":
+            raise MeasurementError("the fake runtime crashed")
+        out = self.inner.run(feed)
+        if self.failure == "nan":
+            out = {k: np.full_like(v, np.nan) for k, v in out.items()}
+        if self.failure == "bug-run":
+            raise ZeroDivisionError("a bug in a runner")
+        return out
+
+    def time_once(self, feed):
+        if self.failure == "timing":
+            raise MeasurementError("the fake timer failed")
+        return self.inner.time_once(feed)
+
+    def close(self):
+        self.inner.close()
+
+
+class FakeBackend(Backend):
+    """ONNX Runtime underneath; `failures` maps plan digest -> the failure to inject."""
+
+    name = "fake"
+    dialect = Dialect.ORT_CPU
+
+    def __init__(self, failures: dict[str, str]) -> None:
+        self.real = get_backend("ort-cpu", threads=1)
+        self.failures = failures
+        self._failure_of: dict[Path, str | None] = {}
+        self.current: str | None = None
+
+    def build(self, model, out_dir, groups, sample_feed, max_batch=None) -> Artifact:
+        failure = self.current
+        if failure == "build":
+            raise BuildError("the fake builder refused the graph")
+        if failure == "build-run":
+            raise MeasurementError("built, but the sample run failed")
+        if failure == "bug-build":
+            raise KeyError("a bug in a backend")
+        artifact = self.real.build(model, out_dir, groups, sample_feed, max_batch)
+        if failure == "mismatch":
+            ran = {g: "fp32" for g in artifact.census.executed}
+            artifact = Artifact(artifact.path, self.name, artifact.build_s,
+                                Census(executed=ran, source="fake"), artifact.files)
+        self._failure_of[artifact.path] = failure
+        return artifact
+
+    def open(self, artifact: Artifact) -> Runner:
+        return FakeRunner(self.real.open(artifact), self._failure_of.get(artifact.path))
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("evaluator")
+    path = prepare_model(models.tiny_cnn(tmp / "cnn.onnx"), tmp)
+    model = onnx.load(str(path))
+    x = models.cnn_inputs(48)
+    labels = np.arange(48) % 10
+    task = Task(name="tiny", model_path=path,
+                calibration=Split({"input": x[:16]}, labels[:16]),
+                search=Split({"input": x[16:32]}, labels[16:32]),
+                holdout=Split({"input": x[32:]}, labels[32:]), metric=accuracy(), eval_batch=8)
+    return Workspace(task=task, source_path=path, prepared_path=path, model=model,
+                     groups=find_groups(model), cache_dir=tmp, progress=False)
+
+
+@pytest.fixture(scope="module")
+def ranges(workspace):
+    from trt_mpq.calib import CalibConfig
+
+    return workspace.calibrate(CalibConfig(num_samples=16))
+
+
+@pytest.fixture()
+def run(workspace, ranges, tmp_path, monkeypatch):
+    """evaluate(failure) -> the Evaluation of an all-int8 plan with `failure` injected."""
+    plan = Plan.uniform(workspace.group_names(), P.INT8)
+    backend = FakeBackend({})
+    real_materialize = evaluator_module.materialize
+
+    def materialize(model, groups, p, rngs, dialect):
+        if p == plan and backend.current == "materialize":
+            raise MaterializeError("the quantizer refused this graph")
+        if p == plan and backend.current == "bug-materialize":
+            raise AttributeError("a bug in a pass")
+        return real_materialize(model, groups, p, rngs, dialect)
+
+    monkeypatch.setattr(evaluator_module, "materialize", materialize)
+
+    def evaluate(failure: str | None, store: Store | None = None):
+        backend.current = None
+        with Evaluator(workspace, backend, ranges, MEASURE, store, tmp_path / "work") as ev:
+            backend.current = failure
+            return ev.evaluate(plan, f"int8 ({failure})")
+
+    return evaluate
+
+
+@pytest.mark.parametrize("failure,status,reason", [
+    (None, Status.OK, ""),
+    ("materialize", Status.BUILD_FAILED, "materialization failed: the quantizer refused"),
+    ("build", Status.BUILD_FAILED, "the fake builder refused the graph"),
+    ("build-run", Status.RUN_FAILED, "built, but the sample run failed"),
+    ("mismatch", Status.PRECISION_MISMATCH, "ran another precision"),
+    ("run", Status.RUN_FAILED, "the fake runtime crashed"),
+    ("nan", Status.NAN_OUTPUT, "non-finite"),
+    ("timing", Status.RUN_FAILED, "the fake timer failed"),
+])
+def test_each_failure_has_its_status(run, failure, status, reason):
+    ev = run(failure)
+    assert ev.status is status, ev.reason
+    assert reason in ev.reason
+    if status is Status.OK:
+        assert ev.metric is not None and ev.latency_ratio > 0 and ev.latency.n == 3
+        assert ev.census.mismatches(ev.plan) == []
+    else:
+        assert ev.metric is None and ev.latency is None
+    if status is Status.PRECISION_MISMATCH:
+        assert "planned int8, ran fp32" in ev.reason
+
+
+@pytest.mark.parametrize("failure,error", [("bug-materialize", AttributeError),
+                                           ("bug-build", KeyError),
+                                           ("bug-run", ZeroDivisionError)])
+def test_bugs_propagate(run, failure, error):
+    with pytest.raises(error, match="a bug"):
+        run(failure)
+
+
+def test_a_plan_for_another_model_is_the_callers_error(workspace, ranges, tmp_path):
+    with Evaluator(workspace, FakeBackend({}), ranges, MEASURE, None, tmp_path) as ev:
+        with pytest.raises(PlanError):
+            ev.evaluate(Plan.uniform(["no-such-group"], P.INT8))
+
+
+def test_failed_evaluations_are_stored_and_not_remeasured(run, tmp_path):
+    with Store(tmp_path / "s.sqlite", {"k": 1}) as store:
+        first = run("build", store)
+        again = run(None, store)  # the store answers: no new build, even though it would work
+    assert first.status is again.status is Status.BUILD_FAILED
+    assert again.cached and not first.cached

@@ -1,0 +1,153 @@
+"""The plain result types every layer shares: what a backend says ran (`Census`), latency
+statistics (`LatencyStats`) and one measured plan (`Evaluation`, `Status`).
+
+No heavy imports (numpy only): `trt_mpq.search`, the store and the report read these without
+onnx, onnxruntime or a backend installed.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from trt_mpq.plan import Plan
+
+
+@dataclass(frozen=True)
+class Census:
+    """What each group really ran as, read from the backend (profiler, engine inspector, builder
+    report). `executed` maps group -> precision value ("fp32", "int8", "int8-dynamic", ...), or
+    "unknown" when no kernel could be attributed. `kernels` counts kernels by type."""
+
+    executed: Mapping[str, str]
+    kernels: Mapping[str, int] = field(default_factory=dict)
+    source: str = ""  # how it was read, e.g. "onnxruntime profiler"
+
+    def mismatches(self, plan: Plan) -> list[tuple[str, str, str]]:
+        """(group, planned, executed) for every group whose executed precision differs."""
+        out = []
+        for group, planned in plan.items:
+            got = self.executed.get(group, "unknown")
+            if got != planned.value:
+                out.append((group, planned.value, got))
+        return out
+
+    def to_json_dict(self) -> dict:
+        return {"executed": dict(self.executed), "kernels": dict(self.kernels),
+                "source": self.source}
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping) -> Census:
+        return cls(executed=dict(d.get("executed", {})), kernels=dict(d.get("kernels", {})),
+                   source=str(d.get("source", "")))
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    median_ms: float
+    p90_ms: float
+    p10_ms: float
+    mean_ms: float
+    std_ms: float
+    min_ms: float
+    n: int
+
+    @classmethod
+    def of(cls, seconds: Sequence[float]) -> LatencyStats:
+        ms = np.asarray(seconds, dtype=np.float64) * 1e3
+        return cls(median_ms=float(np.median(ms)), p90_ms=float(np.percentile(ms, 90)),
+                   p10_ms=float(np.percentile(ms, 10)), mean_ms=float(ms.mean()),
+                   std_ms=float(ms.std()), min_ms=float(ms.min()), n=int(ms.size))
+
+    @property
+    def spread(self) -> float:
+        """(p90 - p10) / median: relative width of the middle 80% of runs."""
+        return (self.p90_ms - self.p10_ms) / self.median_ms if self.median_ms else math.inf
+
+    def to_json_dict(self) -> dict:
+        return {"median_ms": self.median_ms, "p90_ms": self.p90_ms, "p10_ms": self.p10_ms,
+                "mean_ms": self.mean_ms, "std_ms": self.std_ms, "min_ms": self.min_ms,
+                "n": self.n, "spread": self.spread}
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping) -> LatencyStats:
+        return cls(**{k: d[k] for k in ("median_ms", "p90_ms", "p10_ms", "mean_ms", "std_ms",
+                                        "min_ms", "n")})
+
+
+class Status(enum.Enum):
+    OK = "ok"
+    BUILD_FAILED = "build-failed"
+    RUN_FAILED = "run-failed"
+    PRECISION_MISMATCH = "precision-mismatch"
+    NAN_OUTPUT = "nan-output"
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    plan: Plan
+    status: Status
+    reason: str = ""
+    label: str = ""  # how the plan came about, e.g. "bisection k=12/25"
+    metric: float | None = None  # task metric on the search split
+    drop: float | None = None  # baseline metric - metric (sign flipped if lower is better)
+    rel_drop: float | None = None  # drop / |baseline metric|
+    latency: LatencyStats | None = None
+    baseline_latency: LatencyStats | None = None  # timed in the same rounds
+    latency_ratio: float | None = None  # latency.median / baseline_latency.median
+    census: Census | None = None
+    materialize_s: float = 0.0
+    build_s: float = 0.0
+    wall_s: float = 0.0
+    cached: bool = field(default=False, compare=False)
+
+    @property
+    def ok(self) -> bool:
+        return self.status is Status.OK
+
+    def to_json_dict(self) -> dict:
+        return {
+            "plan_digest": self.plan.digest,
+            "plan": self.plan.to_json_dict()["groups"],
+            "precision_counts": self.plan.counts(),
+            "status": self.status.value,
+            "reason": self.reason,
+            "label": self.label,
+            "metric": self.metric,
+            "drop": self.drop,
+            "rel_drop": self.rel_drop,
+            "latency": self.latency.to_json_dict() if self.latency else None,
+            "baseline_latency": (self.baseline_latency.to_json_dict()
+                                 if self.baseline_latency else None),
+            "latency_ratio": self.latency_ratio,
+            "census": self.census.to_json_dict() if self.census else None,
+            "materialize_s": self.materialize_s,
+            "build_s": self.build_s,
+            "wall_s": self.wall_s,
+        }
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping) -> Evaluation:
+        return cls(
+            plan=Plan.from_json_dict({"groups": d["plan"]}),
+            status=Status(d["status"]),
+            reason=d.get("reason", ""),
+            label=d.get("label", ""),
+            metric=d.get("metric"),
+            drop=d.get("drop"),
+            rel_drop=d.get("rel_drop"),
+            latency=LatencyStats.from_json_dict(d["latency"]) if d.get("latency") else None,
+            baseline_latency=(LatencyStats.from_json_dict(d["baseline_latency"])
+                              if d.get("baseline_latency") else None),
+            latency_ratio=d.get("latency_ratio"),
+            census=Census.from_json_dict(d["census"]) if d.get("census") else None,
+            materialize_s=d.get("materialize_s", 0.0),
+            build_s=d.get("build_s", 0.0),
+            wall_s=d.get("wall_s", 0.0),
+        )
+
+

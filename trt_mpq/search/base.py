@@ -1,0 +1,117 @@
+"""The pieces every search strategy shares, ask/tell style.
+
+A strategy proposes plans (`ask`) and learns their evaluations (`tell`); it never builds or
+measures anything itself, so it is tested with a fake evaluator and can be resumed by replaying
+stored evaluations. `drive` runs strategies against any `evaluate(plan, label) -> Evaluation`.
+A `StrategySpec` declares a strategy by name (see `trt_mpq.search.registry`); `SearchInputs`
+is what the search hands it.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from trt_mpq.plan import Plan, Precision
+from trt_mpq.results import Evaluation
+
+Proposal = tuple[Plan, str]  # (plan, label)
+Evaluate = Callable[[Plan, str], Evaluation]
+Accept = Callable[[Evaluation], bool]  # status ok and within the accuracy budget
+
+
+class Strategy(abc.ABC):
+    name: str = ""
+
+    def __init__(self) -> None:
+        self.evaluations = 0
+
+    @abc.abstractmethod
+    def ask(self) -> list[Proposal]:
+        """Plans to evaluate next; an empty list when the strategy is done."""
+
+    @abc.abstractmethod
+    def tell(self, plan: Plan, evaluation: Evaluation) -> None:
+        """The evaluation of a plan that `ask` proposed."""
+
+
+def checked_groups(groups: Sequence[str], low: Mapping[str, Precision]) -> tuple[str, ...]:
+    """`groups` as a tuple, after checking they are distinct and that `low` names exactly them."""
+    out = tuple(groups)
+    if len(set(out)) != len(out):
+        raise ValueError("groups must be distinct")
+    if set(low) != set(out):
+        raise ValueError("groups and low precisions must name the same groups")
+    return out
+
+
+class PrefixPlans:
+    """Plans that lower the first k groups of `order` and keep the rest at `base`."""
+
+    def __init__(self, order: Sequence[str], low: Mapping[str, Precision], base: Precision) -> None:
+        if set(order) != set(low):
+            raise ValueError("order and low precisions must name the same groups")
+        self.order = tuple(order)
+        self.low = dict(low)
+        self.base = base
+
+    @property
+    def n(self) -> int:
+        return len(self.order)
+
+    def plan(self, k: int) -> Plan:
+        lowered = set(self.order[:k])
+        return Plan.of({g: (self.low[g] if g in lowered else self.base) for g in self.order})
+
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """What a strategy may be built from."""
+
+    groups: tuple[str, ...]  # every group, in graph order
+    order: tuple[str, ...]  # the search order: least sensitive (per unit of gain) first
+    low: Mapping[str, Precision]  # the precision each group is lowered to
+    base: Precision  # the baseline precision
+    accept: Accept  # status ok and within the accuracy budget on the search split
+    sensitivity: Mapping[str, float]  # per-group sensitivity scores (lower: lowered first)
+    gain: Mapping[str, float] | None = None  # measured latency gain per group (needs_gains)
+
+    @property
+    def prefixes(self) -> PrefixPlans:
+        return PrefixPlans(self.order, {g: self.low[g] for g in self.order}, self.base)
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """A strategy as the search and the CLI see it."""
+
+    name: str
+    description: str  # one line, shown by --help
+    config: type  # frozen dataclass with defaults; validates itself in __post_init__
+    build: Callable[[Any, SearchInputs], list[Strategy]]  # run one after another by `drive`
+    needs_gains: bool = False  # measured per-group latency gains (`SearchInputs.gain`)
+
+
+def drive(strategies: Sequence[Strategy], evaluate: Evaluate,
+          on_evaluation: Callable[[Evaluation], None] | None = None) -> list[Evaluation]:
+    """Run strategies one after another; each plan is evaluated once even if proposed twice."""
+    seen: dict[str, Evaluation] = {}
+    out: list[Evaluation] = []
+    for strategy in strategies:
+        while True:
+            proposals = strategy.ask()
+            if not proposals:
+                break
+            for plan, label in proposals:
+                ev = seen.get(plan.digest)
+                if ev is None:
+                    ev = evaluate(plan, label)
+                    seen[plan.digest] = ev
+                    out.append(ev)
+                    if on_evaluation:
+                        on_evaluation(ev)
+                strategy.tell(plan, ev)
+    return out
