@@ -7,6 +7,13 @@
    interleaved.
 3. Whether TensorRT-RTX builds for this GPU itself (compute capability "current").
 4. Our CUDA-event timer against torch.cuda.Event on a known kernel (fp16 GEMM).
+5. Our CUDA-graph launcher (the one TrtRunner times with) on real kernels: capture in
+   thread-local mode and replay; a capture that fails (an enqueue that reports failure, one
+   that raises, one that does something illegal while capturing) falls back to plain enqueues
+   and leaves the stream usable.
+6. Whether `--backend tensorrt-rtx` accepts this GPU for measuring (it must refuse where
+   TensorRT-RTX does not run: SM 9.0), and `--backend tensorrt` (TensorRT is not installed on
+   the lent machines: the check says so).
 """
 
 from __future__ import annotations
@@ -172,7 +179,7 @@ def _build_here():
             rows["timing"] = {"fp16": f16.to_json_dict(), "int8": i8.to_json_dict(),
                               "int8_over_fp16": i8.median_ms / f16.median_ms}
             for r in runners.values():
-                r._use_graph = True  # same engines, CUDA-graph replay
+                r.graphs.use_graph = True  # same engines, CUDA-graph replay
             gi8, gf16 = measure_interleaved([runners["int8"], runners["fp16"]], one, cfg)
             rows["timing_cuda_graph"] = {"fp16": gf16.to_json_dict(), "int8": gi8.to_json_dict(),
                                          "int8_over_fp16": gi8.median_ms / gf16.median_ms}
@@ -206,6 +213,80 @@ def _timer():
     mo, mt = float(np.median(ours)) * 1e3, float(np.median(theirs)) * 1e3
     return {"kernel": "fp16 GEMM 4096^3 (torch)", "ours_median_ms": mo, "torch_median_ms": mt,
             "ratio": mo / mt, "tflops_ours": 2 * 4096**3 / (mo / 1e3) / 1e12}
+
+
+@step("backends_here")
+def _backends_here():
+    """What each TensorRT backend says about measuring on this GPU."""
+    from trt_mpq.backends import get_backend
+    from trt_mpq.errors import ConfigError
+
+    out = {}
+    for name in ("tensorrt-rtx", "tensorrt"):
+        try:
+            backend = get_backend(name)
+            backend.check_can_run()
+            out[name] = {"can_measure": True, "version": backend.version}
+        except ConfigError as e:
+            out[name] = {"can_measure": False, "why": str(e)}
+    return out
+
+
+@step("cuda_graph_capture")
+def _graph_capture():
+    """GraphLauncher on torch kernels enqueued on a cuda-python stream (torch.cuda.ExternalStream):
+    the same capture / replay / fallback code TrtRunner uses around execute_async_v3."""
+    import torch
+
+    from trt_mpq.backends.tensorrt.gpu import check, cudart
+    from trt_mpq.backends.tensorrt.runner import EventTimer, GraphLauncher
+
+    rt = cudart()
+    stream = check(rt.cudaStreamCreate())
+    ext = torch.cuda.ExternalStream(int(stream))
+    a = torch.randn(2048, 2048, device="cuda", dtype=torch.float16)
+    c = torch.empty_like(a)
+    want = a @ a
+    torch.cuda.synchronize()
+    calls = {"n": 0}
+
+    def mm(during_capture: str = "ok"):
+        def enqueue():
+            calls["n"] += 1
+            capturing = calls["n"] == 2  # GraphLauncher: one plain run, then the capture
+            with torch.cuda.stream(ext):
+                torch.mm(a, a, out=c)
+                if capturing and during_capture == "illegal":
+                    c.sum().item()  # a device-to-host sync is not allowed while capturing
+            if capturing and during_capture == "raise":
+                raise RuntimeError("enqueue refused during capture")
+            return not (capturing and during_capture == "false")
+        return enqueue
+
+    def correct() -> bool:
+        check(rt.cudaStreamSynchronize(stream))
+        ok = bool(torch.allclose(c, want, rtol=1e-2, atol=1e-1))
+        c.zero_()
+        torch.cuda.synchronize()
+        return ok
+
+    timer = EventTimer(stream)
+    out = {}
+    for mode in ("ok", "false", "raise", "illegal"):
+        calls["n"] = 0
+        g = GraphLauncher(rt, stream, mm(mode))
+        g.launch()
+        first = correct()
+        times = [timer.time(g.launch) for _ in range(30)]
+        out[mode] = {"graph_used": g.use_graph, "fallback_reason": g.fallback_reason[:200],
+                     "outputs_correct_first": first, "outputs_correct_after": correct(),
+                     "median_ms": float(np.median(times)) * 1e3}
+        g.reset()
+    plain = GraphLauncher(rt, stream, mm(), use_graph=False)
+    out["plain_median_ms"] = float(np.median([timer.time(plain.launch) for _ in range(30)])) * 1e3
+    timer.close()
+    check(rt.cudaStreamDestroy(stream))
+    return out
 
 
 def markdown(r: dict) -> str:
@@ -252,6 +333,22 @@ def markdown(r: dict) -> str:
                              f"{t['fp16']['median_ms']:.4f} ms, int8 {t['int8']['median_ms']:.4f}"
                              f" ms, ratio int8/fp16 {t['int8_over_fp16']:.3f} "
                              f"({t['int8']['n']} interleaved runs each)")
+    for name, v in (r.get("backends_here") or {}).items():
+        if isinstance(v, dict) and "can_measure" in v:
+            lines.append(f"\n`--backend {name}` measuring here: "
+                         + ("yes" if v["can_measure"] else f"no: {v['why'][:300]}"))
+    g = r.get("cuda_graph_capture", {})
+    if "ok" in g:
+        lines.append("\nCUDA-graph launcher on a real kernel (fp16 GEMM 2048^3, cuda-python stream):")
+        for mode in ("ok", "false", "raise", "illegal"):
+            v = g[mode]
+            lines.append(f"- capture {mode}: graph used {v['graph_used']}, outputs correct "
+                         f"{v['outputs_correct_first']}/{v['outputs_correct_after']}, median "
+                         f"{v['median_ms']:.4f} ms" + (f"; fell back: {v['fallback_reason']}"
+                                                       if v["fallback_reason"] else ""))
+        lines.append(f"- plain enqueue: median {g['plain_median_ms']:.4f} ms")
+    elif "error" in g:
+        lines.append(f"\nCUDA-graph launcher: {g['error']}")
     t = r.get("timer_validation", {})
     if "ratio" in t:
         lines.append(f"\nTimer validation ({t['kernel']}): our CUDA events {t['ours_median_ms']:.4f}"

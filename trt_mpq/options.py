@@ -63,9 +63,11 @@ def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_
         shown = ",".join(default) if isinstance(default, tuple) else default
         text = meta["help"] + ("" if isinstance(default, bool) or default in (None, "", ())
                                else f" (default: {shown})")
-        if isinstance(default, bool):
-            parser.add_argument(name, dest=_dest(name), action="store_const", const=True,
-                                default=None, help=text)
+        if isinstance(default, bool):  # default off: --flag; default on: --flag / --no-flag
+            action = "store_const" if not default else argparse.BooleanOptionalAction
+            extra = {"const": True} if not default else {}
+            parser.add_argument(name, dest=_dest(name), action=action, default=None,
+                                help=text + ("" if not default else " (default: on)"), **extra)
             continue
         parse = meta["parse"] or (type(default) if default is not None else str)
         metavar = meta["metavar"] or (None if meta["choices"] else f.name.upper())

@@ -17,24 +17,36 @@ import numpy as np
 from trt_mpq.plan import Plan
 
 
+#: what a census records for a group whose precision no source could establish
+UNVERIFIED = "unverified"
+
+
 @dataclass(frozen=True)
 class Census:
     """What each group really ran as, read from the backend (profiler, engine inspector, builder
-    report). `executed` maps group -> precision value ("fp32", "int8", "int8-dynamic", ...), or
-    "unknown" when no kernel could be attributed. `kernels` counts kernels by type."""
+    report). `executed` maps group -> precision value ("fp32", "int8", "int8-dynamic", ...),
+    "unknown" when the ONNX Runtime census could attribute no kernel (a census fault: counted as
+    a mismatch), or `UNVERIFIED` when the backend's sources do not say what ran (e.g. a
+    TensorRT inspector's "N/A"): not a mismatch; the search refuses or accepts such plans as
+    the user chooses (--require-census). `kernels` counts kernels by type."""
 
     executed: Mapping[str, str]
     kernels: Mapping[str, int] = field(default_factory=dict)
     source: str = ""  # how it was read, e.g. "onnxruntime profiler"
 
     def mismatches(self, plan: Plan) -> list[tuple[str, str, str]]:
-        """(group, planned, executed) for every group whose executed precision differs."""
+        """(group, planned, executed) for every group whose executed precision is known and
+        differs from the plan's (unverified groups are not mismatches: see `unverified`)."""
         out = []
         for group, planned in plan.items:
             got = self.executed.get(group, "unknown")
-            if got != planned.value:
+            if got != planned.value and got != UNVERIFIED:
                 out.append((group, planned.value, got))
         return out
+
+    def unverified(self, plan: Plan) -> list[str]:
+        """The plan's groups whose precision the backend could not establish."""
+        return [g for g in plan.groups if self.executed.get(g) == UNVERIFIED]
 
     def to_json_dict(self) -> dict:
         return {"executed": dict(self.executed), "kernels": dict(self.kernels),
@@ -84,6 +96,7 @@ class Status(enum.Enum):
     BUILD_FAILED = "build-failed"
     RUN_FAILED = "run-failed"
     PRECISION_MISMATCH = "precision-mismatch"
+    UNVERIFIED = "unverified"  # the census could not establish what some groups ran
     NAN_OUTPUT = "nan-output"
 
 

@@ -19,6 +19,7 @@ from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect
+from trt_mpq.results import UNVERIFIED
 from trt_mpq.search import Status
 from trt_mpq.store import Store
 from trt_mpq.task import Split, Task, accuracy
@@ -77,6 +78,11 @@ class FakeBackend(Backend):
             ran = {g: "fp32" for g in artifact.census.executed}
             artifact = Artifact(artifact.path, self.name, artifact.build_s,
                                 Census(executed=ran, source="fake"), artifact.files)
+        if failure == "unverified":  # e.g. a TensorRT inspector that says "N/A" for one group
+            ran = dict(artifact.census.executed)
+            ran[sorted(ran)[0]] = UNVERIFIED
+            artifact = Artifact(artifact.path, self.name, artifact.build_s,
+                                Census(executed=ran, source="fake inspector"), artifact.files)
         self._failure_of[artifact.path] = failure
         return artifact
 
@@ -140,6 +146,7 @@ def run(workspace, ranges, tmp_path, monkeypatch):
     ("build", Status.BUILD_FAILED, "the fake builder refused the graph"),
     ("build-run", Status.RUN_FAILED, "built, but the sample run failed"),
     ("mismatch", Status.PRECISION_MISMATCH, "ran another precision"),
+    ("unverified", Status.UNVERIFIED, "1 group(s) could not be verified (fake inspector)"),
     ("run", Status.RUN_FAILED, "the fake runtime crashed"),
     ("nan", Status.NAN_OUTPUT, "non-finite"),
     ("timing", Status.RUN_FAILED, "the fake timer failed"),
@@ -163,6 +170,17 @@ def test_each_failure_has_its_status(run, failure, status, reason):
 def test_bugs_propagate(run, failure, error):
     with pytest.raises(error, match="a bug"):
         run(failure)
+
+
+def test_unverified_groups_are_measured_when_the_census_is_not_required(run):
+    backend_requires = FakeBackend.require_census
+    try:
+        FakeBackend.require_census = False
+        ev = run("unverified")
+    finally:
+        FakeBackend.require_census = backend_requires
+    assert ev.status is Status.OK and ev.latency_ratio > 0
+    assert len(ev.census.unverified(ev.plan)) == 1 and ev.census.mismatches(ev.plan) == []
 
 
 def test_a_plan_for_another_model_is_the_callers_error(workspace, ranges, tmp_path):

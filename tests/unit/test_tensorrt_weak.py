@@ -13,15 +13,17 @@ from trt_mpq.qdq import Dialect, check_plan, materialize
 
 class Tensor:
     def __init__(self, name, dtype="f32"):
-        self.name, self.dtype, self.range = name, dtype, None
+        self.name, self.dtype, self.dynamic_range = name, dtype, None
 
-    def set_dynamic_range(self, lo, hi):
-        self.range = (lo, hi)
+    @property
+    def range(self):
+        return self.dynamic_range
 
 
 class Layer:
-    def __init__(self, name, inputs, outputs):
+    def __init__(self, name, inputs, outputs, type="op", weights=None):
         self.name, self._in, self._out = name, inputs, outputs
+        self.type, self.weights = type, weights
         self.precision, self.out_types = None, {}
         self.num_inputs, self.num_outputs = len(inputs), len(outputs)
 
@@ -55,7 +57,8 @@ class Config:
 FAKE_TRT = types.SimpleNamespace(
     float32="f32", float16="f16", int8="i8", int32="i32",
     BuilderFlag=types.SimpleNamespace(FP16="FP16", INT8="INT8",
-                                      OBEY_PRECISION_CONSTRAINTS="OBEY"))
+                                      OBEY_PRECISION_CONSTRAINTS="OBEY"),
+    LayerType=types.SimpleNamespace(CONSTANT="constant", SHUFFLE="shuffle"))
 
 
 def test_layer_owner():
@@ -91,6 +94,36 @@ def test_weak_typing_sets_precisions_and_ranges(prepared_cnn, cnn_ranges):
     assert shape.precision is None  # integer/shape layers keep their types
     assert fc.precision == "i8" and f.range is not None
     assert chosen["conv0"] == "int8" and "shape_of" not in chosen
+
+
+def test_int8_matmul_weights_get_the_range_of_their_constant(prepared_transformer,
+                                                            transformer_ranges):
+    """TensorRT 10 has no fully connected layer: a MatMul reads its weights as a tensor from a
+    constant layer (here through a transposing shuffle). Implicit INT8 needs that tensor's range
+    too; without it OBEY_PRECISION_CONSTRAINTS fails the build or INT8 is not used."""
+    import numpy as np
+
+    _, model, groups = prepared_transformer
+    names = [g.name for g in groups]
+    plan = Plan.of({n: (Precision.INT8 if n == "ffn_in" else Precision.FP16) for n in names})
+    annotated = materialize(model, groups, plan, transformer_ranges, Dialect.TENSORRT_WEAK)
+    op = next(g for g in groups if g.name == "ffn_in").ops[0]
+    w = np.random.default_rng(0).normal(0, 1, (32, 128)).astype(np.float32)
+    const_out, shuffled = Tensor("w_const"), Tensor("w_t")
+    const = Layer("w", [], [const_out], type="constant", weights=w)
+    shuffle = Layer("w_shuffle", [const_out], [shuffled], type="shuffle")
+    x = Tensor(op.input)
+    matmul = Layer(op.name, [x, shuffled], [Tensor("y")])
+    apply_weak_typing(FAKE_TRT, Network([const, shuffle, matmul]), Config(), annotated, groups)
+    assert matmul.precision == "i8"
+    a = float(np.abs(w).max())
+    assert shuffled.range == pytest.approx((-a, a))
+    assert x.range == pytest.approx((-transformer_ranges.amax(op.input),
+                                     transformer_ranges.amax(op.input)))
+    # an int8 layer reading a tensor with no calibrated range and no constant behind it
+    stray = Layer(op.name, [Tensor("made_up")], [Tensor("z")])
+    with pytest.raises(BuildError, match="no calibrated range and is not a constant"):
+        apply_weak_typing(FAKE_TRT, Network([stray]), Config(), annotated, groups)
 
 
 def test_weak_typing_refuses_graphs_without_annotations(prepared_cnn):

@@ -60,6 +60,8 @@ class Runner(abc.ABC):
 class Backend(abc.ABC):
     name: str
     dialect: Dialect
+    #: refuse plans whose census leaves some groups unverified (else measure them and say so)
+    require_census: bool = True
 
     @abc.abstractmethod
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],

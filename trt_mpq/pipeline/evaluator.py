@@ -4,8 +4,10 @@ with the baseline), recorded in the store.
 A candidate's failure is recorded with its reason and the search goes on; which status it gets
 follows from the error's type alone: `MaterializeError` / `BuildError` -> build-failed,
 `MeasurementError` -> run-failed, `NonFiniteOutputError` -> nan-output, a census that disagrees
-with the plan -> precision-mismatch. `PlanError` (the plan is wrong for this model) and any
-exception that is not a trt-mpq error propagate: they are the caller's mistake or a bug."""
+with the plan -> precision-mismatch, one that cannot say what some groups ran -> unverified
+(when the backend requires a census; otherwise the plan is measured and its census says so).
+`PlanError` (the plan is wrong for this model) and any exception that is not a trt-mpq error
+propagate: they are the caller's mistake or a bug."""
 
 from __future__ import annotations
 
@@ -156,7 +158,16 @@ class Evaluator:
                 detail = "; ".join(f"{g}: planned {p}, ran {x}" for g, p, x in bad[:3])
                 more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
                 return Evaluation(**common, status=Status.PRECISION_MISMATCH,
-                                  reason=f"{len(bad)} group(s) ran another precision: {detail}{more}",
+                                  reason=f"{len(bad)} group(s) ran another precision: "
+                                         f"{detail}{more}",
+                                  wall_s=time.perf_counter() - t0)
+            unverified = artifact.census.unverified(plan)
+            if unverified and self.backend.require_census:
+                self._cleanup(out_dir)
+                return Evaluation(**common, status=Status.UNVERIFIED,
+                                  reason=f"{len(unverified)} group(s) could not be verified "
+                                         f"({artifact.census.source}), e.g. {unverified[0]!r}; "
+                                         "--no-require-census accepts such plans",
                                   wall_s=time.perf_counter() - t0)
         try:
             with self.backend.open(artifact) as runner:

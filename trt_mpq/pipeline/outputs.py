@@ -106,6 +106,8 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
             "artifact": best.artifact,
             "extra_checks": best.extra,
             "census_kernels": dict(ev.census.kernels) if ev.census else {},
+            "census_source": ev.census.source if ev.census else "",
+            "unverified_groups": ev.census.unverified(ev.plan) if ev.census else [],
         }
     return result
 

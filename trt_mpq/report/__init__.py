@@ -167,8 +167,15 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
                   f"what to quote. Artifact: `{best.get('artifact', 'model.onnx')}` (plan in `plan.json`)."]
         if best.get("census_kernels"):
             k = best["census_kernels"]
-            lines += ["", "Kernels that ran (profiler census): "
-                      + ", ".join(f"{n} x{c}" for n, c in sorted(k.items(), key=lambda kv: -kv[1])[:12])]
+            lines += ["", "Kernels that ran (census): "
+                      + ", ".join(f"{n} x{c}" for n, c in sorted(k.items(),
+                                                                 key=lambda kv: -kv[1])[:12])]
+        if best.get("unverified_groups"):
+            u = best["unverified_groups"]
+            lines += ["", f"**{len(u)} group(s) unverified**: the backend could not say what "
+                      f"precision they ran ({best.get('census_source', '')}); the plan was "
+                      "accepted because the search ran with --no-require-census: "
+                      + ", ".join(f"`{g}`" for g in u[:10]) + (" ..." if len(u) > 10 else "")]
     else:
         lines += [f"| metric, search split | {_f(b['metric'])} | n/a |",
                   f"| metric, holdout split | {_f(b['holdout_metric'])} | n/a |"]

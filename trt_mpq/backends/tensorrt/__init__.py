@@ -33,6 +33,7 @@ from trt_mpq.backends.tensorrt.layers import (
     LayerInfo,
     census_from_layers,
     layers_to_json,
+    merge_censuses,
     parse_inspector_json,
     parse_layer_report,
 )
@@ -40,13 +41,16 @@ from trt_mpq.errors import BuildError, ConfigError
 from trt_mpq.model.groups import Group
 from trt_mpq.options import flag
 from trt_mpq.qdq import Dialect
+from trt_mpq.results import Census
 
 log = logging.getLogger(__name__)
 
 MODULES = {"tensorrt": "tensorrt", "tensorrt-rtx": "tensorrt_rtx"}
 INSTALL_HINT = {
-    "tensorrt": "run inside NVIDIA's TensorRT container (see docker/Dockerfile) or install "
-                "TensorRT 10/11 from NVIDIA's index",
+    "tensorrt": "run inside NVIDIA's TensorRT container (docker/Dockerfile), or install TensorRT "
+                "with its libraries from NVIDIA's index: pip install tensorrt-cu13 "
+                "--extra-index-url https://pypi.nvidia.com (PyPI has the Python bindings, "
+                "tensorrt-cu13-bindings, but not the libraries they load)",
     "tensorrt-rtx": "pip install 'trt-mpq[tensorrt-rtx]' (TensorRT-RTX, builds engines even "
                     "without a GPU)",
 }
@@ -92,6 +96,9 @@ class TrtConfig:
     timing_cache: bool = True  # one timing cache per GPU, reused by every plan of a search
     cuda_graph: bool = field(default=False, metadata=flag(
         "--cuda-graph", "time CUDA-graph replays instead of enqueues"))
+    require_census: bool = field(default=True, metadata=flag(
+        "--require-census", "refuse plans whose engine does not say what every group runs "
+        "(--no-require-census: measure them, and the report says which groups are unverified)"))
 
     def __post_init__(self) -> None:
         if not 0 <= self.optimization_level <= 5:
@@ -144,6 +151,7 @@ class TensorRTBackend(Backend):
         self.version = str(self.trt.__version__)
         self.config = config or TrtConfig()
         self.rtx = flavor == "tensorrt-rtx"
+        self.require_census = self.config.require_census
         if self.config.typing == "weak":
             if self.rtx or major_version(self.trt) >= 11:
                 raise ConfigError(f"{flavor} {self.version} builds strongly typed networks only; "
@@ -249,8 +257,7 @@ class TensorRTBackend(Backend):
             cache_path.write_bytes(bytes(cfg.get_timing_cache().serialize()))
         engine_path = out_dir / "model.engine"
         engine_path.write_bytes(bytes(serialized))
-        layers, source = self._layers(serialized, logger)
-        census = census_from_layers(layers, groups, source)
+        layers, census = self._census(serialized, logger, groups, sample_feed)
         layers_path = out_dir / "layers.json"
         layers_path.write_text(json.dumps(layers_to_json(layers), indent=1))
         sidecar = out_dir / "model.engine.json"
@@ -271,11 +278,11 @@ class TensorRTBackend(Backend):
         profile = builder.create_optimization_profile()
         dynamic = False
         for i in range(network.num_inputs):
-            t = network.get_input(i)
-            dims = list(t.shape)
-            if t.name not in feed:
-                raise BuildError(f"the engine input {t.name!r} has no sample data")
-            shape = list(feed[t.name].shape)
+            tensor = network.get_input(i)
+            dims = list(tensor.shape)
+            if tensor.name not in feed:
+                raise BuildError(f"the engine input {tensor.name!r} has no sample data")
+            shape = list(feed[tensor.name].shape)
             if all(d >= 0 for d in dims):
                 continue
             dynamic = True
@@ -284,26 +291,48 @@ class TensorRTBackend(Backend):
             hi = list(opt)
             if dims[0] < 0:
                 hi[0] = max(opt[0], max_batch or opt[0])
-            profile.set_shape(t.name, lo, opt, hi)
+            profile.set_shape(tensor.name, lo, opt, hi)
         if dynamic:
             cfg.add_optimization_profile(profile)
 
-    def _layers(self, serialized, logger) -> tuple[list[LayerInfo], str]:
-        """Per-layer precisions: the engine inspector when a GPU can load the engine, else the
-        builder's detailed report."""
+    def _census(self, serialized, logger, groups: list[Group],
+                feed: Mapping[str, np.ndarray]) -> tuple[list[LayerInfo], Census]:
+        """What every group runs: from the engine inspector when this machine can load the
+        engine (with an execution context whose input shapes are set, so that a dynamic-shape
+        engine reports data types instead of "N/A"), and from the builder's detailed layer
+        report for every group the inspector leaves unverified (or for all, without a GPU)."""
+        report_layers = parse_layer_report(logger.text())
+        report = census_from_layers(report_layers, groups, f"{self.name} builder layer report")
+        inspected = None
         if self.gpu is not None:
             try:
-                runtime = self.trt.Runtime(logger)
-                engine = runtime.deserialize_cuda_engine(serialized)
-                if engine is not None:
-                    inspector = engine.create_engine_inspector()
-                    text = inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
-                    layers = parse_inspector_json(text)
-                    if layers and any(layer.type for layer in layers):
-                        return layers, f"{self.name} engine inspector"
-            except Exception as e:  # fall back to the report; the runner will say more
-                log.debug("engine inspector unavailable: %s", e)
-        return parse_layer_report(logger.text()), f"{self.name} builder layer report"
+                inspected = self._inspect(serialized, feed)
+            except RuntimeError as e:  # how TensorRT's bindings raise; the report still answers
+                log.warning("%s: the engine inspector failed (%s); the census comes from the "
+                            "builder's layer report", self.name, str(e).splitlines()[0][:300])
+        if not inspected:
+            return report_layers, report
+        census = census_from_layers(inspected, groups, f"{self.name} engine inspector")
+        return inspected, merge_censuses(census, report)
+
+    def _inspect(self, serialized, feed: Mapping[str, np.ndarray]) -> list[LayerInfo] | None:
+        """The engine inspector's layers, read with the input shapes of `feed` set; None if the
+        engine does not load here (the layer report is used instead)."""
+        logger = _Logger(self.trt)
+        engine = self.trt.Runtime(logger).deserialize_cuda_engine(serialized)
+        if engine is None:
+            log.info("%s: the engine does not load on this GPU (%s); the census comes from the "
+                     "builder's layer report", self.name, (logger.errors() or ["no message"])[-1])
+            return None
+        context = engine.create_execution_context()
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            if engine.get_tensor_mode(name) == self.trt.TensorIOMode.INPUT and name in feed:
+                context.set_input_shape(name, tuple(feed[name].shape))
+        inspector = engine.create_engine_inspector()
+        inspector.execution_context = context
+        text = inspector.get_engine_information(self.trt.LayerInformationFormat.JSON)
+        return parse_inspector_json(text)
 
     # -- run ------------------------------------------------------------------------------------
     def open(self, artifact: Artifact) -> Runner:

@@ -2,13 +2,14 @@
 
 One execution context, device buffers allocated once for the largest shape seen, inputs copied
 before timing. `time_once` records CUDA events on the stream immediately around
-`execute_async_v3` (or around the launch of a CUDA graph captured from it), so host copies,
-Python overhead and synchronization are outside the measured interval. Clocks and power settings
-are never changed.
+`execute_async_v3` (or around the launch of a CUDA graph captured from it, `GraphLauncher`), so
+host copies, Python overhead and synchronization are outside the measured interval. The timed
+context has NVTX annotations off. Clocks and power settings are never changed.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -16,6 +17,8 @@ import numpy as np
 from trt_mpq.backends.base import Runner
 from trt_mpq.backends.tensorrt.gpu import check, cudart
 from trt_mpq.errors import BuildError, MeasurementError
+
+log = logging.getLogger(__name__)
 
 
 class EventTimer:
@@ -42,6 +45,70 @@ class EventTimer:
             self._rt.cudaEventDestroy(ev)
 
 
+class GraphLauncher:
+    """Launches `enqueue` on `stream`, or a CUDA graph captured from it, as trtexec does: one
+    plain run first (TensorRT may allocate on its first enqueue), then capture in thread-local
+    mode (other threads' CUDA calls are not disturbed). If the enqueue fails or raises during
+    capture, the capture is still ended, the error it left is cleared, and every later launch
+    is a plain enqueue (`fallback_reason` says why). `enqueue()` returns False on failure."""
+
+    def __init__(self, rt, stream, enqueue, use_graph: bool = True) -> None:
+        self._rt = rt
+        self.stream = stream
+        self._enqueue = enqueue
+        self.use_graph = use_graph
+        self.fallback_reason = ""
+        self._graph = None
+        self._exec = None
+
+    def _plain(self) -> None:
+        if not self._enqueue():
+            raise MeasurementError("execute_async_v3 failed")
+
+    def launch(self) -> None:
+        if self.use_graph and self._exec is None:
+            self._capture()
+        if self._exec is not None:
+            check(self._rt.cudaGraphLaunch(self._exec, self.stream))
+        else:
+            self._plain()
+
+    def _capture(self) -> None:
+        rt = self._rt
+        self._plain()
+        check(rt.cudaStreamSynchronize(self.stream))
+        mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
+        check(rt.cudaStreamBeginCapture(self.stream, mode))
+        reason = ""
+        try:
+            if not self._enqueue():
+                reason = "execute_async_v3 failed during capture"
+        except Exception as e:  # noqa: BLE001 - TensorRT refusing to be captured: fall back
+            reason = f"enqueue raised during capture: {type(e).__name__}: {e}"
+        err, graph = rt.cudaStreamEndCapture(self.stream)
+        if not reason and getattr(err, "value", err) != 0:
+            reason = f"cudaStreamEndCapture failed ({err})"
+        if not reason:
+            err, graph_exec = rt.cudaGraphInstantiate(graph, 0)
+            if getattr(err, "value", err) == 0:
+                self._graph, self._exec = graph, graph_exec
+                return
+            reason = f"cudaGraphInstantiate failed ({err})"
+        if graph is not None:
+            rt.cudaGraphDestroy(graph)
+        rt.cudaGetLastError()  # clear the sticky error a failed capture leaves
+        self.use_graph = False
+        self.fallback_reason = reason
+        log.warning("CUDA graph capture failed (%s); timing plain enqueues instead", reason)
+
+    def reset(self) -> None:
+        """Forget the graph (buffers or shapes changed); the next launch captures again."""
+        if self._exec is not None:
+            self._rt.cudaGraphExecDestroy(self._exec)
+            self._rt.cudaGraphDestroy(self._graph)
+        self._graph = self._exec = None
+
+
 class TrtRunner(Runner):
     def __init__(self, trt, engine_bytes: bytes, cuda_graph: bool = False) -> None:
         self.trt = trt
@@ -58,6 +125,9 @@ class TrtRunner(Runner):
         self.context = self.engine.create_execution_context()
         if self.context is None:
             raise BuildError("could not create an execution context for the engine")
+        # engines are built with DETAILED profiling verbosity (for the layer census); NVIDIA
+        # documents that it raises enqueueV3 latency, so the timed context runs without NVTX
+        self.context.nvtx_verbosity = trt.ProfilingVerbosity.NONE
         names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
         is_input = {n: self.engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT for n in names}
         self.input_names = tuple(n for n in names if is_input[n])
@@ -67,9 +137,9 @@ class TrtRunner(Runner):
         self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
         self._bound: tuple | None = None  # (shapes, id of the host arrays) last copied
         self._timer = EventTimer(self.stream)
-        self._use_graph = cuda_graph
-        self._graph = None
-        self._graph_exec = None
+        self.graphs = GraphLauncher(rt, self.stream,
+                                    lambda: self.context.execute_async_v3(int(self.stream)),
+                                    use_graph=cuda_graph)
 
     # -- buffers --------------------------------------------------------------------------------
     def _buffer(self, name: str, nbytes: int) -> int:
@@ -79,7 +149,7 @@ class TrtRunner(Runner):
                 check(self._rt.cudaFree(ptr))
             ptr = check(self._rt.cudaMalloc(max(nbytes, 1)))
             self._buffers[name] = (ptr, nbytes)
-            self._drop_graph()
+            self.graphs.reset()
         return ptr
 
     def _bind(self, feed: Mapping[str, np.ndarray],
@@ -109,7 +179,7 @@ class TrtRunner(Runner):
             shapes[n] = shape
         check(rt.cudaStreamSynchronize(self.stream))
         if self._bound is not None and self._bound != key:
-            self._drop_graph()
+            self.graphs.reset()
         self._bound = key
         return shapes
 
@@ -117,30 +187,6 @@ class TrtRunner(Runner):
     def _enqueue(self) -> None:
         if not self.context.execute_async_v3(int(self.stream)):
             raise MeasurementError("execute_async_v3 failed")
-
-    def _launch(self) -> None:
-        if self._use_graph:
-            if self._graph_exec is None:
-                self._capture()
-            check(self._rt.cudaGraphLaunch(self._graph_exec, self.stream))
-        else:
-            self._enqueue()
-
-    def _capture(self) -> None:
-        rt = self._rt
-        self._enqueue()  # one plain run first: TensorRT may allocate on the first enqueue
-        check(rt.cudaStreamSynchronize(self.stream))
-        check(rt.cudaStreamBeginCapture(self.stream,
-                                        rt.cudaStreamCaptureMode.cudaStreamCaptureModeGlobal))
-        self._enqueue()
-        self._graph = check(rt.cudaStreamEndCapture(self.stream))
-        self._graph_exec = check(rt.cudaGraphInstantiate(self._graph, 0))
-
-    def _drop_graph(self) -> None:
-        if self._graph_exec is not None:
-            self._rt.cudaGraphExecDestroy(self._graph_exec)
-            self._rt.cudaGraphDestroy(self._graph)
-        self._graph = self._graph_exec = None
 
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rt = self._rt
@@ -157,12 +203,12 @@ class TrtRunner(Runner):
 
     def time_once(self, feed: Mapping[str, np.ndarray]) -> float:
         self._bind(feed)
-        return self._timer.time(self._launch)
+        return self._timer.time(self.graphs.launch)
 
     def close(self) -> None:
         if getattr(self, "_rt", None) is None:
             return
-        self._drop_graph()
+        self.graphs.reset()
         self._timer.close()
         for ptr, _ in self._buffers.values():
             self._rt.cudaFree(ptr)
