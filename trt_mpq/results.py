@@ -126,6 +126,7 @@ class Evaluation:
         return {
             "plan_digest": self.plan.digest,
             "plan": self.plan.to_json_dict()["groups"],
+            "options": dict(self.plan.options),
             "precision_counts": self.plan.counts(),
             "status": self.status.value,
             "reason": self.reason,
@@ -146,7 +147,7 @@ class Evaluation:
     @classmethod
     def from_json_dict(cls, d: Mapping) -> Evaluation:
         return cls(
-            plan=Plan.from_json_dict({"groups": d["plan"]}),
+            plan=Plan.from_json_dict({"groups": d["plan"], "options": d.get("options") or {}}),
             status=Status(d["status"]),
             reason=d.get("reason", ""),
             label=d.get("label", ""),

@@ -65,7 +65,7 @@ class FakeBackend(Backend):
         self._failure_of: dict[Path, str | None] = {}
         self.current: str | None = None
 
-    def build(self, model, out_dir, groups, sample_feed, max_batch=None) -> Artifact:
+    def build(self, model, out_dir, groups, sample_feed, max_batch=None, options=None) -> Artifact:
         failure = self.current
         if failure == "build":
             raise BuildError("the fake builder refused the graph")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ import numpy as np
 import onnx
 
 from trt_mpq.model.groups import Group
+from trt_mpq.errors import PlanError
 from trt_mpq.plan import Plan
 from trt_mpq.qdq import Dialect
 from trt_mpq.results import Census
@@ -30,6 +31,7 @@ class Artifact:
     build_s: float
     census: Census | None = None
     files: tuple[Path, ...] = ()  # other files written beside it (optimized graph, sidecar)
+    options: Mapping[str, str] = field(default_factory=dict)  # runtime options built with
 
 
 class Runner(abc.ABC):
@@ -65,11 +67,24 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
-              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None) -> Artifact:
+              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None,
+              options: Mapping[str, str] | None = None) -> Artifact:
         """Build `model` (already materialized for `dialect`) into `out_dir`; fill the census.
         `sample_feed` is a representative input (its shapes are the ones timed); `max_batch` the
-        largest batch the artifact must accept (accuracy runs in batches). Raises `BuildError`
-        if the runtime refuses the graph, `MeasurementError` if it builds but cannot run."""
+        largest batch the artifact must accept (accuracy runs in batches); `options` the plan's
+        runtime options (`runtime_options`), recorded in the artifact and applied by `open`.
+        Raises `BuildError` if the runtime refuses the graph, `MeasurementError` if it builds
+        but cannot run."""
+
+    def runtime_options(self, model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+        """Runtime options worth measuring for this materialized graph: option -> values, the
+        default ("") first. Chosen by measurement (the search's options phase); none by default."""
+        return {}
+
+    def check_options(self, options: Mapping[str, str]) -> None:
+        """Raise `PlanError` for runtime options this backend does not know."""
+        if options:
+            raise PlanError(f"{self.name} takes no runtime options, got {sorted(options)}")
 
     def check_plan(self, plan: Plan, groups: list[Group]) -> None:
         """Raise `PlanError` if the target cannot run the plan (beyond the dialect's own rules,
@@ -77,6 +92,7 @@ class Backend(abc.ABC):
         from trt_mpq.qdq import check_plan
 
         check_plan(plan, groups, self.dialect)
+        self.check_options(dict(plan.options))
 
     def check_can_run(self) -> None:  # noqa: B027 - optional hook
         """Raise `ConfigError` if this machine cannot run (measure) artifacts of this backend."""

@@ -22,13 +22,29 @@ import numpy as np
 import onnx
 
 from trt_mpq.backends.base import Artifact, Backend, BackendSpec, Census, Runner
-from trt_mpq.errors import BuildError, ConfigError, MeasurementError
+from trt_mpq.errors import BuildError, ConfigError, MeasurementError, PlanError
 from trt_mpq.model.groups import Group
 from trt_mpq.options import flag
 from trt_mpq.plan.precision import ONNXRUNTIME, census_words, executed_word
 from trt_mpq.qdq import Dialect
 
 log = logging.getLogger(__name__)
+
+#: the runtime option (a plan's `options`) naming graph transformers to disable, comma-separated
+DISABLED_OPTION = "disabled_optimizers"
+#: fused kernels ONNX Runtime's graph transformers create -> the transformers that create them
+#: (names as onnxruntime 1.32 registers them; `runtime_options` checks each one works)
+FUSIONS = {
+    "SkipLayerNormalization": ("SkipLayerNormFusion",),
+    "Gelu": ("GeluFusion", "GeluFusionL2"),
+    "FastGelu": ("FastGeluFusion",),
+    "BiasGelu": ("BiasGeluFusion",),
+    "QuickGelu": ("QuickGeluFusion",),
+    "FusedMatMul": ("MatMulScaleFusion",),
+    "Attention": ("AttentionFusion",),
+    "EmbedLayerNormalization": ("EmbedLayerNormFusion",),
+    "BiasSoftmax": ("BiasSoftmaxFusion",),
+}
 
 #: Graph transformers disabled for graphs that contain Q/DQ (DESIGN.md §3):
 #: WeightBiasQuantization silently quantizes float Conv/MatMul between DQ and Q (a mixed plan
@@ -108,13 +124,63 @@ class OrtBackend(Backend):
             so.optimized_model_filepath = str(optimized_path)
         return so
 
-    def _session(self, model_path: Path, qdq: bool, **kw):
+    def disabled_optimizers(self, qdq: bool, options: Mapping[str, str] | None = None
+                            ) -> list[str]:
+        """The graph transformers a session is created without: those that break Q/DQ graphs,
+        and those the plan's runtime options turn off."""
+        disabled = list(QDQ_DISABLED_OPTIMIZERS) if qdq else []
+        extra = (options or {}).get(DISABLED_OPTION, "")
+        return disabled + [n for n in extra.split(",") if n and n not in disabled]
+
+    def _session(self, model_path: Path, qdq: bool, options: Mapping[str, str] | None = None,
+                 **kw):
         import onnxruntime as ort
 
-        disabled = list(QDQ_DISABLED_OPTIMIZERS) if qdq else []
         return ort.InferenceSession(str(model_path), self.session_options(**kw),
                                     providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=disabled)
+                                    disabled_optimizers=self.disabled_optimizers(qdq, options))
+
+    # -- runtime options ------------------------------------------------------------------------
+    def check_options(self, options: Mapping[str, str]) -> None:
+        unknown = sorted(set(options) - {DISABLED_OPTION})
+        if unknown:
+            raise PlanError(f"ort-cpu has no runtime option {unknown[0]!r}; it has "
+                            f"{DISABLED_OPTION!r} (comma-separated graph transformers to disable)")
+
+    def runtime_options(self, model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+        """Fusions ONNX Runtime applies to this graph that a session can be created without:
+        for every fused kernel the optimized graph holds (`FUSIONS`), the transformers that make
+        it, kept only if disabling them really removes the kernel (checked with a second
+        session: transformer names differ between versions, and a wrong one is ignored
+        silently). On some CPUs a fused kernel is slower than the ops it replaces (MiniLM's
+        SkipLayerNormalization: 1132 vs 554 us per run here), so the search measures both."""
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(model, str(path))
+            qdq = has_qdq(model)
+
+            def fused_ops(options: Mapping[str, str] | None) -> Counter:
+                optimized = Path(tmp) / "optimized.onnx"
+                self._session(path, qdq, options, optimized_path=optimized)
+                return Counter(n.op_type for n in onnx.load(str(optimized),
+                                                            load_external_data=False).graph.node)
+
+            try:
+                present = fused_ops(None)
+            except Exception as e:  # noqa: BLE001 - the build will report it for this plan
+                log.debug("runtime options: no session for this graph (%s)", _first_line(e))
+                return {}
+            original = Counter(n.op_type for n in model.graph.node)
+            values = [""]
+            for op, transformers in FUSIONS.items():
+                if present[op] <= original[op]:
+                    continue
+                value = ",".join(transformers)
+                if fused_ops({DISABLED_OPTION: value})[op] < present[op]:
+                    values.append(value)
+        return {DISABLED_OPTION: tuple(values)} if len(values) > 1 else {}
 
     def describe(self) -> dict:
         import onnxruntime as ort
@@ -132,7 +198,10 @@ class OrtBackend(Backend):
 
     # -- build ----------------------------------------------------------------------------------
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
-              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None) -> Artifact:
+              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None,
+              options: Mapping[str, str] | None = None) -> Artifact:
+        options = dict(options or {})
+        self.check_options(options)
         out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "model.onnx"
         optimized = out_dir / "model.optimized.onnx"
@@ -140,7 +209,7 @@ class OrtBackend(Backend):
         qdq = has_qdq(model)
         t0 = time.perf_counter()
         try:
-            sess = self._session(path, qdq, profile_prefix=str(out_dir / "profile"),
+            sess = self._session(path, qdq, options, profile_prefix=str(out_dir / "profile"),
                                  optimized_path=optimized)
         except Exception as e:
             raise BuildError(f"ONNX Runtime could not create a session: {_first_line(e)}") from None
@@ -156,8 +225,33 @@ class OrtBackend(Backend):
             profile_path.unlink(missing_ok=True)
         census = read_census(onnx.load(str(optimized), load_external_data=False), events, groups,
                              materialized=model)
+        sidecar = out_dir / "model.onnx.json"
+        sidecar.write_text(json.dumps(self.session_recipe(qdq, options), indent=2))
         return Artifact(path=path, backend=self.name, build_s=build_s, census=census,
-                        files=(optimized,))
+                        files=(optimized, sidecar), options=options)
+
+    def session_recipe(self, qdq: bool, options: Mapping[str, str]) -> dict:
+        """How to create the session that was measured, by hand (written beside model.onnx)."""
+        import onnxruntime as ort
+
+        disabled = self.disabled_optimizers(qdq, options)
+        level = {"basic": "ORT_ENABLE_BASIC", "extended": "ORT_ENABLE_EXTENDED",
+                 "all": "ORT_ENABLE_ALL"}[self.config.optimization_level]
+        return {
+            "format": "trt-mpq-ort-session/1", "backend": self.name,
+            "onnxruntime": ort.__version__, "runtime_options": dict(options),
+            "disabled_optimizers": disabled,
+            "intra_op_num_threads": self.config.resolved_threads,
+            "inter_op_num_threads": self.config.inter_op_threads,
+            "graph_optimization_level": level,
+            "python": (
+                "import onnxruntime as ort\n"
+                "so = ort.SessionOptions()\n"
+                f"so.intra_op_num_threads = {self.config.resolved_threads}\n"
+                f"so.graph_optimization_level = ort.GraphOptimizationLevel.{level}\n"
+                "sess = ort.InferenceSession('model.onnx', so, "
+                f"providers=['CPUExecutionProvider'], disabled_optimizers={disabled!r})"),
+        }
 
     def profile_groups(self, model: onnx.ModelProto, groups: list[Group],
                        feed: Mapping[str, np.ndarray], runs: int = 30,
@@ -187,7 +281,7 @@ class OrtBackend(Backend):
     def open(self, artifact: Artifact) -> OrtRunner:
         qdq = has_qdq(onnx.load(str(artifact.path), load_external_data=False))
         try:
-            sess = self._session(artifact.path, qdq)
+            sess = self._session(artifact.path, qdq, artifact.options)
         except Exception as e:
             raise BuildError(f"ONNX Runtime could not load {artifact.path}: {_first_line(e)}") from None
         return OrtRunner(sess)

@@ -175,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="auto",
                    help="what groups are lowered to: auto (int8-dynamic for MatMul and int8 "
                         "otherwise on ort-cpu), int8, int8-dynamic, int4w, ...")
+    p.add_argument("--runtime-options", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure the fastest in-budget plans with the backend's runtime "
+                        "options (ONNX Runtime fusions to disable; TensorRT builder level, "
+                        "CUDA graphs) and keep the faster (default: on)")
+    p.add_argument("--option-candidates", type=int, default=2,
+                   help="how many of the fastest in-budget plans get runtime-option variants")
     p.add_argument("--order", default="sensitivity",
                    help="sensitivity (least sensitive first, the papers) or latency-aware "
                         "(least sensitivity per unit of measured latency gain first)")
@@ -356,10 +362,11 @@ def cmd_build(args) -> int:
         raise ConfigError(f"output folder {out} is not empty; choose another --out")
     graph = materialize(ws.model, ws.groups, plan, ranges, backend.dialect)
     artifact = backend.build(graph, out, ws.groups, ws.task.latency_feed(),
-                             max_batch=ws.task.eval_batch)
+                             max_batch=ws.task.eval_batch, options=dict(plan.options))
     write_text(out / "plan.json", plan.to_json() + "\n")
     bad = artifact.census.mismatches(plan) if artifact.census else []
-    update_sidecar(artifact.path, {"plan": plan.to_json_dict()["groups"], "model": ws.task.name,
+    update_sidecar(artifact.path, {"plan": plan.to_json_dict()["groups"],
+                                   "runtime_options": dict(plan.options), "model": ws.task.name,
                                    "census_matches_plan": not bad})
     print(json.dumps({"artifact": str(artifact.path), "build_s": round(artifact.build_s, 3),
                       "precision_counts": plan.counts(),
@@ -439,7 +446,8 @@ def cmd_search(args) -> int:
                           strategy_config=_strategy_config(args), sensitivity=args.sensitivity,
                           precision=precision, sensitivity_samples=args.sensitivity_samples,
                           order=args.order, sensitivity_config=_sensitivity_config(args),
-                          torch_model=args.torch)
+                          torch_model=args.torch, runtime_options=args.runtime_options,
+                          option_candidates=args.option_candidates)
     get_metric(config.sensitivity)
     calib = _calib_config(args)
     measure = _measure(args)
@@ -461,7 +469,9 @@ def cmd_search(args) -> int:
         return EXIT_INTERRUPTED
     best = result["best"]
     if best:
-        print(f"budget met: {best['precision_counts']} -> latency x{best['latency_ratio']:.3f} "
+        options = "".join(f", {k}={v}" for k, v in sorted(best["runtime_options"].items()))
+        print(f"budget met: {best['precision_counts']}{options} -> latency "
+              f"x{best['latency_ratio']:.3f} "
               f"of baseline ({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "
               f"holdout drop {100 * best['holdout_rel_drop']:+.2f}% "
               f"({result['evaluations']} plans, {result['wall_s']:.0f} s)\n"

@@ -140,7 +140,8 @@ class Evaluator:
         out_dir = self.workdir / "evals" / plan.digest
         try:
             artifact = self.backend.build(graph, out_dir, self.ws.groups, self._feed,
-                                          max_batch=self.ws.task.eval_batch)
+                                          max_batch=self.ws.task.eval_batch,
+                                          options=dict(plan.options))
         except BuildError as e:
             self._cleanup(out_dir)
             return Evaluation(**base, status=Status.BUILD_FAILED, reason=str(e),

@@ -103,6 +103,7 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
             "latency_ratio": best.latency_ratio,
             "search_latency_ratio": ev.latency_ratio,
             "precision_counts": ev.plan.counts(),
+            "runtime_options": dict(ev.plan.options),
             "artifact": best.artifact,
             "extra_checks": best.extra,
             "census_kernels": dict(ev.census.kernels) if ev.census else {},

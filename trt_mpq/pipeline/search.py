@@ -30,6 +30,7 @@ from trt_mpq.qdq import BASELINE, default_low_precision, materialize
 from trt_mpq.search import (
     Budget,
     Evaluation,
+    OptionSweep,
     SearchInputs,
     drive,
     drop_of,
@@ -56,6 +57,8 @@ class SearchConfig:
     order: str = "sensitivity"  # sensitivity (the papers) | latency-aware (per unit of gain)
     sensitivity_config: SensitivityConfig | None = None  # None: defaults with the samples above
     torch_model: str | None = None  # --torch package.module:make_model
+    runtime_options: bool = True  # also measure the best plans with the backend's options
+    option_candidates: int = 2  # how many of the fastest in-budget plans get option variants
 
     def __post_init__(self) -> None:
         spec = strategy_spec(self.strategy)
@@ -72,6 +75,8 @@ class SearchConfig:
             raise ConfigError("confirm_candidates must be >= 1")
         if self.final_repeats_factor < 1:
             raise ConfigError("final_repeats_factor must be >= 1")
+        if self.option_candidates < 0:
+            raise ConfigError("option candidates must be >= 0")
 
     @property
     def strategy_spec(self):
@@ -94,7 +99,9 @@ class SearchConfig:
                 "precision": self.precision.value if self.precision else "auto",
                 "sensitivity_samples": self.sensitivity_samples,
                 "confirm_candidates": self.confirm_candidates,
-                "final_repeats_factor": self.final_repeats_factor}
+                "final_repeats_factor": self.final_repeats_factor,
+                "runtime_options": self.runtime_options,
+                "option_candidates": self.option_candidates}
 
 
 @dataclass
@@ -213,9 +220,15 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             evaluations = [baseline_ev] + [
                 e for e in drive(strategies, evaluator.evaluate, on_eval)
                 if e.plan != baseline_ev.plan]
+            phases["search_s"] = time.perf_counter() - t
+            if config.runtime_options and config.option_candidates:
+                t = time.perf_counter()
+                space = _option_space(ws, backend, evaluator.ranges)
+                sweep = OptionSweep(evaluations, space, accept, config.option_candidates)
+                evaluations += drive([sweep], evaluator.evaluate, on_eval)
+                phases["runtime_options_s"] = time.perf_counter() - t
         finally:
             bar.close()
-        phases["search_s"] = time.perf_counter() - t
 
         t = time.perf_counter()
         holdout_base, base_holdout_outputs = _holdout_baseline(ws, evaluator)
@@ -245,6 +258,14 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         phases=phases, gains=gains)
 
 
+def _option_space(ws: Workspace, backend: Backend, ranges: Ranges):
+    """plan -> the runtime options the backend proposes for its materialized graph."""
+    def space(plan: Plan):
+        graph = materialize(ws.model, ws.groups, plan, ranges, backend.dialect)
+        return backend.runtime_options(graph)
+    return space
+
+
 def _holdout_baseline(ws: Workspace, evaluator: Evaluator):
     task = ws.task
     outputs = compute_outputs(evaluator.baseline.runner, task.holdout, task.eval_batch,
@@ -262,7 +283,7 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
     cand_dir = out_dir / ".candidate"
     shutil.rmtree(cand_dir, ignore_errors=True)
     artifact = backend.build(graph, cand_dir, ws.groups, task.latency_feed(),
-                             max_batch=task.eval_batch)
+                             max_batch=task.eval_batch, options=dict(ev.plan.options))
     with backend.open(artifact) as runner:
         outputs = compute_outputs(runner, task.holdout, task.eval_batch,
                                   desc="confirm (holdout)", progress=ws.progress)
@@ -284,7 +305,8 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
                         in_budget=in_budget, extra=extra)
     if in_budget:
         conf.artifact = install_artifact(artifact, out_dir, {
-            "plan": ev.plan.to_json_dict()["groups"], "model": task.name,
+            "plan": ev.plan.to_json_dict()["groups"], "runtime_options": dict(ev.plan.options),
+            "model": task.name,
             "latency": lat.to_json_dict(), "baseline_latency": base_lat.to_json_dict(),
             "latency_ratio": conf.latency_ratio, "holdout_metric": metric,
             "holdout_drop": drop})

@@ -18,10 +18,12 @@ from trt_mpq.plan.precision import SPECS, Precision, PrecisionSpec
 
 @dataclass(frozen=True)
 class Plan:
-    """A complete assignment group -> precision. Build one with `Plan.of`, `Plan.uniform` or
-    `Plan.from_json`; never from list positions."""
+    """A complete assignment group -> precision, plus the backend's runtime options for the
+    artifact (e.g. ONNX Runtime graph transformers to disable; none by default). Build one with
+    `Plan.of`, `Plan.uniform` or `Plan.from_json`; never from list positions."""
 
     items: tuple[tuple[str, Precision], ...]
+    options: tuple[tuple[str, str], ...] = ()
 
     def __post_init__(self) -> None:
         names = [n for n, _ in self.items]
@@ -29,11 +31,21 @@ class Plan:
             raise PlanError("a plan names the same group twice")
         if list(names) != sorted(names):
             object.__setattr__(self, "items", tuple(sorted(self.items, key=lambda kv: kv[0])))
+        object.__setattr__(self, "options", tuple(sorted(
+            (str(k), str(v)) for k, v in dict(self.options).items() if str(v) != "")))
 
     # -- construction -------------------------------------------------------------------------
     @classmethod
-    def of(cls, mapping: Mapping[str, Precision]) -> Plan:
-        return cls(tuple(sorted(mapping.items(), key=lambda kv: kv[0])))
+    def of(cls, mapping: Mapping[str, Precision],
+           options: Mapping[str, str] | None = None) -> Plan:
+        return cls(tuple(sorted(mapping.items(), key=lambda kv: kv[0])),
+                   tuple((options or {}).items()))
+
+    def with_options(self, options: Mapping[str, str]) -> Plan:
+        """The same precisions with these runtime options (an empty value removes one)."""
+        merged = dict(self.options)
+        merged.update(options)
+        return Plan(self.items, tuple(merged.items()))
 
     @classmethod
     def uniform(cls, groups: Iterable[str], precision: Precision) -> Plan:
@@ -45,7 +57,7 @@ class Plan:
             raise PlanError(f"unknown group(s) {sorted(unknown)[:5]}")
         merged = dict(self.items)
         merged.update(changes)
-        return Plan.of(merged)
+        return Plan.of(merged, dict(self.options))
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -72,16 +84,23 @@ class Plan:
 
     @property
     def digest(self) -> str:
-        """Stable 16-hex-digit identity of the mapping."""
-        canon = json.dumps([[n, p.value] for n, p in self.items], separators=(",", ":"))
-        return hashlib.sha256(canon.encode()).hexdigest()[:16]
+        """Stable 16-hex-digit identity of the mapping and the options (a plan without options
+        has the digest it had before options existed)."""
+        canon = [[n, p.value] for n, p in self.items]
+        if self.options:
+            canon.append(["#options", [list(kv) for kv in self.options]])
+        return hashlib.sha256(json.dumps(canon, separators=(",", ":")).encode()).hexdigest()[:16]
 
     def describe(self) -> str:
-        return ", ".join(f"{k}:{v}" for k, v in sorted(self.counts().items()))
+        text = ", ".join(f"{k}:{v}" for k, v in sorted(self.counts().items()))
+        return text + "".join(f"; {k}={v}" for k, v in self.options)
 
     # -- JSON ----------------------------------------------------------------------------------
     def to_json_dict(self) -> dict:
-        return {"format": "trt-mpq-plan/1", "groups": {n: p.value for n, p in self.items}}
+        out: dict = {"format": "trt-mpq-plan/1", "groups": {n: p.value for n, p in self.items}}
+        if self.options:
+            out["options"] = dict(self.options)
+        return out
 
     def to_json(self) -> str:
         return json.dumps(self.to_json_dict(), indent=2)
@@ -124,7 +143,11 @@ class Plan:
                     mapping[g] = d
         if not mapping:
             raise PlanError("the plan assigns no group")
-        return cls.of(mapping)
+        options = data.get("options") or {}
+        if not isinstance(options, dict) or not all(isinstance(v, str) for v in options.values()):
+            raise PlanError('"options" must be an object of strings, e.g. '
+                            '{"disabled_optimizers": "SkipLayerNormFusion"}')
+        return cls.of(mapping, options)
 
     @classmethod
     def from_json(cls, text: str, groups: Iterable[str] | None = None) -> Plan:

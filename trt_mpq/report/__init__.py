@@ -102,6 +102,8 @@ def pareto_rows(evaluations: Sequence[Mapping]) -> list[dict]:
         counts = e.get("precision_counts", {})
         for p in PRECISION_COLUMNS:
             row[f"n_{p}"] = counts.get(p, 0)
+        row["runtime_options"] = ";".join(f"{k}={v}" for k, v in
+                                          sorted((e.get("options") or {}).items()))
         row["reason"] = e.get("reason", "")
         rows.append(row)
     return rows
@@ -159,6 +161,9 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             f"| latency ratio | 1.000 | **{best['latency_ratio']:.3f}** |",
             f"| precisions | all {b['precision']} | "
             + ", ".join(f"{k}: {v}" for k, v in sorted(best["precision_counts"].items())) + " |",
+            "| runtime options | defaults | "
+            + (", ".join(f"{k}={v}" for k, v in sorted(best.get("runtime_options", {}).items()))
+               or "defaults") + " |",
         ]
         for name, value in best.get("extra_checks", {}).items():
             lines.append(f"| {name} | 1.000 | {value:.4f} |")

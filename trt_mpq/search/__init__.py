@@ -11,6 +11,7 @@ from trt_mpq.search.base import (
 from trt_mpq.search.evaluation import Budget, Evaluation, Status, drop_of
 from trt_mpq.search.greedy import Greedy, GreedyConfig
 from trt_mpq.search.ilp import IlpConfig, IlpSearch
+from trt_mpq.search.options import OptionSweep
 from trt_mpq.search.pareto import area_under_frontier, frontier, ranked_in_budget
 from trt_mpq.search.registry import STRATEGIES, strategy_spec
 from trt_mpq.search.strategies import (
@@ -24,5 +25,5 @@ from trt_mpq.search.strategies import (
 __all__ = ["Budget", "Evaluation", "Status", "drop_of", "frontier", "ranked_in_budget",
            "area_under_frontier", "Bisection", "BisectionConfig", "FrontierConfig",
            "PrefixSweep", "Around", "PrefixPlans", "SearchInputs", "Strategy", "StrategySpec",
-           "drive", "Greedy", "GreedyConfig", "IlpSearch", "IlpConfig", "STRATEGIES",
+           "drive", "OptionSweep", "Greedy", "GreedyConfig", "IlpSearch", "IlpConfig", "STRATEGIES",
            "strategy_spec"]

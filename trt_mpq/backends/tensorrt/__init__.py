@@ -54,6 +54,9 @@ INSTALL_HINT = {
     "tensorrt-rtx": "pip install 'trt-mpq[tensorrt-rtx]' (TensorRT-RTX, builds engines even "
                     "without a GPU)",
 }
+#: runtime options a plan may carry (`Plan.options`) and their values ("" = the config's)
+RUNTIME_OPTIONS = {"builder_optimization_level": ("", "0", "1", "2", "3", "4", "5"),
+                   "cuda_graph": ("", "0", "1")}
 RTX_TARGETS = ("sm75", "sm80", "sm86", "sm89", "sm120", "sm121")
 
 
@@ -211,8 +214,36 @@ class TensorRTBackend(Backend):
         return Path(self.cache_dir) / "trt-timing" / f"{self.gpu['sm']}-{digest}.cache"
 
     # -- build ----------------------------------------------------------------------------------
+    # -- runtime options ------------------------------------------------------------------------
+    def check_options(self, options: Mapping[str, str]) -> None:
+        from trt_mpq.errors import PlanError
+
+        for key, value in options.items():
+            if key not in RUNTIME_OPTIONS:
+                raise PlanError(f"{self.name} has no runtime option {key!r}; it has "
+                                f"{', '.join(sorted(RUNTIME_OPTIONS))}")
+            if value not in RUNTIME_OPTIONS[key]:
+                raise PlanError(f"{self.name}: {key} must be one of "
+                                f"{', '.join(RUNTIME_OPTIONS[key])}, got {value!r}")
+
+    def runtime_options(self, model: onnx.ModelProto) -> dict[str, tuple[str, ...]]:
+        """The builder's highest optimization level (longer builds, sometimes faster tactics)
+        and CUDA-graph replay, where the configuration does not already use them."""
+        out: dict[str, tuple[str, ...]] = {}
+        if self.config.optimization_level < 5:
+            out["builder_optimization_level"] = ("", "5")
+        if not self.config.cuda_graph:
+            out["cuda_graph"] = ("", "1")
+        return out
+
+    def _level(self, options: Mapping[str, str]) -> int:
+        return int(options.get("builder_optimization_level") or self.config.optimization_level)
+
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
-              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None) -> Artifact:
+              sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None,
+              options: Mapping[str, str] | None = None) -> Artifact:
+        options = dict(options or {})
+        self.check_options(options)
         trt = self.trt
         out_dir.mkdir(parents=True, exist_ok=True)
         logger = _Logger(trt)
@@ -226,7 +257,7 @@ class TensorRTBackend(Backend):
             errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
             raise BuildError(f"the TensorRT ONNX parser refused the graph: {'; '.join(errors[:3])}")
         cfg = builder.create_builder_config()
-        cfg.builder_optimization_level = self.config.optimization_level
+        cfg.builder_optimization_level = self._level(options)
         cfg.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
         if self.config.workspace_mb:
             cfg.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
@@ -265,12 +296,13 @@ class TensorRTBackend(Backend):
             "format": "trt-mpq-engine/1", "backend": self.name, "tensorrt_version": self.version,
             "built_for": self.targets(),
             "gpu_at_build": self.gpu, "settings": self.config.to_json_dict(),
+            "runtime_options": options,
             "build_s": build_s, "census": census.to_json_dict(),
             "inputs": {k: list(v.shape) for k, v in sample_feed.items()},
             "max_batch": max_batch,
         }, indent=2))
         return Artifact(path=engine_path, backend=self.name, build_s=build_s, census=census,
-                        files=(sidecar, layers_path))
+                        files=(sidecar, layers_path), options=options)
 
     def _add_profile(self, builder, network, cfg, feed: Mapping[str, np.ndarray],
                      max_batch: int | None) -> None:
@@ -339,8 +371,9 @@ class TensorRTBackend(Backend):
         self.require_gpu()
         from trt_mpq.backends.tensorrt.runner import TrtRunner
 
+        chosen = artifact.options.get("cuda_graph")
         return TrtRunner(self.trt, Path(artifact.path).read_bytes(),
-                         cuda_graph=self.config.cuda_graph)
+                         cuda_graph=chosen == "1" if chosen else self.config.cuda_graph)
 
 
 SPEC = BackendSpec(
