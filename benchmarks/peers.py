@@ -253,6 +253,9 @@ def main() -> int:
     ap.add_argument("--no-write", action="store_true", help="print the table only")
     ap.add_argument("--reuse", action="store_true",
                     help="take a model's rows from an earlier run (WORK/MODEL/rows.json)")
+    ap.add_argument("--reuse-peers", action="store_true",
+                    help="rerun trt-mpq only: the peers' answers and wall times come from the "
+                         "earlier run (WORK/MODEL/rows.json); every answer is timed again")
     args = ap.parse_args()
     threads = len(os.sched_getaffinity(0))
     results = {}
@@ -262,9 +265,17 @@ def main() -> int:
             results[model] = json.loads((work / "rows.json").read_text())
             continue
         ws = export_task(model, work, args.max_drop, args.cache)
+        earlier = {}
+        if args.reuse_peers and (work / "rows.json").exists():
+            earlier = {r["method"]: r for r in json.loads((work / "rows.json").read_text())}
         rows = [run_trt_mpq(model, work, f"{100 * args.max_drop:g}%")]
         print(f"[{model}] trt-mpq: {json.dumps(rows[-1], default=str)[:400]}", flush=True)
         for peer in args.peers:
+            if peer in earlier:
+                keep = ("method", "wall_s", "settings", "evaluations", "command", "error",
+                        "model_path")
+                rows.append({k: v for k, v in earlier[peer].items() if k in keep})
+                continue
             rows.append(run_peer(peer, work))
             print(f"[{model}] {peer}: {json.dumps(rows[-1], default=str)[:400]}", flush=True)
         evaluate(ws, rows, args.repeats, threads)

@@ -97,6 +97,7 @@ class Status(enum.Enum):
     RUN_FAILED = "run-failed"
     PRECISION_MISMATCH = "precision-mismatch"
     UNVERIFIED = "unverified"  # the census could not establish what some groups ran
+    SLOWER = "slower"  # timed slower than the best in-budget plan: accuracy not measured
     NAN_OUTPUT = "nan-output"
 
 

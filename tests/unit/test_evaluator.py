@@ -131,11 +131,11 @@ def run(workspace, ranges, tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluator_module, "materialize", materialize)
 
-    def evaluate(failure: str | None, store: Store | None = None):
+    def evaluate(failure: str | None, store: Store | None = None, gate: float | None = None):
         backend.current = None
         with Evaluator(workspace, backend, ranges, MEASURE, store, tmp_path / "work") as ev:
             backend.current = failure
-            return ev.evaluate(plan, f"int8 ({failure})")
+            return ev.evaluate(plan, f"int8 ({failure})", gate=gate)
 
     return evaluate
 
@@ -181,6 +181,15 @@ def test_unverified_groups_are_measured_when_the_census_is_not_required(run):
         FakeBackend.require_census = backend_requires
     assert ev.status is Status.OK and ev.latency_ratio > 0
     assert len(ev.census.unverified(ev.plan)) == 1 and ev.census.mismatches(ev.plan) == []
+
+
+def test_a_plan_timed_slower_than_the_gate_skips_its_accuracy_pass(run):
+    slow = run(None, gate=1e-6)  # nothing is faster than that
+    assert slow.status is Status.SLOWER and slow.metric is None
+    assert slow.latency_ratio > 1e-6 and slow.latency is not None
+    assert "accuracy was not measured" in slow.reason
+    fast = run(None, gate=1e6)
+    assert fast.status is Status.OK and fast.metric is not None
 
 
 def test_a_plan_for_another_model_is_the_callers_error(workspace, ranges, tmp_path):

@@ -51,7 +51,8 @@ def test_option_sweep_varies_the_fastest_in_budget_plans():
            ev(Plan.uniform(["a", "b"], P.INT8), 0.6, drop=0.5, label="k=2"),  # out of budget
            ev(base.with_({"b": P.INT8}), 0.9, label="k=1b")]
     accept = lambda e: e.drop <= 0.1  # noqa: E731
-    sweep = OptionSweep(evs, lambda plan: {"x": ("", "1", "2")}, accept, candidates=1)
+    sweep = OptionSweep(evs, lambda plan: {"x": ("", "1", "2")}, accept, candidates=1,
+                        exclude=base)
     asked = sweep.ask()
     assert [label for _, label in asked] == ["k=1 + x=1", "k=1 + x=2"]
     assert all(p.options for p, _ in asked)

@@ -132,3 +132,21 @@ def test_budget_accepts():
     b = Budget.parse("1%")
     assert b.allowed_drop(0.8) == pytest.approx(0.008)
     assert b.accepts(0.008, 0.8) and not b.accepts(0.0081, 0.8) and not b.accepts(None, 0.8)
+
+
+def test_drive_sends_latency_first_strategies_to_the_latency_first_evaluator():
+    """Sweeps and refinements only matter if faster than the best plan so far: drive hands
+    their proposals to the evaluator that may skip the accuracy pass; bisection steers by
+    accuracy and always gets the full evaluation."""
+    evaluate, calls = fake_eval()
+    gated = []
+
+    def latency_first(plan, label):
+        gated.append(label)
+        return evaluate(plan, label)
+
+    pp = prefixes()
+    bis = Bisection(pp, lambda e: e.ok and e.drop <= 0.004)
+    drive([bis, PrefixSweep(pp, 3)], evaluate, evaluate_latency_first=latency_first)
+    assert gated and all(label.startswith("sweep") for label in gated)
+    assert not Bisection.latency_first and PrefixSweep.latency_first and Around.latency_first

@@ -179,6 +179,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also measure the fastest in-budget plans with the backend's runtime "
                         "options (ONNX Runtime fusions to disable; TensorRT builder level, "
                         "CUDA graphs) and keep the faster (default: on)")
+    p.add_argument("--full-frontier", action="store_true",
+                   help="measure the accuracy of every plan of the sweep, refinement and "
+                        "options phases, even those timed slower than the fastest in-budget "
+                        "plan (which cannot be the answer: by default their accuracy pass is "
+                        "skipped and they are marked slower)")
     p.add_argument("--option-candidates", type=int, default=2,
                    help="how many of the fastest in-budget plans get runtime-option variants")
     p.add_argument("--order", default="sensitivity",
@@ -447,7 +452,8 @@ def cmd_search(args) -> int:
                           precision=precision, sensitivity_samples=args.sensitivity_samples,
                           order=args.order, sensitivity_config=_sensitivity_config(args),
                           torch_model=args.torch, runtime_options=args.runtime_options,
-                          option_candidates=args.option_candidates)
+                          option_candidates=args.option_candidates,
+                          full_frontier=args.full_frontier)
     get_metric(config.sensitivity)
     calib = _calib_config(args)
     measure = _measure(args)

@@ -111,19 +111,21 @@ class Evaluator:
         return self.baseline
 
     # -- evaluation -----------------------------------------------------------------------------
-    def evaluate(self, plan: Plan, label: str = "") -> Evaluation:
+    def evaluate(self, plan: Plan, label: str = "", gate: float | None = None) -> Evaluation:
+        """Measure `plan` (or take it from the store). With `gate`, a latency ratio: a plan
+        timed slower than that is not run on the search split; its status says `slower`."""
         if self.store is not None:
             found = self.store.get(plan.digest)
             if found is not None:
                 self.cached += 1
                 return replace(found, cached=True)
-        ev = self._measure(plan, label)
+        ev = self._measure(plan, label, gate)
         self.fresh += 1
         if self.store is not None:
             self.store.put(ev)
         return ev
 
-    def _measure(self, plan: Plan, label: str) -> Evaluation:
+    def _measure(self, plan: Plan, label: str, gate: float | None = None) -> Evaluation:
         assert self.baseline is not None, "use the Evaluator as a context manager"
         task = self.ws.task
         t0 = time.perf_counter()
@@ -172,6 +174,17 @@ class Evaluator:
                                   wall_s=time.perf_counter() - t0)
         try:
             with self.backend.open(artifact) as runner:
+                cand, base_lat = measure_interleaved([runner, self.baseline.runner], self._feed,
+                                                     self.measure)
+                ratio = cand.median_ms / base_lat.median_ms
+                if gate is not None and ratio > gate:
+                    return Evaluation(**common, status=Status.SLOWER, latency=cand,
+                                      baseline_latency=base_lat, latency_ratio=ratio,
+                                      reason=f"x{ratio:.3f} is slower than x{gate:.3f}, the "
+                                             "fastest in-budget plan so far with a noise "
+                                             "margin: it cannot be the answer, so its accuracy "
+                                             "was not measured (--full-frontier measures it)",
+                                      wall_s=time.perf_counter() - t0)
                 try:
                     outputs = compute_outputs(runner, task.search, task.eval_batch,
                                               desc=label or "evaluate", progress=self.ws.progress)
@@ -179,8 +192,6 @@ class Evaluator:
                     return Evaluation(**common, status=Status.NAN_OUTPUT, reason=str(e),
                                       wall_s=time.perf_counter() - t0)
                 metric = task.metric(outputs, task.search.labels)
-                cand, base_lat = measure_interleaved([runner, self.baseline.runner], self._feed,
-                                                     self.measure)
         except (BuildError, MeasurementError) as e:
             return Evaluation(**common, status=Status.RUN_FAILED, reason=str(e),
                               wall_s=time.perf_counter() - t0)
@@ -189,8 +200,7 @@ class Evaluator:
                 self._cleanup(out_dir)
         drop, rel = drop_of(metric, self.baseline.metric, task.metric.higher_is_better)
         return Evaluation(**common, status=Status.OK, metric=metric, drop=drop, rel_drop=rel,
-                          latency=cand, baseline_latency=base_lat,
-                          latency_ratio=cand.median_ms / base_lat.median_ms,
+                          latency=cand, baseline_latency=base_lat, latency_ratio=ratio,
                           wall_s=time.perf_counter() - t0)
 
     @staticmethod

@@ -32,6 +32,7 @@ from trt_mpq.search import (
     Evaluation,
     OptionSweep,
     SearchInputs,
+    Status,
     drive,
     drop_of,
     frontier,
@@ -59,6 +60,8 @@ class SearchConfig:
     torch_model: str | None = None  # --torch package.module:make_model
     runtime_options: bool = True  # also measure the best plans with the backend's options
     option_candidates: int = 2  # how many of the fastest in-budget plans get option variants
+    full_frontier: bool = False  # measure accuracy of every plan, even those that cannot win
+    gate_margin: float = 0.03  # a plan "cannot win" if slower than the best by more than this
 
     def __post_init__(self) -> None:
         spec = strategy_spec(self.strategy)
@@ -77,6 +80,8 @@ class SearchConfig:
             raise ConfigError("final_repeats_factor must be >= 1")
         if self.option_candidates < 0:
             raise ConfigError("option candidates must be >= 0")
+        if not 0 <= self.gate_margin < 1:
+            raise ConfigError("the gate margin must be in [0, 1)")
 
     @property
     def strategy_spec(self):
@@ -101,7 +106,8 @@ class SearchConfig:
                 "confirm_candidates": self.confirm_candidates,
                 "final_repeats_factor": self.final_repeats_factor,
                 "runtime_options": self.runtime_options,
-                "option_candidates": self.option_candidates}
+                "option_candidates": self.option_candidates,
+                "full_frontier": self.full_frontier, "gate_margin": self.gate_margin}
 
 
 @dataclass
@@ -170,6 +176,9 @@ def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> N
         log.info("%-22s metric %.4f  drop %+.2f%%  latency x%.3f  (%s)%s", ev.label, ev.metric,
                  100 * (ev.rel_drop or 0.0), ev.latency_ratio, verdict,
                  "  [cached]" if ev.cached else "")
+    elif ev.status is Status.SLOWER:
+        log.info("%-22s latency x%.3f  (slower than the best in budget: accuracy not "
+                 "measured)%s", ev.label, ev.latency_ratio, "  [cached]" if ev.cached else "")
     else:
         log.info("%-22s %s: %s%s", ev.label, ev.status.value, ev.reason,
                  "  [cached]" if ev.cached else "")
@@ -210,22 +219,34 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         bar = tqdm(desc="search", unit="plan", leave=False,
                    disable=None if ws.progress is None else not ws.progress)
 
+        best_ratio: list[float] = []  # the fastest in-budget quantized plan so far
+
         def on_eval(ev: Evaluation) -> None:
             _log_evaluation(ev, budget, baseline_metric)
             bar.update(1)
+            if accept(ev) and ev.plan != evaluator.baseline_plan and ev.latency_ratio < 1.0:
+                best_ratio[:] = [min([ev.latency_ratio, *best_ratio])]
 
+        def latency_first(plan: Plan, label: str) -> Evaluation:
+            """Skip the accuracy pass of a plan timed slower than the fastest in-budget one
+            (beyond the noise margin): whatever its accuracy, it cannot be the answer."""
+            gate = best_ratio[0] * (1 + config.gate_margin) if best_ratio else None
+            return evaluator.evaluate(plan, label, gate=gate)
+
+        gated = None if config.full_frontier else latency_first
         try:
             baseline_ev = evaluator.evaluate(evaluator.baseline_plan, "baseline")
             on_eval(baseline_ev)
             evaluations = [baseline_ev] + [
-                e for e in drive(strategies, evaluator.evaluate, on_eval)
+                e for e in drive(strategies, evaluator.evaluate, on_eval, gated)
                 if e.plan != baseline_ev.plan]
             phases["search_s"] = time.perf_counter() - t
             if config.runtime_options and config.option_candidates:
                 t = time.perf_counter()
                 space = _option_space(ws, backend, evaluator.ranges)
-                sweep = OptionSweep(evaluations, space, accept, config.option_candidates)
-                evaluations += drive([sweep], evaluator.evaluate, on_eval)
+                sweep = OptionSweep(evaluations, space, accept, config.option_candidates,
+                                    exclude=evaluator.baseline_plan)
+                evaluations += drive([sweep], evaluator.evaluate, on_eval, gated)
                 phases["runtime_options_s"] = time.perf_counter() - t
         finally:
             bar.close()

@@ -204,7 +204,14 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             f"| {i} | {e.get('label', '')} | {e['status']} | {_f(e.get('metric'))} | "
             f"{_pct(e.get('rel_drop'))} | {_f(e.get('latency_ratio'), 3)} | "
             f"{'yes' if e.get('on_frontier') else ''} | {'yes' if e.get('in_budget') else ''} |")
-    failed = [e for e in evaluations if e["status"] != "ok"]
+    slower = [e for e in evaluations if e["status"] == "slower"]
+    if slower:
+        lines += ["", f"{len(slower)} plan(s) were timed slower than the fastest in-budget plan "
+                  "of their moment and so could not be the answer; their accuracy was not "
+                  "measured (`--full-frontier` measures it): "
+                  + ", ".join(f"{e.get('label', '')} (x{e['latency_ratio']:.3f})"
+                              for e in slower[:12])]
+    failed = [e for e in evaluations if e["status"] not in ("ok", "slower")]
     if failed:
         lines += ["", "Failed candidates:", ""]
         lines += [f"- {e.get('label', '')}: {e['status']}: {e.get('reason', '')}" for e in failed]

@@ -24,6 +24,9 @@ Accept = Callable[[Evaluation], bool]  # status ok and within the accuracy budge
 
 class Strategy(abc.ABC):
     name: str = ""
+    #: its proposals only matter if faster than the best in-budget plan so far (a sweep, a
+    #: refinement); False where the strategy steers by their accuracy (bisection, greedy, ilp)
+    latency_first: bool = False
 
     def __init__(self) -> None:
         self.evaluations = 0
@@ -96,8 +99,12 @@ class StrategySpec:
 
 
 def drive(strategies: Sequence[Strategy], evaluate: Evaluate,
-          on_evaluation: Callable[[Evaluation], None] | None = None) -> list[Evaluation]:
-    """Run strategies one after another; each plan is evaluated once even if proposed twice."""
+          on_evaluation: Callable[[Evaluation], None] | None = None,
+          evaluate_latency_first: Evaluate | None = None) -> list[Evaluation]:
+    """Run strategies one after another; each plan is evaluated once even if proposed twice.
+    Proposals of a strategy whose `latency_first` is set go to `evaluate_latency_first` when it
+    is given (an evaluation that may skip the accuracy pass of a plan measured slower than the
+    fastest in-budget plan so far: it cannot be the answer)."""
     seen: dict[str, Evaluation] = {}
     out: list[Evaluation] = []
     for strategy in strategies:
@@ -105,10 +112,12 @@ def drive(strategies: Sequence[Strategy], evaluate: Evaluate,
             proposals = strategy.ask()
             if not proposals:
                 break
+            fn = (evaluate_latency_first if strategy.latency_first and evaluate_latency_first
+                  else evaluate)
             for plan, label in proposals:
                 ev = seen.get(plan.digest)
                 if ev is None:
-                    ev = evaluate(plan, label)
+                    ev = fn(plan, label)
                     seen[plan.digest] = ev
                     out.append(ev)
                     if on_evaluation:

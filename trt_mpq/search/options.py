@@ -19,19 +19,21 @@ Space = Callable[[Plan], Mapping[str, Sequence[str]]]
 
 
 class OptionSweep(Strategy):
-    """One batch: for each of the `candidates` fastest in-budget plans among `evaluated` that
-    are faster than the baseline and carry no options yet, the plan with each non-default value
-    of each option `space(plan)` proposes."""
+    """One batch: for each of the `candidates` fastest in-budget plans among `evaluated` (other
+    than `exclude`, the baseline) that carry no options yet, the plan with each non-default
+    value of each option `space(plan)` proposes. A plan measured no faster than the baseline
+    is a candidate too: an option may be what makes it faster."""
 
     name = "options"
+    latency_first = True
 
     def __init__(self, evaluated: Sequence[Evaluation], space: Space, accept: Accept,
-                 candidates: int = 2) -> None:
+                 candidates: int = 2, exclude: Plan | None = None) -> None:
         super().__init__()
         if candidates < 0:
             raise ValueError("candidates must be >= 0")
         ranked = sorted((e for e in evaluated if accept(e) and not e.plan.options
-                         and e.latency_ratio is not None and e.latency_ratio < 1.0),
+                         and e.plan != exclude and e.latency_ratio is not None),
                         key=lambda e: e.latency_ratio)
         self.bases = ranked[:candidates]
         self._space = space

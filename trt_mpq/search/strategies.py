@@ -84,6 +84,7 @@ class PrefixSweep(Strategy):
     (precision switches cost layout conversions), so a smaller in-budget k can be faster."""
 
     name = "frontier"
+    latency_first = True
 
     def __init__(self, prefixes: PrefixPlans, points: int, skip: Sequence[int] = ()) -> None:
         super().__init__()
@@ -110,6 +111,7 @@ class Around(Strategy):
     skips the ones already evaluated."""
 
     name = "refine"
+    latency_first = True
 
     def __init__(self, prefixes: PrefixPlans, center: Callable[[], int], width: int = 2) -> None:
         super().__init__()
