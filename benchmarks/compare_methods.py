@@ -40,7 +40,6 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 BUDGETS = ("1%", "0.1%", "0.01%")
 METHODS = ("uniform", "graph-order", "aimet", "hawq", "autoquantize", "random", "deps", "ours")
-BEGIN, END = "<!-- compare_methods:begin -->", "<!-- compare_methods:end -->"
 
 
 def _workspace(name: str, cache: Path):
@@ -416,15 +415,9 @@ def _with_saved(results: list[dict], runs: Path, models, latency_models) -> list
 
 
 def write_results(text: str) -> Path:
-    path = HERE / "RESULTS.md"
-    old = path.read_text() if path.exists() else "# Benchmark results\n"
-    section = f"{BEGIN}\n{text}\n{END}"
-    if BEGIN in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n## Method comparison\n\n" + section + "\n"
-    path.write_text(new)
-    return path
+    from results_md import write_section
+
+    return write_section("compare_methods", "Method comparison", text)
 
 
 def main() -> int:

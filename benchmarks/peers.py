@@ -32,7 +32,6 @@ HERE = Path(__file__).parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 PEER_ENVS = HERE / ".peers"
-BEGIN, END = "<!-- peers:begin -->", "<!-- peers:end -->"
 MODELS = ["minilm-sentiment", "resnet-digits", "efficientnet-lite0"]
 
 #: environment -> pinned requirements. onnx-neural-compressor 1.0 (2024-07) drives ONNX Runtime
@@ -231,15 +230,9 @@ def table(results: dict, max_drop: float) -> str:
 
 
 def write_results(text: str) -> Path:
-    path = HERE / "RESULTS.md"
-    section = f"{BEGIN}\n{text}\n{END}"
-    old = path.read_text()
-    if BEGIN in old:
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        new = old.rstrip() + "\n\n## Peers (ONNX Runtime CPU)\n\n" + section + "\n"
-    path.write_text(new)
-    return path
+    from results_md import write_section
+
+    return write_section("peers", "Peers (ONNX Runtime CPU)", text)
 
 
 def main() -> int:

@@ -23,7 +23,6 @@ from pathlib import Path
 HERE = Path(__file__).parent
 MODELS = ["resnet-digits", "mobilenetv2-digits", "minilm-sentiment", "efficientnet-lite0",
           "resnet50", "mobilenet_v2", "bert-base"]
-BEGIN, END = "<!-- search_cpu:begin -->", "<!-- search_cpu:end -->"
 
 
 def run(model: str, max_drop: str, root: Path, extra: list[str], reuse: bool) -> dict:
@@ -106,16 +105,9 @@ def table(rows: list[dict], max_drop: str) -> str:
 
 
 def write_results(text: str) -> Path:
-    path = HERE / "RESULTS.md"
-    section = f"{BEGIN}\n{text}\n{END}"
-    if path.exists() and BEGIN in path.read_text():
-        old = path.read_text()
-        new = old[: old.index(BEGIN)] + section + old[old.index(END) + len(END):]
-    else:
-        prefix = path.read_text() if path.exists() else "# Benchmark results\n"
-        new = prefix.rstrip() + "\n\n## CPU search (ONNX Runtime)\n\n" + section + "\n"
-    path.write_text(new)
-    return path
+    from results_md import write_section
+
+    return write_section("search_cpu", "CPU search (ONNX Runtime)", text)
 
 
 def main() -> int:
