@@ -91,19 +91,22 @@ def flags_given(args: argparse.Namespace, config_classes: Iterable[type]) -> set
             if getattr(args, _dest(meta["name"]), None) is not None}
 
 
+def flag_names(config_cls: type) -> set[str]:
+    return {meta["name"] for _, meta in flag_fields(config_cls)}
+
+
 def build(config_cls: type, args: argparse.Namespace, owner: str,
-          others: Mapping[str, type] = {}, **fixed: Any) -> Any:  # noqa: B006 - read only
-    """`config_cls` from the flags given (defaults for the rest) and `fixed` values. A flag that
-    belongs only to other owners' config classes (`others`: owner -> class) is refused with a
-    message naming who it is for."""
-    mine = flags_given(args, [config_cls]) | {m["name"] for _, m in flag_fields(config_cls)}
-    for other, cls in others.items():
+          others: Mapping[str, type] = {}) -> Any:  # noqa: B006 - read only
+    """`config_cls` from the flags given (defaults for the rest). A flag that belongs only to
+    other owners' config classes (`others`: owner -> class) is refused with a message naming
+    who it is for."""
+    mine = flag_names(config_cls)
+    for cls in others.values():
         for name in sorted(flags_given(args, [cls]) - mine):
-            users = sorted(o for o, c in others.items()
-                           if name in {m["name"] for _, m in flag_fields(c)})
+            users = sorted(o for o, c in others.items() if name in flag_names(c))
             raise ConfigError(f"{name} applies to {', '.join(users)}, not {owner}")
     try:
-        return config_cls(**{**given(args, config_cls), **fixed})
+        return config_cls(**given(args, config_cls))
     except TypeError as e:
         raise ConfigError(f"{owner}: {e}") from None
 
@@ -114,4 +117,4 @@ def to_json_dict(config: Any) -> dict:
             for f in dataclasses.fields(config)}
 
 
-__all__ = ["flag", "flag_fields", "add_flags", "given", "flags_given", "build", "to_json_dict"]
+__all__ = ["flag", "flag_fields", "flag_names", "add_flags", "given", "flags_given", "build", "to_json_dict"]

@@ -45,6 +45,7 @@ from trt_mpq.store import Store
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class SearchConfig:
     budget: Budget

@@ -61,7 +61,8 @@ class GraphLauncher:
         self._graph = None
         self._exec = None
 
-    def _plain(self) -> None:
+    def enqueue(self) -> None:
+        """One plain enqueue; `MeasurementError` if it fails."""
         if not self._enqueue():
             raise MeasurementError("execute_async_v3 failed")
 
@@ -71,11 +72,11 @@ class GraphLauncher:
         if self._exec is not None:
             check(self._rt.cudaGraphLaunch(self._exec, self.stream))
         else:
-            self._plain()
+            self.enqueue()
 
     def _capture(self) -> None:
         rt = self._rt
-        self._plain()
+        self.enqueue()
         check(rt.cudaStreamSynchronize(self.stream))
         mode = rt.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal
         check(rt.cudaStreamBeginCapture(self.stream, mode))
@@ -184,14 +185,10 @@ class TrtRunner(Runner):
         return shapes
 
     # -- execution ------------------------------------------------------------------------------
-    def _enqueue(self) -> None:
-        if not self.context.execute_async_v3(int(self.stream)):
-            raise MeasurementError("execute_async_v3 failed")
-
     def run(self, feed: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         rt = self._rt
         shapes = self._bind(feed, force=True)
-        self._enqueue()
+        self.graphs.enqueue()
         out = {}
         for n, shape in shapes.items():
             host = np.empty(shape, dtype=self._dtype[n])
