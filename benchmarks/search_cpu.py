@@ -66,6 +66,7 @@ def fmt_row(r: dict) -> str:
     if best:
         s_txt = f"**{best['latency_ratio']:.3f}** / {100 * best['holdout_rel_drop']:+.2f}%"
         mix = ", ".join(f"{k} {v}" for k, v in sorted(best["precision_counts"].items()))
+        mix += "".join(f"; {k}={v}" for k, v in sorted(best.get("runtime_options", {}).items()))
     else:
         s_txt, mix = "budget not met", "-"
     setup = res["phases"].get("setup_s", 0.0)
