@@ -8,7 +8,11 @@ and machine. Writes a table to benchmarks/RESULTS.md (section "Peers").
 Each peer runs as its users run it (benchmarks/peer_worker.py), in its own virtual environment
 under benchmarks/.peers/ (created on first use from the pins below, so its pins never touch
 ours), handed the FP32 model, the calibration split and an accuracy function on the search
-split. trt-mpq runs as `trt-mpq search MODEL --max-drop 1%` with default settings. Then, in one
+split. trt-mpq runs as `trt-mpq search MODEL --max-drop 1%` with default settings, twice: first
+with nothing of this model in its shared cache (`<cache>/results`: the baseline's outputs and
+sensitivity scores of earlier runs), as a user's first search of a model runs, then again into
+another folder, as every later search of that model runs (another budget, strategy or --out).
+Then, in one
 process: every answer is loaded like its users would (peers with ONNX Runtime's default session
 options; trt-mpq's as its model.onnx.json says), checked on the holdout split the searches never
 saw, and timed at batch 1 interleaved round by round with the FP32 model and each other. Each
@@ -93,16 +97,32 @@ def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, subproces
     return time.perf_counter() - t0, proc
 
 
-def run_trt_mpq(model: str, work: Path, max_drop: str) -> dict:
-    out = work / "trt-mpq"
-    if out.exists():
-        import shutil
+def forget_shared_results(model: str, cache: Path) -> int:
+    """Remove what trt-mpq's shared cache holds for `model` (so the next search is a first
+    search); returns how many context folders went."""
+    import shutil
 
+    gone = 0
+    for context in (cache / "results").glob("*/context.json"):
+        if json.loads(context.read_text()).get("task") == model:
+            shutil.rmtree(context.parent)
+            gone += 1
+    return gone
+
+
+def run_trt_mpq(model: str, work: Path, max_drop: str, cache: Path, first: bool) -> dict:
+    import shutil
+
+    name = "trt-mpq" if first else "trt-mpq (later search)"
+    out = work / ("trt-mpq" if first else "trt-mpq-later")
+    if out.exists():
         shutil.rmtree(out)
+    if first:
+        forget_shared_results(model, cache)
     cmd = [sys.executable, "-m", "trt_mpq", "search", model, "--max-drop", max_drop, "--out",
-           str(out), "--no-progress", "-q"]
+           str(out), "--cache-dir", str(cache), "--no-progress", "-q"]
     wall, proc = run_timed(cmd)
-    row = {"method": "trt-mpq", "wall_s": wall, "command": "trt-mpq " + " ".join(cmd[3:])}
+    row = {"method": name, "wall_s": wall, "command": "trt-mpq " + " ".join(cmd[3:])}
     if proc.returncode not in (0, 1) or not (out / "result.json").exists():
         row["error"] = (proc.stderr.strip().splitlines() or [f"exit {proc.returncode}"])[-1]
         return row
@@ -205,7 +225,9 @@ def table(results: dict, max_drop: float) -> str:
         f"run on {time.strftime('%Y-%m-%d')} with `python benchmarks/peers.py`. Latency ratio: "
         "median over rounds interleaved with FP32 in one process, batch 1, with a 95% bootstrap "
         "interval; *in budget* = holdout drop within the budget. Wall time: the tool's whole "
-        "process to its answer (zoo caches warm).", ""]
+        "process to its answer (zoo caches warm); *trt-mpq* is the first search of a model, "
+        "*trt-mpq (later search)* a second one into another folder, which reuses the "
+        "baseline's outputs and sensitivity scores of the first (trt-mpq's shared cache).", ""]
     for model, rows in results.items():
         fp32 = next((r.get("fp32_ms") for r in rows if r.get("fp32_ms")), None)
         lines += [f"### {model} (FP32 {fp32:.2f} ms at batch 1)" if fp32 else f"### {model}", "",
@@ -250,6 +272,8 @@ def main() -> int:
                     help="rerun trt-mpq only: the peers' answers and wall times come from the "
                          "earlier run (WORK/MODEL/rows.json); every answer is timed again")
     args = ap.parse_args()
+    from trt_mpq.task import default_cache_dir
+
     threads = len(os.sched_getaffinity(0))
     results = {}
     for model in args.models:
@@ -261,8 +285,12 @@ def main() -> int:
         earlier = {}
         if args.reuse_peers and (work / "rows.json").exists():
             earlier = {r["method"]: r for r in json.loads((work / "rows.json").read_text())}
-        rows = [run_trt_mpq(model, work, f"{100 * args.max_drop:g}%")]
-        print(f"[{model}] trt-mpq: {json.dumps(rows[-1], default=str)[:400]}", flush=True)
+        cache = args.cache or default_cache_dir()
+        rows = []
+        for first in (True, False):
+            rows.append(run_trt_mpq(model, work, f"{100 * args.max_drop:g}%", cache, first))
+            print(f"[{model}] {rows[-1]['method']}: {json.dumps(rows[-1], default=str)[:400]}",
+                  flush=True)
         for peer in args.peers:
             if peer in earlier:
                 keep = ("method", "wall_s", "settings", "evaluations", "command", "error",

@@ -388,7 +388,7 @@ def cmd_build(args) -> int:
 def cmd_evaluate(args) -> int:
     import tempfile
 
-    from trt_mpq.pipeline.evaluator import Evaluator
+    from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
 
     backend = _backend(args)
     backend.check_can_run()
@@ -398,7 +398,8 @@ def cmd_evaluate(args) -> int:
     backend.check_plan(plan, ws.groups)
     ranges = ws.calibrate(_calib_config(args))
     with tempfile.TemporaryDirectory(prefix="trt-mpq-eval-") as tmp:
-        with Evaluator(ws, backend, ranges, measure, None, Path(tmp)) as ev:
+        with Evaluator(ws, backend, ranges, measure, None, Path(tmp),
+                       shared=shared_cache(ws, backend)) as ev:
             evaluation = ev.evaluate(plan, "evaluate")
             baseline_metric = ev.baseline.metric
     out = {"model": ws.task.name, "backend": backend.name, "weights": ws.task.weights,

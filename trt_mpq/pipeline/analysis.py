@@ -31,6 +31,7 @@ from trt_mpq.sensitivity import (
 from trt_mpq.sensitivity.ordering import order, order_quality
 from trt_mpq.sensitivity.simulator import make_simulator
 from trt_mpq.store import Store
+from trt_mpq.store.shared import SharedCache
 from trt_mpq.task import Split
 
 
@@ -63,8 +64,10 @@ def context(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, P
 
 def sensitivity(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[str, Precision],
                 metric: str, config: SensitivityConfig, store: Store | None = None,
-                torch_spec: str | None = None, memo: dict | None = None) -> SensitivityResult:
-    """One metric's result, from `memo` (this process) or `store` (earlier runs) when there."""
+                torch_spec: str | None = None, memo: dict | None = None,
+                shared: SharedCache | None = None) -> SensitivityResult:
+    """One metric's result, from `memo` (this process), `store` (this search, resumed) or
+    `shared` (any earlier run on the same model, data, backend and calibration) when there."""
     key = (f"sensitivity:{metric}:{Plan.of(low).digest}:"
            f"{hash_config(config)}:{torch_spec or ''}")
     memo = {} if memo is None else memo
@@ -75,16 +78,25 @@ def sensitivity(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping[st
         if cached is not None:
             memo[key] = SensitivityResult.from_json_dict(cached)
             return memo[key]
-    ctx = context(ws, ranges, dialect, low, config, torch_spec)
-    if metric == "hessian+deps":  # reuse (and cache) the Hessian part
-        from dataclasses import replace
 
-        ctx = replace(ctx, prior={"hessian": sensitivity(ws, ranges, dialect, low, "hessian",
-                                                         config, store, torch_spec, memo)})
-    if metric in NEEDS_TORCH and ctx.torch_model is None:
-        raise ConfigError(f"the {metric} sensitivity needs the model's torch twin: zoo models "
-                          "have one; for your own model pass --torch package.module:make_model")
-    result = get_metric(metric).score(ctx, progress=ws.progress)
+    def compute() -> dict:
+        ctx = context(ws, ranges, dialect, low, config, torch_spec)
+        if metric == "hessian+deps":  # reuse (and cache) the Hessian part
+            from dataclasses import replace
+
+            ctx = replace(ctx, prior={"hessian": sensitivity(
+                ws, ranges, dialect, low, "hessian", config, store, torch_spec, memo, shared)})
+        if metric in NEEDS_TORCH and ctx.torch_model is None:
+            raise ConfigError(f"the {metric} sensitivity needs the model's torch twin: zoo "
+                              "models have one; for your own model pass --torch "
+                              "package.module:make_model")
+        return get_metric(metric).score(ctx, progress=ws.progress).to_json_dict()
+
+    if shared is None or torch_spec is not None:  # a user's twin may change under its name
+        result = SensitivityResult.from_json_dict(compute())
+    else:
+        result = SensitivityResult.from_json_dict(
+            shared.json(f"{key}:{ranges.digest}:{dialect.value}", compute))
     memo[key] = result
     if store is not None:
         store.put_blob(key, result.to_json_dict())

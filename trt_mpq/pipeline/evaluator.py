@@ -35,6 +35,8 @@ from trt_mpq.plan import Plan
 from trt_mpq.qdq import BASELINE, materialize
 from trt_mpq.search.evaluation import Evaluation, Status, drop_of
 from trt_mpq.store import Store
+from trt_mpq.store.shared import SharedCache
+from trt_mpq.task import Split
 
 log = logging.getLogger(__name__)
 
@@ -47,12 +49,23 @@ class Baseline:
     metric: float  # on the search split
 
 
+def shared_cache(ws: Workspace, backend: Backend) -> SharedCache:
+    """The cache of what belongs to this model, data and backend across searches (kept under
+    the workspace's cache directory)."""
+    return SharedCache(ws.cache_dir, {
+        "model": ws.model_digest, "task": ws.task.name, "task_data": ws.task.data_digest,
+        "backend": dict(backend.describe()), "eval_batch": ws.task.eval_batch})
+
+
 class Evaluator:
-    """Use as a context manager: it keeps the baseline artifact open for interleaved timing."""
+    """Use as a context manager: it keeps the baseline artifact open for interleaved timing.
+    The baseline's outputs on a split come from `shared` when an earlier run computed them."""
 
     def __init__(self, ws: Workspace, backend: Backend, ranges: Ranges, measure: MeasureConfig,
-                 store: Store | None, workdir: Path, keep_artifacts: bool = False) -> None:
+                 store: Store | None, workdir: Path, keep_artifacts: bool = False,
+                 shared: SharedCache | None = None) -> None:
         self.ws = ws
+        self.shared = shared if shared is not None else SharedCache(None, {})
         self.backend = backend
         self.ranges = ranges
         self.measure = measure
@@ -93,15 +106,17 @@ class Evaluator:
         if cached is not None:
             metric = float(cached)
         else:
+            self.baseline = Baseline(plan=plan, artifact=artifact, runner=runner, metric=np.nan)
             try:
-                outputs = compute_outputs(runner, self.ws.task.search, self.ws.task.eval_batch,
-                                          desc="baseline (search split)", progress=self.ws.progress)
+                outputs = self.reference_outputs(self.ws.task.search, "search")
             except MeasurementError as e:
+                self.baseline = None
                 runner.close()
                 raise DataError(f"the unquantized model gives non-finite outputs on the search "
                                 f"split ({e}); check the data preprocessing") from None
             metric = self.ws.task.metric(outputs, self.ws.task.search.labels)
             if not np.isfinite(metric):
+                self.baseline = None
                 runner.close()
                 raise DataError(f"the task metric of the unquantized model is {metric}; check "
                                 "the labels and the metric")
@@ -109,6 +124,16 @@ class Evaluator:
                 self.store.put_blob("baseline_metric", metric)
         self.baseline = Baseline(plan=plan, artifact=artifact, runner=runner, metric=metric)
         return self.baseline
+
+    def reference_outputs(self, split: Split, name: str) -> dict[str, np.ndarray]:
+        """The baseline's outputs on `split` (named `name` in progress bars), from the shared
+        cache when an earlier run computed them."""
+        assert self.baseline is not None, "open the baseline first"
+        runner = self.baseline.runner
+        return self.shared.arrays(
+            f"outputs-{name}-{split.digest}",
+            lambda: compute_outputs(runner, split, self.ws.task.eval_batch,
+                                    desc=f"baseline ({name})", progress=self.ws.progress))
 
     # -- evaluation -----------------------------------------------------------------------------
     def evaluate(self, plan: Plan, label: str = "", gate: float | None = None) -> Evaluation:

@@ -74,6 +74,8 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "evaluations": len(outcome.evaluations),
         "fresh_evaluations": outcome.fresh,
         "cached_evaluations": outcome.cached,
+        # baseline outputs and sensitivity scores reused from earlier runs on this model
+        "shared_cache": outcome.shared,
         "wall_s": setup_s + outcome.wall_s,  # the whole command, from start to outputs
         "phases": {"setup_s": setup_s, **outcome.phases},
         "sensitivity": {**outcome.sensitivity.to_json_dict(), "order": outcome.order,

@@ -23,7 +23,7 @@ from trt_mpq.measure.accuracy import compute_outputs
 from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_interleaved
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.artifacts import install_artifact
-from trt_mpq.pipeline.evaluator import Evaluator
+from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.qdq import BASELINE, default_low_precision, materialize
@@ -145,6 +145,7 @@ class SearchOutcome:
     wall_s: float
     phases: dict[str, float]
     gains: analysis.Gains | None = None
+    shared: dict = field(default_factory=dict)  # what came from the cache of earlier runs
 
     @property
     def budget_met(self) -> bool:
@@ -194,7 +195,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
     dialect = backend.dialect
     low = low_precisions(ws, backend, config.precision)
     workdir = out_dir / ".work"
-    with Evaluator(ws, backend, ranges, measure, store, workdir) as evaluator:
+    shared = shared_cache(ws, backend)
+    with Evaluator(ws, backend, ranges, measure, store, workdir, shared=shared) as evaluator:
         baseline_metric = evaluator.baseline.metric
         budget = config.budget
 
@@ -203,7 +205,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
 
         t = time.perf_counter()
         sens = analysis.sensitivity(ws, ranges, dialect, low, config.sensitivity,
-                                    config.sens_config, store, config.torch_model)
+                                    config.sens_config, store, config.torch_model,
+                                    shared=shared)
         phases["sensitivity_s"] = time.perf_counter() - t
         gains = None
         if config.needs_gains:
@@ -277,7 +280,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         baseline_holdout_metric=holdout_base, evaluations=evaluations,
         frontier=frontier(evaluations), sensitivity=sens, order=order, low=low, best=best,
         tried=tried, fresh=fresh, cached=cached, wall_s=time.perf_counter() - t_start,
-        phases=phases, gains=gains)
+        phases=phases, gains=gains,
+        shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses})
 
 
 def _option_space(ws: Workspace, backend: Backend, ranges: Ranges):
@@ -290,8 +294,7 @@ def _option_space(ws: Workspace, backend: Backend, ranges: Ranges):
 
 def _holdout_baseline(ws: Workspace, evaluator: Evaluator):
     task = ws.task
-    outputs = compute_outputs(evaluator.baseline.runner, task.holdout, task.eval_batch,
-                              desc="baseline (holdout)", progress=ws.progress)
+    outputs = evaluator.reference_outputs(task.holdout, "holdout")
     return task.metric(outputs, task.holdout.labels), outputs
 
 
@@ -316,8 +319,7 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
                                             task.latency_feed(), final)
         extra = {}
         for check in task.extra_checks:
-            ref = compute_outputs(evaluator.baseline.runner, check.split, task.eval_batch,
-                                  progress=False)
+            ref = evaluator.reference_outputs(check.split, f"check {check.name}")
             got = compute_outputs(runner, check.split, task.eval_batch, progress=False)
             extra[check.name] = float(check.fn(got, ref))
     drop, rel = drop_of(metric, holdout_base, task.metric.higher_is_better)

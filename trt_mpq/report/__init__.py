@@ -148,7 +148,10 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
               f"{result['task']['splits']['holdout']})",
               f"- Evaluations: {result['evaluations']} plans measured "
               f"({result['cached_evaluations']} reused from the store this run), "
-              f"wall time {result['wall_s']:.0f} s", ""]
+              f"wall time {result['wall_s']:.0f} s"
+              + (f"; {result['shared_cache']['reused']} baseline pass(es) and sensitivity "
+                 "result(s) reused from earlier runs on this model"
+                 if result.get("shared_cache", {}).get("reused") else ""), ""]
     lines += ["## Result", "", "| | baseline | chosen plan |", "|---|---|---|"]
     if best:
         lines += [
