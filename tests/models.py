@@ -104,6 +104,46 @@ def no_quantizable(path: Path) -> Path:
     return _save(graph, path)
 
 
+def masked_attention(path: Path, constant_mask: bool = False, seed: int = 0) -> Path:
+    """x [N,4,8], keep [N,1,8] (1 = attend) -> scores = x @ wq ("mm_q") -> + mask (0 or -inf)
+    -> Softmax -> @ wv ("mm_v") -> y. The mask is Where(keep == 0, -inf, 0), as transformers'
+    sdpa export writes it, or (constant_mask) a -inf initializer like a causal mask, which
+    makes the Add a glue candidate. 2 groups; the masked scores hold -inf, nothing else."""
+    rng = np.random.default_rng(seed)
+    inits = [_init("wq", rng.normal(0, 0.4, (8, 8))), _init("wv", rng.normal(0, 0.4, (8, 8))),
+             _init("zero", np.zeros(1)), _init("ninf", np.full(1, -np.inf))]
+    if constant_mask:
+        mask = np.zeros((1, 1, 8), np.float32)
+        mask[..., 6:] = -np.inf
+        inits.append(_init("mask", mask))
+        nodes = []
+    else:
+        nodes = [helper.make_node("Equal", ["keep", "zero"], ["masked"], name="is_masked"),
+                 helper.make_node("Where", ["masked", "ninf", "zero"], ["mask"], name="mask")]
+    nodes += [
+        helper.make_node("MatMul", ["x", "wq"], ["scores"], name="mm_q"),
+        helper.make_node("Add", ["scores", "mask"], ["masked_scores"], name="add_mask"),
+        helper.make_node("Softmax", ["masked_scores"], ["probs"], name="softmax", axis=-1),
+        helper.make_node("MatMul", ["probs", "wv"], ["y"], name="mm_v"),
+    ]
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4, 8])]
+    if not constant_mask:
+        inputs.append(helper.make_tensor_value_info("keep", TensorProto.FLOAT, ["batch", 1, 8]))
+    graph = helper.make_graph(nodes, "masked_attention", inputs,
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT,
+                                                             ["batch", 4, 8])], inits)
+    return _save(graph, path)
+
+
+def masked_attention_inputs(n: int, constant_mask: bool = False, seed: int = 1) -> dict:
+    rng = np.random.default_rng(seed)
+    feed = {"x": rng.normal(0, 1, (n, 4, 8)).astype(np.float32)}
+    if not constant_mask:
+        lengths = rng.integers(2, 9, n)
+        feed["keep"] = (np.arange(8)[None, None, :] < lengths[:, None, None]).astype(np.float32)
+    return feed
+
+
 def _save(graph: onnx.GraphProto, path: Path) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

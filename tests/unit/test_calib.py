@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 
 import models
+from conftest import run_ort
 from trt_mpq.calib import CalibConfig, CalibMethod, Ranges, cache_key, calibrate
 from trt_mpq.errors import CalibrationError, ConfigError
 
@@ -63,7 +64,9 @@ def test_bad_calibration_input(prepared_cnn):
     with pytest.raises(CalibrationError, match="empty"):
         calibrate(prepared_cnn[0], [], CalibConfig())
     nan = {"input": np.full((4, 3, 16, 16), np.nan, np.float32)}
-    with pytest.raises(CalibrationError, match="non-finite"):
+    with pytest.raises(CalibrationError, match="tensor '\\w+', which quantized layers read, "
+                                               "holds NaN or Inf; the model's outputs also hold "
+                                               "NaN"):
         calibrate(prepared_cnn[0], [nan], CalibConfig(), progress=False)
 
 
@@ -72,3 +75,61 @@ def test_bad_calibration_input(prepared_cnn):
 def test_calib_config_is_validated(kw):
     with pytest.raises(ConfigError):
         CalibConfig(**kw)
+
+
+# -- tensors that hold -inf: masked attention scores ----------------------------------------------
+
+@pytest.mark.parametrize("constant_mask", [False, True])
+@pytest.mark.parametrize("method", list(CalibMethod))
+def test_masked_scores_holding_minus_inf_are_left_float(tmp_path, method, constant_mask):
+    """The mask's -inf scores get no range (with every method) and no Q/DQ; the layers around
+    them quantize and the quantized model's outputs stay finite and close to FP32's."""
+    import onnx
+
+    from trt_mpq.model import find_groups
+    from trt_mpq.plan import Plan
+    from trt_mpq.plan import Precision as P
+    from trt_mpq.qdq import Dialect, calibration_tensors, materialize
+
+    path = models.masked_attention(tmp_path / "attn.onnx", constant_mask)
+    model = onnx.load(str(path))
+    groups = find_groups(model)
+    feed = models.masked_attention_inputs(32, constant_mask)
+    batches = [{k: v[i:i + 8] for k, v in feed.items()} for i in range(0, 32, 8)]
+    ranges = calibrate(path, batches, CalibConfig(method=method), progress=False,
+                       tensors=calibration_tensors(model, groups),
+                       required={op.input for g in groups for op in g.ops})
+    assert "masked_scores" not in ranges
+    assert {"x", "probs"} <= set(ranges.values) and ranges.method is method
+    assert all(np.isfinite(v).all() for v in ranges.values.values())
+    out = materialize(model, groups, Plan.uniform([g.name for g in groups], P.INT8), ranges,
+                      Dialect.ORT_CPU)
+    quantized = {n.input[0] for n in out.graph.node if n.op_type == "QuantizeLinear"}
+    assert "masked_scores" not in quantized and {"x", "probs"} <= quantized
+    ref, got = run_ort(model, feed)[0], run_ort(out, feed)[0]
+    assert np.isfinite(got).all()
+    assert np.linalg.norm(got - ref) / np.linalg.norm(ref) < 0.1
+
+
+def test_a_layer_input_holding_inf_is_named_with_the_models_outputs_checked(tmp_path):
+    """The masked scores feed a quantizable layer here: that cannot be quantized, and the error
+    says which tensor and that the model's own outputs are finite."""
+    import onnx
+    from onnx import helper
+
+    path = models.masked_attention(tmp_path / "attn.onnx")
+    model = onnx.load(str(path))
+    model.graph.node.append(helper.make_node("MatMul", ["masked_scores", "wv"], ["z"],
+                                             name="mm_scores"))
+    onnx.save(model, str(path))
+    from trt_mpq.model import find_groups
+    from trt_mpq.qdq import calibration_tensors
+
+    groups = find_groups(model)
+    feed = models.masked_attention_inputs(8)
+    with pytest.raises(CalibrationError, match="tensor 'masked_scores', which quantized layers "
+                                               "read, holds NaN or Inf; the model's outputs "
+                                               "are finite"):
+        calibrate(path, [feed], CalibConfig(), progress=False,
+                  tensors=calibration_tensors(model, groups),
+                  required={op.input for g in groups for op in g.ops})

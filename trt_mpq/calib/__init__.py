@@ -12,7 +12,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,15 +128,60 @@ class Ranges:
         return cls.from_json_dict(data)
 
 
+#: what is calibrated: the tensors the plans may quantize (`trt_mpq.qdq.calibration_tensors`);
+#: part of the cache key, so ranges cached under another selection are not reused
+SELECTION = "plan-tensors/1"
+
+
 def cache_key(model_digest: str, data_digest: str, config: CalibConfig) -> str:
-    canon = json.dumps([model_digest, data_digest, config.to_json_dict()], sort_keys=True)
+    canon = json.dumps([model_digest, data_digest, config.to_json_dict(), SELECTION],
+                       sort_keys=True)
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
+
+
+def _calibrator(model_path: Path, augmented: Path, config: CalibConfig,
+                tensors: Collection[str] | None):
+    """ONNX Runtime's calibrator for `config.method`, collecting only `tensors` (all float
+    tensors when None): its `select_tensors_to_calibrate` hook, narrowed."""
+    from onnxruntime.quantization.calibrate import (
+        EntropyCalibrater,
+        MinMaxCalibrater,
+        PercentileCalibrater,
+    )
+
+    if config.method is CalibMethod.MINMAX:
+        cls, kwargs = MinMaxCalibrater, {"symmetric": False}
+    elif config.method is CalibMethod.PERCENTILE:
+        cls, kwargs = PercentileCalibrater, {"symmetric": False, "num_bins": config.num_bins,
+                                             "percentile": config.percentile}
+    else:
+        cls, kwargs = EntropyCalibrater, {"symmetric": False,
+                                          "num_bins": min(config.num_bins, 512)}
+    only = None if tensors is None else set(tensors)
+
+    class Selected(cls):
+        def select_tensors_to_calibrate(self, model):
+            chosen, value_infos = super().select_tensors_to_calibrate(model)
+            return (chosen if only is None else chosen & only), value_infos
+
+    calibrator = Selected(Path(model_path), [], augmented_model_path=str(augmented), **kwargs)
+    calibrator.augment_graph()
+    calibrator.create_inference_session()
+    return calibrator
 
 
 def calibrate(model_path: Path, batches: list[dict[str, np.ndarray]], config: CalibConfig,
               cache_dir: Path | None = None, cache_tag: str | None = None,
-              progress: bool | None = None) -> Ranges:
-    """Collect activation ranges of every float tensor of `model_path` over `batches`.
+              progress: bool | None = None, tensors: Collection[str] | None = None,
+              required: Collection[str] | None = None) -> Ranges:
+    """Collect activation ranges of `tensors` of `model_path` (every float tensor when None)
+    over `batches`.
+
+    A tensor the model fills with NaN or Inf on this data (an attention mask's -inf scores) gets
+    no range, so nothing quantizes it: the glue ops around it stay float. If it is one of
+    `required` (the inputs the quantizable layers read; every tensor when None), that is a
+    `CalibrationError` naming it and saying whether the model's own outputs are finite (run,
+    not assumed).
 
     With `cache_dir` and `cache_tag` (see `cache_key`), a previous result is loaded instead of
     recomputed, and a new result is stored.
@@ -147,18 +192,51 @@ def calibrate(model_path: Path, batches: list[dict[str, np.ndarray]], config: Ca
         return Ranges.load(cache_file)
     if not batches:
         raise CalibrationError("the calibration split is empty; give the task calibration samples")
+    try:
+        found = _collect(model_path, batches, config, tensors, progress)
+    except _HistogramNotFinite:
+        # ONNX Runtime's histograms refuse an infinite value: find those tensors with min/max,
+        # then collect the histograms of the others
+        minmax = CalibConfig(**{**config.__dict__, "method": CalibMethod.MINMAX})
+        bounds = _collect(model_path, batches, minmax, tensors, progress)
+        keep = {t for t, (lo, hi) in bounds.items() if np.isfinite(lo) and np.isfinite(hi)}
+        bad = sorted(set(bounds) - keep)
+        if not bad:
+            raise CalibrationError("calibration: ONNX Runtime's histogram refused a range that "
+                                   "min/max finds finite; use --calib-method minmax") from None
+        found = {**_collect(model_path, batches, config, keep, progress),
+                 **{t: bounds[t] for t in bad}}
+    values: dict[str, tuple[float, float]] = {}
+    skipped = []
+    must = set(found) if required is None else set(required)
+    for name, (lo, hi) in sorted(found.items()):
+        if np.isfinite(lo) and np.isfinite(hi):
+            values[name] = (lo, hi)
+        elif name in must:
+            raise _non_finite(model_path, batches, name, config)
+        else:
+            skipped.append(name)
+    if skipped:
+        log.info("calibration: %d tensor(s) hold NaN or Inf on the calibration data (e.g. %r, "
+                 "an attention mask's -inf scores); the ops around them stay float",
+                 len(skipped), skipped[0])
+    n = sum(len(next(iter(b.values()))) for b in batches)
+    ranges = Ranges(method=config.method, values=values, num_samples=n)
+    if cache_file is not None:
+        ranges.save(cache_file)
+    return ranges
 
-    from onnxruntime.quantization.calibrate import CalibrationDataReader, create_calibrator
-    from onnxruntime.quantization.calibrate import CalibrationMethod as OrtMethod
+
+class _HistogramNotFinite(Exception):
+    pass
+
+
+def _collect(model_path: Path, batches: list[dict[str, np.ndarray]], config: CalibConfig,
+             tensors: Collection[str] | None, progress: bool | None
+             ) -> dict[str, tuple[float, float]]:
+    """One calibration pass: {tensor: (lo, hi)}, NaN/Inf included as ONNX Runtime found them."""
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
     from tqdm.auto import tqdm
-
-    ort_method = {CalibMethod.MINMAX: OrtMethod.MinMax, CalibMethod.PERCENTILE: OrtMethod.Percentile,
-                  CalibMethod.ENTROPY: OrtMethod.Entropy}[config.method]
-    extra: dict = {"symmetric": False}
-    if config.method is CalibMethod.PERCENTILE:
-        extra.update(percentile=config.percentile, num_bins=config.num_bins)
-    elif config.method is CalibMethod.ENTROPY:
-        extra.update(num_bins=min(config.num_bins, 512))
 
     class _Reader(CalibrationDataReader):
         def __init__(self, chunk: list[dict[str, np.ndarray]]):
@@ -170,9 +248,7 @@ def calibrate(model_path: Path, batches: list[dict[str, np.ndarray]], config: Ca
     n = sum(len(next(iter(b.values()))) for b in batches)
     with tempfile.TemporaryDirectory(prefix="trt-mpq-calib-") as tmp:
         try:
-            calibrator = create_calibrator(
-                Path(model_path), [], augmented_model_path=str(Path(tmp) / "augmented.onnx"),
-                calibrate_method=ort_method, extra_options=extra)
+            calibrator = _calibrator(model_path, Path(tmp) / "augmented.onnx", config, tensors)
         except Exception as e:
             raise CalibrationError(f"ONNX Runtime could not prepare the model for calibration: "
                                    f"{e}") from None
@@ -183,18 +259,40 @@ def calibrate(model_path: Path, batches: list[dict[str, np.ndarray]], config: Ca
                 part = batches[i:i + chunk]
                 try:
                     calibrator.collect_data(_Reader(part))
+                except ValueError as e:
+                    if "finite" in str(e) and config.method is not CalibMethod.MINMAX:
+                        raise _HistogramNotFinite() from None
+                    raise CalibrationError(f"calibration failed: {e}") from None
                 except Exception as e:
                     raise CalibrationError(f"calibration inference failed: {e}") from None
                 bar.update(sum(len(next(iter(b.values()))) for b in part))
-        tensors = calibrator.compute_data()
-    values: dict[str, tuple[float, float]] = {}
-    for name, td in tensors.data.items():
-        lo, hi = (float(np.asarray(v).reshape(-1)[0]) for v in td.range_value)
-        if not (np.isfinite(lo) and np.isfinite(hi)):
-            raise CalibrationError(f"calibration produced a non-finite range for tensor {name!r}; "
-                                   "the model's outputs contain NaN or Inf on the calibration data")
-        values[name] = (lo, hi)
-    ranges = Ranges(method=config.method, values=values, num_samples=n)
-    if cache_file is not None:
-        ranges.save(cache_file)
-    return ranges
+        try:
+            data = calibrator.compute_data()
+        except ValueError as e:
+            if "finite" in str(e) and config.method is not CalibMethod.MINMAX:
+                raise _HistogramNotFinite() from None
+            raise CalibrationError(f"calibration failed: {e}") from None
+    return {name: tuple(float(np.asarray(v).reshape(-1)[0]) for v in td.range_value)
+            for name, td in data.data.items()}
+
+
+def _non_finite(model_path: Path, batches: list[dict[str, np.ndarray]], tensor: str,
+                config: CalibConfig) -> CalibrationError:
+    """The error for a quantizable tensor holding NaN/Inf: which one, and whether the model's
+    outputs are finite on the same data (run here, not assumed)."""
+    import onnxruntime as ort
+
+    try:
+        sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        finite = all(np.all(np.isfinite(o)) for b in batches for o in sess.run(None, b)
+                     if np.issubdtype(np.asarray(o).dtype, np.floating))
+        outputs = ("the model's outputs are finite on the same data, so a layer's input holds "
+                   "NaN/Inf inside the model" if finite else
+                   "the model's outputs also hold NaN or Inf on this data: check the "
+                   "calibration split's preprocessing")
+    except Exception as e:  # noqa: BLE001 - the diagnosis must not hide the finding
+        outputs = f"the model's outputs could not be checked ({e})"
+    return CalibrationError(
+        f"calibration ({config.method.value}): tensor {tensor!r}, which quantized layers read, "
+        f"holds NaN or Inf; {outputs}. Quantizing it cannot work: make it finite (the model's "
+        "preprocessing or data), or keep those layers float")

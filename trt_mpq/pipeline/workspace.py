@@ -14,6 +14,7 @@ from trt_mpq.calib import CalibConfig, Ranges, cache_key, calibrate
 from trt_mpq.errors import ModelError, TaskError
 from trt_mpq.model.groups import Group, find_groups
 from trt_mpq.model.load import file_digest, load_model, prepare_model
+from trt_mpq.qdq import calibration_tensors
 from trt_mpq.task import Task, check_inputs, task_from_factory
 
 log = logging.getLogger(__name__)
@@ -87,7 +88,9 @@ class Workspace:
         batches = [feed for feed, _ in split.batches(config.batch_size)]
         tag = cache_key(self.model_digest, split.digest, config)
         return calibrate(self.prepared_path, batches, config, cache_dir=self.cache_dir,
-                         cache_tag=tag, progress=self.progress)
+                         cache_tag=tag, progress=self.progress,
+                         tensors=calibration_tensors(self.model, self.groups),
+                         required={op.input for g in self.groups for op in g.ops})
 
     def group_names(self) -> list[str]:
         return [g.name for g in self.groups]

@@ -150,6 +150,20 @@ def default_low_precision(group: Group, dialect: Dialect) -> Precision:
     return dialect_spec(dialect).default_low(group)
 
 
+def calibration_tensors(model: onnx.ModelProto, groups: list[Group]) -> set[str]:
+    """Every tensor some plan may need an activation range for, in any dialect: the inputs and
+    outputs of the groups' ops, and of the glue nodes (Add, Relu, pooling, ...) that quantize
+    along with them when every group is lowered (the most any plan lowers). Other tensors --
+    an attention mask's -inf scores, large negative constants -- are never calibrated."""
+    from trt_mpq.qdq.passes import glue_nodes
+
+    ops = {op.name for g in groups for op in g.ops}
+    glue = glue_nodes(model, ops)
+    inits = {i.name for i in model.graph.initializer}
+    return {t for n in model.graph.node if n.name in ops or n.name in glue
+            for t in (*n.input, *n.output) if t and t not in inits}
+
+
 def materialize(model: onnx.ModelProto, groups: list[Group], plan: Plan, ranges: Ranges,
                 dialect: Dialect) -> onnx.ModelProto:
     """Return the graph that realizes `plan` on `dialect`. `model` is not modified."""
@@ -168,4 +182,4 @@ def materialize(model: onnx.ModelProto, groups: list[Group], plan: Plan, ranges:
 
 
 __all__ = ["Dialect", "DialectSpec", "PassContext", "Pass", "DIALECTS", "SUPPORTED", "BASELINE",
-           "check_plan", "default_low_precision", "materialize", "dialect_spec"]
+           "calibration_tensors", "check_plan", "default_low_precision", "materialize", "dialect_spec"]

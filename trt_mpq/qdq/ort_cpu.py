@@ -18,7 +18,7 @@ from trt_mpq.qdq import DialectSpec, PassContext, passes
 def _int8(model: onnx.ModelProto, ops: list[str], ctx: PassContext) -> onnx.ModelProto:
     if not ops:
         return model
-    nodes = set(ops) | passes.glue_nodes(ctx.source, ops)
+    nodes = set(ops) | passes.glue_nodes(ctx.source, ops, ctx.ranges)
     return passes.static_qdq(model, sorted(nodes), ctx.ranges, symmetric_activations=False,
                              quantize_bias=True, quantize_outputs=True)
 

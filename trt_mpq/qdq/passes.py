@@ -86,8 +86,11 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return out
 
 
-def glue_nodes(model: onnx.ModelProto, quantized: Iterable[str]) -> set[str]:
-    """Nodes in `GLUE_OPS` whose activation inputs all come from quantized nodes (transitively)."""
+def glue_nodes(model: onnx.ModelProto, quantized: Iterable[str],
+               ranges: Ranges | None = None) -> set[str]:
+    """Nodes in `GLUE_OPS` whose activation inputs all come from quantized nodes (transitively)
+    and, with `ranges`, whose every activation input and output has a calibrated range (a
+    tensor holding -inf, like masked attention scores, has none: its node stays float)."""
     inits = initializer_names(model)
     producer = {o: n.name for n in model.graph.node for o in n.output}
     q = set(quantized)
@@ -98,6 +101,8 @@ def glue_nodes(model: onnx.ModelProto, quantized: Iterable[str]) -> set[str]:
         acts = [i for i in node.input if i and i not in inits]
         if node.op_type == "Clip":
             acts = acts[:1]
+        if ranges is not None and not all(t in ranges for t in (*acts, *node.output[:1]) if t):
+            continue
         if acts and all(producer.get(i) in q for i in acts):
             q.add(node.name)
             glue.add(node.name)
