@@ -159,3 +159,40 @@ def test_census_follows_layout_transforms_that_rename_weights(tmp_path):
     if not renamed:
         pytest.skip("this CPU's NCHWc block size did not rename the weights")
     assert read_census(optimized, [], groups).executed["expand"] == "unknown"
+
+
+def test_census_is_not_fooled_by_a_bias_other_layers_share(tmp_path):
+    """Regression: a randomly initialised BERT export has all-zero biases, deduplicated into one
+    initializer that every layer reads; the census gave that bias's group (a Gemm kept FP32)
+    the int8 kernels of every other layer that read it: "planned fp32, ran mixed"."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from trt_mpq.calib import CalibConfig, calibrate
+    from trt_mpq.model import find_groups
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(0, 0.3, (8, 8)).astype(np.float32), n)
+             for n in ("w1", "w2")]
+    inits.append(numpy_helper.from_array(np.zeros(8, np.float32), "zero_bias"))
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w1"], ["h"], name="mm"),
+         helper.make_node("Add", ["h", "zero_bias"], ["hb"], name="add"),
+         helper.make_node("Relu", ["hb"], ["r"], name="relu"),
+         helper.make_node("Gemm", ["r", "w2", "zero_bias"], ["y"], name="fc", transB=1)],
+        "shared_bias", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 8])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    path = tmp_path / "shared.onnx"
+    onnx.save(model, str(path))
+    groups = find_groups(model)
+    assert [g.name for g in groups] == ["mm", "fc"] and groups[1].ops[0].bias == "zero_bias"
+    x = rng.normal(0, 1, (4, 8)).astype(np.float32)
+    backend = get_backend("ort-cpu", threads=1)
+    ranges = calibrate(path, [{"x": x}], CalibConfig(), progress=False)
+    for plan in (Plan.of({"mm": P.INT8_DYNAMIC, "fc": P.FP32}),
+                 Plan.of({"mm": P.FP32, "fc": P.INT8}),
+                 Plan.of({"mm": P.INT8_DYNAMIC, "fc": P.INT8})):
+        graph = materialize(model, groups, plan, ranges, backend.dialect)
+        a = backend.build(graph, tmp_path / plan.digest, groups, {"x": x})
+        assert a.census.mismatches(plan) == [], (plan.describe(), a.census.executed)

@@ -385,10 +385,15 @@ def attribute_kernels(optimized: onnx.ModelProto, ran: dict, groups: list[Group]
     of an activation fused into it (`materialized` gives those names).
     """
     owner: dict[str, str] = {}  # weight/bias name -> group
+    # a bias proves ownership only when nothing else reads it: exporters and ONNX Runtime
+    # deduplicate equal initializers, so an all-zero bias may be one tensor that a LayerNorm
+    # and every other layer read as well
+    bias_uses = Counter(op.bias for g in groups for op in g.ops if op.bias)
+    readers = Counter(i for n in optimized.graph.node for i in set(n.input))
     for g in groups:
         for op in g.ops:
             owner[op.weight] = g.name
-            if op.bias:
+            if op.bias and bias_uses[op.bias] == 1 and readers[op.bias] <= 1:
                 owner[op.bias] = g.name
     inits = {i.name for i in optimized.graph.initializer}
 
