@@ -231,3 +231,39 @@ def test_version_converter_failure_is_materialize_error(prepared_cnn):
     _, model, _ = prepared_cnn
     with pytest.raises(MaterializeError, match="version converter failed"):
         passes.ensure_opset(model, 999)
+
+
+# -- what a materialized graph holds ------------------------------------------------------------
+
+def _lowerable(dialect, group):
+    from trt_mpq.qdq import BASELINE, SUPPORTED
+
+    return [p for p in sorted(SUPPORTED[dialect], key=lambda p: p.value)
+            if p is not BASELINE[dialect] and p.applies_to(group.op_type)]
+
+
+@pytest.mark.parametrize("which", ["cnn", "transformer"])
+@pytest.mark.parametrize("dialect", ["ort-cpu", "tensorrt", "tensorrt-weak"])
+def test_a_materialized_graph_holds_no_weight_it_does_not_read(which, dialect, prepared_cnn,
+                                                               cnn_ranges, prepared_transformer,
+                                                               transformer_ranges):
+    """Every precision of every dialect, uniform and mixed with the baseline: the weights a plan
+    replaced leave the graph (so ONNX Runtime prints no "Removing initializer" warnings and the
+    artifact is not bigger than it needs to be)."""
+    from trt_mpq.plan import Plan
+    from trt_mpq.qdq import BASELINE, Dialect, materialize
+
+    d = Dialect.parse(dialect)
+    _, model, groups = prepared_cnn if which == "cnn" else prepared_transformer
+    ranges = cnn_ranges if which == "cnn" else transformer_ranges
+    precisions = sorted({p for g in groups for p in _lowerable(d, g)}, key=lambda p: p.value)
+    assert precisions
+    for p in precisions:
+        low = {g.name: p if p in _lowerable(d, g) else BASELINE[d] for g in groups}
+        mixed = dict(low)
+        mixed[groups[0].name] = BASELINE[d]
+        for plan in (Plan.of(low), Plan.of(mixed)):
+            out = materialize(model, groups, plan, ranges, d)
+            assert _unused_initializers(out) == [], (p.value, plan.describe())
+            size, fp32 = out.ByteSize(), model.ByteSize()
+            assert size <= fp32 * 1.05, (p.value, size, fp32)
