@@ -62,4 +62,42 @@ def measure_interleaved(runners: Sequence[Runner], feed: Mapping[str, np.ndarray
     return [LatencyStats.of(t) for t in times]
 
 
-__all__ = ["LatencyStats", "MeasureConfig", "measure_interleaved"]
+@dataclass(frozen=True)
+class TimingCheck:
+    """The baseline timed against a second copy of itself, whose latency ratio should be 1.
+    Each attempt is (ratio, spread, repeats): spread is the larger (p90 - p10) / median of the
+    two. Timing is trusted when the last attempt's ratio is within `tolerance` of 1 and its
+    spread at most `max_spread`; a failed attempt is retried with twice the repeats."""
+
+    attempts: tuple[tuple[float, float, int], ...]
+    tolerance: float
+    max_spread: float
+
+    @staticmethod
+    def attempt(a: LatencyStats, b: LatencyStats) -> tuple[float, float, int]:
+        return a.median_ms / b.median_ms, max(a.spread, b.spread), min(a.n, b.n)
+
+    def passes(self, attempt: tuple[float, float, int]) -> bool:
+        ratio, spread, _ = attempt
+        return abs(ratio - 1.0) <= self.tolerance and spread <= self.max_spread
+
+    @property
+    def trusted(self) -> bool:
+        return bool(self.attempts) and self.passes(self.attempts[-1])
+
+    def describe(self) -> str:
+        ratio, spread, n = self.attempts[-1]
+        verdict = "trusted" if self.trusted else "NOT trusted"
+        more = (f" after {len(self.attempts) - 1} re-measurement(s) with more runs"
+                if len(self.attempts) > 1 else "")
+        return (f"timing {verdict}: the baseline against itself measured x{ratio:.3f} (spread "
+                f"{spread:.2f}, {n} runs each){more}; tolerance ±{self.tolerance:.0%}, spread "
+                f"at most {self.max_spread:.2f}")
+
+    def to_json_dict(self) -> dict:
+        return {"trusted": self.trusted, "tolerance": self.tolerance,
+                "max_spread": self.max_spread,
+                "attempts": [{"ratio": r, "spread": s, "repeats": n} for r, s, n in self.attempts]}
+
+
+__all__ = ["LatencyStats", "MeasureConfig", "TimingCheck", "measure_interleaved"]

@@ -29,7 +29,7 @@ from trt_mpq.errors import (
     NonFiniteOutputError,
 )
 from trt_mpq.measure.accuracy import compute_outputs
-from trt_mpq.measure.latency import MeasureConfig, measure_interleaved
+from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_interleaved
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan
 from trt_mpq.qdq import BASELINE, materialize
@@ -124,6 +124,15 @@ class Evaluator:
                 self.store.put_blob("baseline_metric", metric)
         self.baseline = Baseline(plan=plan, artifact=artifact, runner=runner, metric=metric)
         return self.baseline
+
+    def time_self(self) -> tuple[LatencyStats, LatencyStats]:
+        """The baseline artifact opened a second time, timed interleaved with the baseline
+        runner: (second copy, baseline). Their ratio is the timing noise floor."""
+        assert self.baseline is not None, "open the baseline first"
+        with self.backend.open(self.baseline.artifact) as twin:
+            twin_lat, base_lat = measure_interleaved([twin, self.baseline.runner], self._feed,
+                                                     self.measure)
+        return twin_lat, base_lat
 
     def reference_outputs(self, split: Split, name: str) -> dict[str, np.ndarray]:
         """The baseline's outputs on `split` (named `name` in progress bars), from the shared

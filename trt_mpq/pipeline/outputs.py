@@ -76,6 +76,8 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "cached_evaluations": outcome.cached,
         # baseline outputs and sensitivity scores reused from earlier runs on this model
         "shared_cache": outcome.shared,
+        # the baseline timed against itself: can latency differences be trusted?
+        "timing_check": outcome.timing.to_json_dict() if outcome.timing else None,
         "wall_s": setup_s + outcome.wall_s,  # the whole command, from start to outputs
         "phases": {"setup_s": setup_s, **outcome.phases},
         "sensitivity": {**outcome.sensitivity.to_json_dict(), "order": outcome.order,

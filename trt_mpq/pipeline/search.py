@@ -20,7 +20,12 @@ from trt_mpq.backends.base import Backend
 from trt_mpq.calib import Ranges
 from trt_mpq.errors import ConfigError, PlanError
 from trt_mpq.measure.accuracy import compute_outputs
-from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_interleaved
+from trt_mpq.measure.latency import (
+    LatencyStats,
+    MeasureConfig,
+    TimingCheck,
+    measure_interleaved,
+)
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.artifacts import install_artifact
 from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
@@ -63,6 +68,9 @@ class SearchConfig:
     option_candidates: int = 2  # how many of the fastest in-budget plans get option variants
     full_frontier: bool = False  # measure accuracy of every plan, even those that cannot win
     gate_margin: float = 0.03  # a plan "cannot win" if slower than the best by more than this
+    timing_tolerance: float = 0.05  # the baseline against itself must time within this of x1
+    timing_max_spread: float = 0.5  # ... with (p90 - p10) / median at most this
+    timing_retries: int = 2  # re-measurements (each with twice the runs) before giving up
 
     def __post_init__(self) -> None:
         spec = strategy_spec(self.strategy)
@@ -83,6 +91,10 @@ class SearchConfig:
             raise ConfigError("option candidates must be >= 0")
         if not 0 <= self.gate_margin < 1:
             raise ConfigError("the gate margin must be in [0, 1)")
+        if not 0 < self.timing_tolerance < 1 or self.timing_max_spread <= 0:
+            raise ConfigError("the timing tolerance must be in (0, 1) and the spread > 0")
+        if self.timing_retries < 0:
+            raise ConfigError("timing retries must be >= 0")
 
     @property
     def strategy_spec(self):
@@ -108,7 +120,10 @@ class SearchConfig:
                 "final_repeats_factor": self.final_repeats_factor,
                 "runtime_options": self.runtime_options,
                 "option_candidates": self.option_candidates,
-                "full_frontier": self.full_frontier, "gate_margin": self.gate_margin}
+                "full_frontier": self.full_frontier, "gate_margin": self.gate_margin,
+                "timing_tolerance": self.timing_tolerance,
+                "timing_max_spread": self.timing_max_spread,
+                "timing_retries": self.timing_retries}
 
 
 @dataclass
@@ -146,6 +161,7 @@ class SearchOutcome:
     phases: dict[str, float]
     gains: analysis.Gains | None = None
     shared: dict = field(default_factory=dict)  # what came from the cache of earlier runs
+    timing: TimingCheck | None = None  # the baseline timed against itself
 
     @property
     def budget_met(self) -> bool:
@@ -241,6 +257,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         try:
             baseline_ev = evaluator.evaluate(evaluator.baseline_plan, "baseline")
             on_eval(baseline_ev)
+            timing = check_timing(evaluator, baseline_ev, config)
             evaluations = [baseline_ev] + [
                 e for e in drive(strategies, evaluator.evaluate, on_eval, gated)
                 if e.plan != baseline_ev.plan]
@@ -264,8 +281,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                 continue  # the baseline itself, or a plan no faster than it: not an answer
             if len(tried) >= config.confirm_candidates:
                 break
-            conf = _confirm(ws, backend, evaluator, ev, measure, config, out_dir, holdout_base,
-                            base_holdout_outputs)
+            conf = _confirm(ws, backend, evaluator, ev, evaluator.measure, config, out_dir,
+                            holdout_base, base_holdout_outputs)
             tried.append(conf)
             if conf.in_budget:
                 best = conf
@@ -281,7 +298,38 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         frontier=frontier(evaluations), sensitivity=sens, order=order, low=low, best=best,
         tried=tried, fresh=fresh, cached=cached, wall_s=time.perf_counter() - t_start,
         phases=phases, gains=gains,
-        shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses})
+        shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses},
+        timing=timing)
+
+
+def check_timing(evaluator: Evaluator, baseline_ev: Evaluation,
+                 config: SearchConfig) -> TimingCheck:
+    """Is timing on this machine good enough to tell plans apart? The baseline evaluation timed
+    a second build of the baseline against the first (a fresh self-timing when it came from the
+    store or failed); while the two disagree beyond the tolerance or spread widely, warn and
+    re-measure with twice the runs, and keep the larger run count for the rest of the search."""
+    def fresh() -> tuple[float, float, int]:
+        return TimingCheck.attempt(*evaluator.time_self())
+
+    first = (TimingCheck.attempt(baseline_ev.latency, baseline_ev.baseline_latency)
+             if baseline_ev.ok and not baseline_ev.cached else fresh())
+    check = TimingCheck((first,), config.timing_tolerance, config.timing_max_spread)
+    while not check.trusted and len(check.attempts) <= config.timing_retries:
+        ratio, spread, n = check.attempts[-1]
+        m = evaluator.measure
+        evaluator.measure = replace(m, repeats=2 * m.repeats, min_repeats=2 * m.min_repeats,
+                                    max_seconds=2 * m.max_seconds)
+        log.warning("timing is noisy: the baseline against itself measured x%.3f (spread %.2f, "
+                    "%d runs); measuring again with %d runs", ratio, spread, n,
+                    evaluator.measure.repeats)
+        check = replace(check, attempts=(*check.attempts, fresh()))
+    if not check.trusted:
+        log.warning("%s. Latency differences smaller than that are noise on this machine now: "
+                    "stop other work on it (or pin --threads) and rerun, or read the ratios "
+                    "with that in mind", check.describe())
+    else:
+        log.info("%s", check.describe())
+    return check
 
 
 def _option_space(ws: Workspace, backend: Backend, ranges: Ranges):

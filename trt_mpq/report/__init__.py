@@ -151,7 +151,19 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
               f"wall time {result['wall_s']:.0f} s"
               + (f"; {result['shared_cache']['reused']} baseline pass(es) and sensitivity "
                  "result(s) reused from earlier runs on this model"
-                 if result.get("shared_cache", {}).get("reused") else ""), ""]
+                 if result.get("shared_cache", {}).get("reused") else "")]
+    timing = result.get("timing_check")
+    if timing:
+        ratio, spread = timing["attempts"][-1]["ratio"], timing["attempts"][-1]["spread"]
+        tries = len(timing["attempts"]) - 1
+        lines.append(
+            f"- Timing check: the baseline against itself measured x{ratio:.3f} (spread "
+            f"{spread:.2f}"
+            + (f", after {tries} re-measurement(s) with more runs" if tries else "") + "): "
+            + ("within the tolerance" if timing["trusted"] else
+               f"**not trusted** (tolerance ±{timing['tolerance']:.0%}, spread at most "
+               f"{timing['max_spread']:.2f}); latency differences below that are noise"))
+    lines.append("")
     lines += ["## Result", "", "| | baseline | chosen plan |", "|---|---|---|"]
     if best:
         lines += [

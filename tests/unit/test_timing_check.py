@@ -1,0 +1,140 @@
+"""The timing guard: the baseline timed against a second copy of itself must come out x1.
+A fake backend's runners report chosen times, so disagreement is certain, not luck: it is
+detected, warned about, re-measured with more runs and recorded in result.json and report.md."""
+
+import itertools
+import json
+import logging
+
+import numpy as np
+import onnx
+import pytest
+
+import models
+from trt_mpq.backends import get_backend
+from trt_mpq.backends.base import Backend, Runner
+from trt_mpq.calib import CalibConfig
+from trt_mpq.measure import MeasureConfig
+from trt_mpq.model import find_groups, prepare_model
+from trt_mpq.pipeline.evaluator import Evaluator
+from trt_mpq.pipeline.job import search_job
+from trt_mpq.pipeline.search import SearchConfig, check_timing
+from trt_mpq.pipeline.workspace import Workspace
+from trt_mpq.qdq import Dialect
+from trt_mpq.search import Budget
+
+MEASURE = MeasureConfig(warmup=0, repeats=6, min_repeats=3)
+
+
+class TimedRunner(Runner):
+    """Runs the real session for outputs; `time_once` reports `ms` (with a tiny fixed jitter)."""
+
+    def __init__(self, inner: Runner, ms: float) -> None:
+        self.inner, self.ms = inner, ms
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+        self._jitter = itertools.cycle([0.0, 0.001, -0.001])
+
+    def run(self, feed):
+        return self.inner.run(feed)
+
+    def time_once(self, feed):
+        return self.ms * (1 + next(self._jitter)) / 1e3
+
+    def close(self):
+        self.inner.close()
+
+
+class NoisyBackend(Backend):
+    """ONNX Runtime underneath. The first runner opened (the evaluator's baseline) reports
+    1 ms; the k-th one after it reports `copies[k - 1]` ms (the last value repeats)."""
+
+    name = "noisy"
+    dialect = Dialect.ORT_CPU
+
+    def __init__(self, copies: list[float]) -> None:
+        self.real = get_backend("ort-cpu", threads=1)
+        self.copies = copies
+        self.opened = 0
+
+    def build(self, model, out_dir, groups, sample_feed, max_batch=None, options=None):
+        return self.real.build(model, out_dir, groups, sample_feed, max_batch)
+
+    def open(self, artifact):
+        k, self.opened = self.opened, self.opened + 1
+        ms = 1.0 if k == 0 else self.copies[min(k - 1, len(self.copies) - 1)]
+        return TimedRunner(self.real.open(artifact), ms)
+
+    def describe(self):
+        return {"backend": self.name, "copies": self.copies}
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from trt_mpq.task import Split, Task, accuracy
+
+    tmp = tmp_path_factory.mktemp("timing")
+    path = prepare_model(models.tiny_cnn(tmp / "cnn.onnx"), tmp)
+    model = onnx.load(str(path))
+    x = models.cnn_inputs(48)
+    labels = np.arange(48) % 10
+    task = Task(name="tiny", model_path=path,
+                calibration=Split({"input": x[:16]}, labels[:16]),
+                search=Split({"input": x[16:32]}, labels[16:32]),
+                holdout=Split({"input": x[32:]}, labels[32:]), metric=accuracy(), eval_batch=8)
+    return Workspace(task=task, source_path=path, prepared_path=path, model=model,
+                     groups=find_groups(model), cache_dir=tmp / "cache", progress=False)
+
+
+@pytest.fixture(scope="module")
+def ranges(workspace):
+    return workspace.calibrate(CalibConfig(num_samples=16))
+
+
+CONFIG = SearchConfig(budget=Budget.parse("50%"), timing_retries=2)
+
+
+def _check(workspace, ranges, tmp_path, copies):
+    backend = NoisyBackend(copies)
+    with Evaluator(workspace, backend, ranges, MEASURE, None, tmp_path) as ev:
+        baseline_ev = ev.evaluate(ev.baseline_plan, "baseline")
+        check = check_timing(ev, baseline_ev, CONFIG)
+        return check, ev.measure
+
+
+def test_agreeing_copies_are_trusted_with_one_attempt(workspace, ranges, tmp_path, caplog):
+    check, measure = _check(workspace, ranges, tmp_path, [1.0])
+    assert check.trusted and len(check.attempts) == 1
+    assert check.attempts[0][0] == pytest.approx(1.0, abs=0.01)
+    assert measure == MEASURE and "noisy" not in caplog.text
+
+
+def test_a_lasting_disagreement_is_warned_about_remeasured_and_not_trusted(workspace, ranges,
+                                                                           tmp_path, caplog):
+    caplog.set_level(logging.WARNING)
+    check, measure = _check(workspace, ranges, tmp_path, [1.3])
+    assert not check.trusted and len(check.attempts) == 3  # the first + 2 re-measurements
+    assert [a[2] for a in check.attempts] == [6, 12, 24]  # twice the runs each time
+    assert all(a[0] == pytest.approx(1.3, abs=0.01) for a in check.attempts)
+    assert measure.repeats == 24  # the rest of the search keeps the larger count
+    assert caplog.text.count("timing is noisy") == 2 and "NOT trusted" in caplog.text
+
+
+def test_a_passing_disagreement_is_trusted_after_remeasuring(workspace, ranges, tmp_path):
+    check, measure = _check(workspace, ranges, tmp_path, [1.3, 1.0])
+    assert check.trusted and len(check.attempts) == 2
+    assert check.attempts[0][0] == pytest.approx(1.3, abs=0.01)
+    assert measure.repeats == 12
+
+
+def test_the_check_is_recorded_in_result_json_and_the_report(workspace, ranges, tmp_path):
+    out = tmp_path / "out"
+    config = SearchConfig(budget=Budget.parse("50%"), runtime_options=False, timing_retries=1)
+    result = search_job(workspace, NoisyBackend([1.2]), ranges, CalibConfig(num_samples=16),
+                        MEASURE, config, out)
+    saved = json.loads((out / "result.json").read_text())
+    assert saved["timing_check"] == result["timing_check"]
+    assert saved["timing_check"]["trusted"] is False
+    assert [round(a["ratio"], 2) for a in saved["timing_check"]["attempts"]] == [1.2, 1.2]
+    report = (out / "report.md").read_text()
+    assert "Timing check: the baseline against itself measured x1.200" in report
+    assert "**not trusted**" in report
