@@ -77,3 +77,38 @@ def third_party(step: str, error: type[TrtMpqError] = MaterializeError):
         detail = text.splitlines()[0][:500] if text else ""
         raise error(f"{step} failed: {type(e).__name__}" + (f": {detail}" if detail else "")
                     ) from e
+
+
+def _user_frame(tb) -> str:
+    """' (at FILE:LINE, in FUNC)' for the innermost frame of `tb` in the user's own code (not
+    trt-mpq, not the standard library or an installed package); '' if there is none."""
+    import sysconfig
+    import traceback
+    from pathlib import Path
+
+    ours = str(Path(__file__).resolve().parent)
+    libraries = {str(Path(p).resolve()) for k, p in sysconfig.get_paths().items()
+                 if k in ("stdlib", "platstdlib", "purelib", "platlib")}
+    for frame in reversed(traceback.extract_tb(tb)):
+        path = str(Path(frame.filename).resolve())
+        if frame.filename.startswith("<") or path.startswith(ours) or \
+                any(path.startswith(lib) for lib in libraries):
+            continue
+        return f" (at {frame.filename}:{frame.lineno}, in {frame.name})"
+    return ""
+
+
+@contextlib.contextmanager
+def user_code(what: str, error: type[TrtMpqError] = TaskError):
+    """Run the user's own code (a task factory, a torch-twin factory, their module's import):
+    whatever it raises becomes `error` saying `what` failed, with the exception's type, message
+    and the line of the user's code it came from -- not trt-mpq's frames. A trt-mpq error it
+    raised (e.g. a `Task` refusing a split) keeps its type, with `what` and that line added."""
+    try:
+        yield
+    except TrtMpqError as e:
+        raise type(e)(f"{what}: {e}{_user_frame(e.__traceback__)}") from e
+    except Exception as e:  # noqa: BLE001 - the boundary to the user's code
+        text = str(e).strip().splitlines()
+        raise error(f"{what} raised {type(e).__name__}" + (f": {text[0][:500]}" if text else "")
+                    + _user_frame(e.__traceback__)) from e

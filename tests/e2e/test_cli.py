@@ -150,7 +150,7 @@ def test_bad_inputs_exit_2_with_a_clear_message(digits_model, env, capsys):
           *FAST], "non-finite"),
         (["search", "resnet-digitz", "--max-drop", "1%"], "did you mean 'resnet-digits'"),
         (["search", digits_model, "--max-drop", "1%"], "needs a task"),
-        (["search", digits_model, "--task", "nomodule_xyz:f", "--max-drop", "1%"], "cannot import"),
+        (["search", digits_model, "--task", "nomodule_xyz:f", "--max-drop", "1%"], "cannot find module"),
         ([*search[:4], "--max-drop", "lots"], "cannot read the budget"),
         ([*search, "--precision", "fp8"], "fp8 is not available on ort-cpu"),
         ([*search, "--backend", "tpu"], "invalid choice: 'tpu'"),

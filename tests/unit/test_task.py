@@ -22,10 +22,22 @@ def test_split_basics():
     assert [sl for _, sl in s.batches(4)] == [slice(0, 4), slice(4, 8), slice(8, 10)]
     assert s.digest == Split({"a": np.arange(10), "b": np.arange(10) * 2}, np.arange(10)).digest
     assert s.digest != s.head(9).digest
-    with pytest.raises(DataError, match="disagree"):
-        Split({"a": np.arange(3), "b": np.arange(4)})
-    with pytest.raises(DataError, match="labels"):
-        Split({"a": np.arange(3)}, np.arange(4))
+    assert s.problem() is None
+    assert "different numbers of samples" in Split({"a": np.arange(3), "b": np.arange(4)}).problem()
+    assert "4 labels for 3 samples" in Split({"a": np.arange(3)}, np.arange(4)).problem()
+
+
+@pytest.mark.parametrize("which", ["calibration", "search", "holdout"])
+def test_a_task_names_the_split_whose_counts_disagree(which):
+    good = Split({"a": np.arange(4)}, np.arange(4))
+    splits = {s: good for s in ("calibration", "search", "holdout")}
+    splits[which] = Split({"a": np.arange(4)}, np.arange(3))
+    with pytest.raises(DataError, match=f"task 't': the {which} split has 3 labels for 4 "
+                                        "samples; give one label per sample"):
+        Task(name="t", model_path=None, metric=accuracy(), **splits)
+    splits[which] = Split({"a": np.arange(4), "b": np.arange(5)}, None)
+    with pytest.raises(DataError, match=f"the {which} split has inputs with different numbers"):
+        Task(name="t", model_path=None, metric=accuracy(), **splits)
 
 
 def test_accuracy_metric():
@@ -64,7 +76,7 @@ def test_latency_feed_takes_the_latency_batch():
 
 
 @pytest.mark.parametrize("spec, match", [
-    ("nocolon", "must look like"), ("no_such_module_xyz:f", "cannot import"),
+    ("nocolon", "must look like"), ("no_such_module_xyz:f", "cannot find module"),
     ("json:no_such_function", "has no function")])
 def test_task_factory_errors(spec, match):
     with pytest.raises(TaskError, match=match):

@@ -290,7 +290,7 @@ def test_load_twin(tmp_path, monkeypatch):
     assert f() is not f()  # a fresh module per call
     with pytest.raises(ConfigError, match="package.module:make_model"):
         load_twin("twin_mod_for_test.make_model")
-    with pytest.raises(TaskError, match="cannot import 'no_such_twin_module'"):
+    with pytest.raises(TaskError, match="cannot find module 'no_such_twin_module'"):
         load_twin("no_such_twin_module:make")
     with pytest.raises(TaskError, match="no function 'value'"):
         load_twin("twin_mod_for_test:value")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shlex
 import sys
 import time
@@ -360,11 +361,12 @@ def cmd_build(args) -> int:
     ws = _workspace(args)
     plan = _plan_arg(args, ws)
     backend.check_plan(plan, ws.groups)
-    ranges = ws.calibrate(_calib_config(args))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("engines") / f"{ws.task.name}-{backend.name}-build-{stamp}"
+    _check_writable(out, "--out", folder=True)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output folder {out} is not empty; choose another --out")
+    ranges = ws.calibrate(_calib_config(args))
     graph = materialize(ws.model, ws.groups, plan, ranges, backend.dialect)
     artifact = backend.build(graph, out, ws.groups, ws.task.latency_feed(),
                              max_batch=ws.task.eval_batch, options=dict(plan.options))
@@ -390,6 +392,8 @@ def cmd_evaluate(args) -> int:
 
     from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
 
+    if args.out:
+        _check_writable(Path(args.out), "--out", folder=False)
     backend = _backend(args)
     backend.check_can_run()
     ws = _workspace(args)
@@ -413,6 +417,25 @@ def cmd_evaluate(args) -> int:
     return EXIT_OK
 
 
+def _check_writable(path: Path, flag: str, folder: bool) -> None:
+    """`path` (an output folder, or a file when not `folder`) can be created and written by
+    this user: checked before any long work, so a mistake costs seconds and leaves nothing."""
+    if folder and path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder; choose a folder path (it is "
+                          "created if missing)")
+    if not folder and path.is_dir():
+        raise ConfigError(f"{flag} {path} is a folder; give a file path")
+    existing = path if folder and path.exists() else path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f"{flag} {path}: {existing} is a file, so {path} cannot be created; "
+                          f"choose another {flag}")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: {existing} is not writable by this user; choose "
+                          f"another {flag}")
+
+
 def _resolve_out(args, model_name: str, backend_name: str) -> Path:
     engines = Path("engines")
     if args.out is not None:
@@ -427,6 +450,7 @@ def _resolve_out(args, model_name: str, backend_name: str) -> Path:
     else:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         out = engines / f"{model_name}-{backend_name}-{stamp}"
+    _check_writable(out, "--out", folder=True)
     store = out / "evaluations.sqlite"
     if args.resume:
         if not store.exists():
@@ -475,17 +499,21 @@ def cmd_search(args) -> int:
               f"--resume --out {out}", file=sys.stderr)
         return EXIT_INTERRUPTED
     best = result["best"]
+    timing = result.get("timing_check")
+    untrusted = ("; timing NOT trusted on this machine (report.md says why)"
+                 if timing and not timing["trusted"] else "")
     if best:
         options = "".join(f", {k}={v}" for k, v in sorted(best["runtime_options"].items()))
         print(f"budget met: {best['precision_counts']}{options} -> latency "
               f"x{best['latency_ratio']:.3f} "
               f"of baseline ({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "
               f"holdout drop {100 * best['holdout_rel_drop']:+.2f}% "
-              f"({result['evaluations']} plans, {result['wall_s']:.0f} s)\n"
-              f"  {out / best['artifact']}\n  {out / 'report.md'}")
+              f"({result['evaluations']} plans, {result['wall_s']:.0f} s)"
+              + untrusted + f"\n  {out / best['artifact']}\n  {out / 'report.md'}")
         return EXIT_OK
     print(f"budget NOT met: no quantized plan faster than the baseline stayed within "
-          f"{budget.describe()} on search and holdout; frontier and report in {out}")
+          f"{budget.describe()} on search and holdout; frontier and report in {out}"
+          + untrusted)
     return EXIT_BUDGET
 
 
@@ -552,6 +580,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except TrtMpqError as e:
+        if args.verbose:  # -v: the whole story, the user's own frames included
+            import traceback
+
+            traceback.print_exception(e, file=sys.stderr)
         print(f"trt-mpq {args.command}: error: {e}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:

@@ -22,6 +22,12 @@ log = logging.getLogger(__name__)
 
 PREPARE_VERSION = "1"  # bump when the preparation changes, to invalidate caches
 
+#: operator domains ONNX Runtime's CPU provider implements (the standard ones and Microsoft's
+#: contrib ops); a node of any other domain needs a custom-op library
+RUNNABLE_DOMAINS = frozenset({"", "ai.onnx", "ai.onnx.ml", "com.microsoft",
+                              "com.microsoft.nchwc", "com.microsoft.experimental",
+                              "ai.onnx.preview.training"})
+
 
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
@@ -58,6 +64,17 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
     except Exception as e:
         raise ModelError(f"{p} fails the ONNX checker: {str(e).splitlines()[0]}; "
                          "re-export the model with a supported opset") from None
+    local = {f.domain for f in model.functions}  # the model's own functions run anywhere
+    custom = [n for n in model.graph.node
+              if n.domain not in RUNNABLE_DOMAINS and n.domain not in local]
+    if custom:
+        first = custom[0]
+        more = f" (and {len(custom) - 1} more custom node(s))" if len(custom) > 1 else ""
+        raise ModelError(f"{p}: node {first.name or first.output[0]!r} is the custom op "
+                         f"{first.domain}:{first.op_type}{more}, which ONNX Runtime cannot run "
+                         "without its custom-op library; trt-mpq prepares and calibrates every "
+                         "model with ONNX Runtime. Export the model with standard ONNX ops "
+                         "(or replace the custom op) and retry")
     return model
 
 
@@ -96,11 +113,22 @@ def prepare_model(path: str | os.PathLike, cache_dir: Path) -> Path:
 
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
         pre = Path(tmp) / "pre.onnx"
+        onnxruntime.set_default_logger_severity(3)  # its errors come back as one line below
         try:
-            quant_pre_process(str(src), str(pre))
-        except Exception as e:  # symbolic shape inference fails on some exporters' graphs
-            log.warning("symbolic shape inference failed (%s); preparing without it", e)
-            quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+            try:
+                quant_pre_process(str(src), str(pre))
+            except Exception as e:  # symbolic shape inference fails on some exporters' graphs
+                log.warning("symbolic shape inference failed (%s); preparing without it",
+                            str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+                quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+        except Exception as e:  # noqa: BLE001 - ONNX Runtime refused the user's model
+            text = str(e).strip().replace(str(pre), str(src)).splitlines()
+            raise ModelError(f"ONNX Runtime {onnxruntime.__version__} cannot load {src}: "
+                             f"{type(e).__name__}" + (f": {text[0][:400]}" if text else "")
+                             + "; check that onnxruntime.InferenceSession(PATH) runs the model "
+                             "(supported opset and ops), re-export it and retry") from None
+        finally:
+            onnxruntime.set_default_logger_severity(2)
         model = name_nodes(onnx.load(str(pre)))
         tmp_out = Path(tmp) / "named.onnx"
         onnx.save(model, str(tmp_out))

@@ -17,12 +17,13 @@ Everything here imports torch lazily: `import trt_mpq.sensitivity.torch_twin` wo
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trt_mpq.errors import ConfigError, TaskError
+from trt_mpq.errors import ConfigError, TaskError, user_code
 from trt_mpq.model.groups import Group, GroupOp
 from trt_mpq.plan import Precision
 
@@ -292,10 +293,14 @@ def load_twin(spec: str, cache_dir: Path | None = None) -> Callable[[], Any]:
         raise ConfigError(f"--torch must look like package.module:make_model, got {spec!r}")
     mod_name, func_name = spec.split(":")
     try:
+        found = importlib.util.find_spec(mod_name) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise TaskError(f"cannot find module {mod_name!r} for the torch twin; make sure its "
+                        "folder is on PYTHONPATH")
+    with user_code(f"importing the torch-twin module {mod_name!r}"):
         mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise TaskError(f"cannot import {mod_name!r} for the torch twin ({e}); make sure it and "
-                        "torch are installed and on PYTHONPATH") from None
     func = getattr(mod, func_name, None)
     if not callable(func):
         raise TaskError(f"{mod_name!r} has no function {func_name!r} for the torch twin")
@@ -304,7 +309,8 @@ def load_twin(spec: str, cache_dir: Path | None = None) -> Callable[[], Any]:
     def factory() -> Any:
         import torch
 
-        model = func(Path(cache_dir)) if pass_cache else func()
+        with user_code(f"the torch-twin factory {spec}"):
+            model = func(Path(cache_dir)) if pass_cache else func()
         if not isinstance(model, torch.nn.Module):
             raise TaskError(f"{spec} returned {type(model).__name__}, not a torch.nn.Module")
         return model.eval()

@@ -10,13 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import importlib
+import importlib.util
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
-from trt_mpq.errors import DataError, TaskError
+from trt_mpq.errors import DataError, TaskError, user_code
 
 SPLITS = ("calibration", "search", "holdout")
 
@@ -28,13 +29,17 @@ class Split:
     inputs: Mapping[str, np.ndarray] = field(repr=False)
     labels: np.ndarray | None = field(default=None, repr=False)
 
-    def __post_init__(self) -> None:
+    def problem(self) -> str | None:
+        """What is wrong with the split's sample counts (None if nothing): the `Task` that
+        holds it reports it with the split's name."""
         lengths = {k: len(v) for k, v in self.inputs.items()}
         if len(set(lengths.values())) > 1:
-            raise DataError(f"split inputs disagree on the number of samples: {lengths}")
+            return (f"has inputs with different numbers of samples ({lengths}); every input "
+                    "array holds one row per sample along axis 0")
         if self.labels is not None and lengths and len(self.labels) != next(iter(lengths.values())):
-            raise DataError(f"split has {len(self.labels)} labels for "
-                            f"{next(iter(lengths.values()))} samples")
+            return (f"has {len(self.labels)} labels for {next(iter(lengths.values()))} samples; "
+                    "give one label per sample (labels[i] belongs to row i of every input)")
+        return None
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values()))) if self.inputs else 0
@@ -122,6 +127,17 @@ class Task:
     notes: tuple[str, ...] = ()  # shown in reports (e.g. what the weights are)
     torch_model: str | None = None  # "package.module:make_model" of the torch twin, if any
 
+    def __post_init__(self) -> None:
+        named = [(f"the {s} split", getattr(self, s)) for s in SPLITS]
+        named += [(f"the split of extra check {c.name!r}", c.split) for c in self.extra_checks]
+        for what, split in named:
+            if not isinstance(split, Split):
+                raise DataError(f"task {self.name!r}: {what} is a {type(split).__name__}, not a "
+                                "trt_mpq.task.Split")
+            problem = split.problem()
+            if problem:
+                raise DataError(f"task {self.name!r}: {what} {problem}")
+
     def split(self, name: str) -> Split:
         if name not in SPLITS:
             raise DataError(f"unknown split {name!r}; use one of {SPLITS}")
@@ -186,10 +202,14 @@ def load_task_factory(spec: str) -> Callable[[], Task]:
         raise TaskError(f"--task must look like package.module:make_task, got {spec!r}")
     mod_name, func_name = spec.split(":", 1)
     try:
+        found = importlib.util.find_spec(mod_name) is not None
+    except (ImportError, ValueError):  # a parent package is missing, or an empty name
+        found = False
+    if not found:
+        raise TaskError(f"cannot find module {mod_name!r} for --task; make sure its folder is on "
+                        "PYTHONPATH (e.g. PYTHONPATH=. when it is in the current folder)")
+    with user_code(f"importing the task module {mod_name!r}"):
         mod = importlib.import_module(mod_name)
-    except ImportError as e:
-        raise TaskError(f"cannot import {mod_name!r} for --task ({e}); make sure it is on "
-                        "PYTHONPATH") from None
     func = getattr(mod, func_name, None)
     if not callable(func):
         raise TaskError(f"{mod_name!r} has no function {func_name!r} for --task")
@@ -197,7 +217,9 @@ def load_task_factory(spec: str) -> Callable[[], Task]:
 
 
 def task_from_factory(spec: str, model_path: Path | None) -> Task:
-    task = load_task_factory(spec)()
+    factory = load_task_factory(spec)
+    with user_code(f"the task factory {spec}"):
+        task = factory()
     if not isinstance(task, Task):
         raise TaskError(f"{spec} returned {type(task).__name__}, not a trt_mpq.task.Task")
     if model_path is not None:

@@ -1,0 +1,136 @@
+"""Every user mistake exits 2 with one line that says what is wrong and what to do: no
+traceback (unless -v), nothing half-written in --out, no debris in the cache."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import models
+
+TASK_MODULE = '''
+import numpy as np
+from trt_mpq.task import Split, Task, accuracy
+
+def _split(n, seed, labels=None):
+    x = np.random.default_rng(seed).normal(0, 1, (n, 3, 16, 16)).astype(np.float32)
+    return Split({"input": x}, np.arange(n) % 10 if labels is None else labels)
+
+def make_task():
+    return Task(name="tiny", model_path=None, calibration=_split(16, 0),
+                search=_split(16, 1), holdout=_split(16, 2), metric=accuracy(), eval_batch=8)
+
+def make_missing_file():
+    data = np.load("/no/such/data.npz")  # the user's own mistake
+    return make_task()
+
+def make_label_mismatch():
+    return Task(name="tiny", model_path=None, calibration=_split(16, 0),
+                search=_split(16, 1, labels=np.zeros(15, np.int64)), holdout=_split(16, 2),
+                metric=accuracy(), eval_batch=8)
+'''
+
+
+@pytest.fixture()
+def setup(tmp_path):
+    (tmp_path / "user_task.py").write_text(TASK_MODULE)
+    (tmp_path / "broken_task.py").write_text("import numpy as np\n"
+                                             "DATA = np.load('/no/such/file.npy')\n")
+    model = models.tiny_cnn(tmp_path / "cnn.onnx")
+    env = dict(os.environ, PYTHONPATH=str(tmp_path), TRT_MPQ_CACHE=str(tmp_path / "cache"))
+    return tmp_path, model, env
+
+
+def cli(*args, env, cwd):
+    return subprocess.run([sys.executable, "-m", "trt_mpq", *map(str, args)], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _one_clear_line(r, *needles):
+    assert r.returncode == 2, (r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = [ln for ln in r.stderr.splitlines() if "error:" in ln]
+    assert len(lines) == 1, r.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+SEARCH = ["--max-drop", "1%", "--repeats", "5", "--warmup", "1", "--no-progress"]
+
+
+def test_a_task_factory_that_raises_is_reported_with_the_users_line(setup):
+    tmp, model, env = setup
+    r = cli("search", model, "--task", "user_task:make_missing_file", "--out", tmp / "out",
+            *SEARCH, env=env, cwd=tmp)
+    line = _one_clear_line(r, "the task factory user_task:make_missing_file raised "
+                              "FileNotFoundError", "/no/such/data.npz")
+    assert f"{tmp / 'user_task.py'}:" in line and "in make_missing_file" in line
+    assert not (tmp / "out").exists()
+    verbose = cli("search", model, "--task", "user_task:make_missing_file", "--out",
+                  tmp / "out", *SEARCH, "-v", env=env, cwd=tmp)
+    assert verbose.returncode == 2 and "Traceback" in verbose.stderr
+    assert 'np.load("/no/such/data.npz")' in verbose.stderr  # the user's frame is shown
+
+
+def test_a_task_module_that_fails_to_import_is_reported_with_the_users_line(setup):
+    tmp, model, env = setup
+    r = cli("inspect", model, "--task", "broken_task:make_task", env=env, cwd=tmp)
+    _one_clear_line(r, "importing the task module 'broken_task' raised FileNotFoundError",
+                    f"{tmp / 'broken_task.py'}:2")
+    r = cli("inspect", model, "--task", "no_such_module:make_task", env=env, cwd=tmp)
+    _one_clear_line(r, "cannot find module 'no_such_module'", "PYTHONPATH")
+
+
+def test_a_label_count_mismatch_names_the_split_and_the_fix(setup):
+    tmp, model, env = setup
+    r = cli("search", model, "--task", "user_task:make_label_mismatch", "--out", tmp / "out",
+            *SEARCH, env=env, cwd=tmp)
+    _one_clear_line(r, "the search split has 15 labels for 16 samples",
+                    "give one label per sample", f"{tmp / 'user_task.py'}:")
+    assert not (tmp / "out").exists()
+
+
+def test_a_custom_op_names_the_op_and_the_users_file_and_leaves_no_debris(setup):
+    tmp, _, env = setup
+    w = numpy_helper.from_array(np.eye(4, dtype=np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+         helper.make_node("FastGelu", ["h"], ["y"], name="my_gelu", domain="my.company.ops")],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 4])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                    helper.make_opsetid("my.company.ops", 1)])
+    path = tmp / "custom.onnx"
+    onnx.save(model, str(path))
+    for command in (["inspect", path], ["search", path, "--task", "user_task:make_task",
+                                        "--out", tmp / "out", *SEARCH]):
+        r = cli(*command, env=env, cwd=tmp)
+        _one_clear_line(r, str(path), "'my_gelu'", "my.company.ops:FastGelu",
+                        "custom-op library")
+    assert not (tmp / "out").exists()
+    assert not list(tmp.glob("cache/**/*.onnx"))  # no prepared copy left in the cache
+
+
+@pytest.mark.parametrize("command", ["search", "build", "evaluate"])
+def test_an_out_path_that_cannot_be_used(setup, command):
+    tmp, model, env = setup
+    a_file = tmp / "taken.txt"
+    a_file.write_text("a file the user has")
+    extra = {"search": SEARCH, "build": ["--uniform", "int8"],
+             "evaluate": ["--uniform", "int8", "--repeats", "5"]}[command]
+    bad = a_file if command != "evaluate" else tmp  # evaluate --out is a file: give a folder
+    r = cli(command, model, "--task", "user_task:make_task", "--out", bad, *extra, env=env,
+            cwd=tmp)
+    _one_clear_line(r, f"--out {bad}")
+    assert a_file.read_text() == "a file the user has"
+    if command != "evaluate":
+        r = cli(command, model, "--task", "user_task:make_task", "--out", a_file / "sub",
+                *extra, env=env, cwd=tmp)
+        _one_clear_line(r, f"{a_file} is a file")
+    assert not (tmp / "engines").exists()
