@@ -295,3 +295,22 @@ def test_search_strategies_and_orders(digits_model, env, extra):
     if "latency-aware" in extra:
         assert res["sensitivity"]["ordering"] == "latency-aware"
         assert res["latency_gains"]["base_ms"]
+
+
+def test_the_deployable_model_holds_only_what_it_runs(searched, digits_model, capfd):
+    """Replaced float weights leave the artifact: no initializer that no node reads, smaller
+    than the FP32 model, and ONNX Runtime loads it without a warning."""
+    import onnx
+    import onnxruntime as ort
+
+    out, _ = searched
+    model = onnx.load(str(out / "model.onnx"))
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    assert [i.name for i in model.graph.initializer if i.name not in read] == []
+    assert (out / "model.onnx").stat().st_size < Path(digits_model).stat().st_size
+    capfd.readouterr()
+    options = ort.SessionOptions()
+    options.log_severity_level = 2  # warnings and errors (info lists ORT's own fusions)
+    ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    err = capfd.readouterr().err
+    assert "not used" not in err and "Removing initializer" not in err, err
