@@ -9,9 +9,11 @@ Each peer runs as its users run it (benchmarks/peer_worker.py), in its own virtu
 under benchmarks/.peers/ (created on first use from the pins below, so its pins never touch
 ours), handed the FP32 model, the calibration split and an accuracy function on the search
 split. trt-mpq runs as `trt-mpq search MODEL --max-drop 1%` with default settings, twice: first
-with nothing of this model in its shared cache (`<cache>/results`: the baseline's outputs and
-sensitivity scores of earlier runs), as a user's first search of a model runs, then again into
-another folder, as every later search of that model runs (another budget, strategy or --out).
+in a cache folder that holds only the zoo's build of the model (so it prepares, calibrates and
+computes the baseline's outputs and sensitivity from scratch, as a user's first search of a
+model does), then again into another folder with that cache, as every later search of the
+model runs (another budget, strategy or --out: it reuses calibration, the baseline's outputs
+and sensitivity scores).
 Then, in one
 process: every answer is loaded like its users would (peers with ONNX Runtime's default session
 options; trt-mpq's as its model.onnx.json says), checked on the holdout split the searches never
@@ -97,28 +99,34 @@ def run_timed(cmd: list[str], env: dict | None = None) -> tuple[float, subproces
     return time.perf_counter() - t0, proc
 
 
-def forget_shared_results(model: str, cache: Path) -> int:
-    """Remove what trt-mpq's shared cache holds for `model` (so the next search is a first
-    search); returns how many context folders went."""
+def fresh_cache(cache: Path, work: Path) -> Path:
+    """A cache folder that holds only the built zoo entries of `cache` (linked, not copied):
+    a search there prepares, calibrates and computes its shared results from scratch, as a
+    user's first search of a model does."""
     import shutil
 
-    gone = 0
-    for context in (cache / "results").glob("*/context.json"):
-        if json.loads(context.read_text()).get("task") == model:
-            shutil.rmtree(context.parent)
-            gone += 1
-    return gone
+    first = work / "cache-first"
+    if first.exists():
+        shutil.rmtree(first)
+    first.mkdir(parents=True)
+    for part in ("zoo", "downloads"):
+        if (cache / part).exists():
+            (first / part).symlink_to((cache / part).resolve(), target_is_directory=True)
+    return first
 
 
-def run_trt_mpq(model: str, work: Path, max_drop: str, cache: Path, first: bool) -> dict:
+def run_trt_mpq(model: str, work: Path, max_drop: str, cache: Path) -> dict:
+    """`trt-mpq search` with default settings into WORK/trt-mpq, in a cache that has only the
+    zoo build (a first search); the caller runs it again for a later search."""
     import shutil
 
+    first = not (work / "cache-first").exists()
     name = "trt-mpq" if first else "trt-mpq (later search)"
     out = work / ("trt-mpq" if first else "trt-mpq-later")
     if out.exists():
         shutil.rmtree(out)
     if first:
-        forget_shared_results(model, cache)
+        cache = fresh_cache(cache, work)
     cmd = [sys.executable, "-m", "trt_mpq", "search", model, "--max-drop", max_drop, "--out",
            str(out), "--cache-dir", str(cache), "--no-progress", "-q"]
     wall, proc = run_timed(cmd)
@@ -225,9 +233,10 @@ def table(results: dict, max_drop: float) -> str:
         f"run on {time.strftime('%Y-%m-%d')} with `python benchmarks/peers.py`. Latency ratio: "
         "median over rounds interleaved with FP32 in one process, batch 1, with a 95% bootstrap "
         "interval; *in budget* = holdout drop within the budget. Wall time: the tool's whole "
-        "process to its answer (zoo caches warm); *trt-mpq* is the first search of a model, "
-        "*trt-mpq (later search)* a second one into another folder, which reuses the "
-        "baseline's outputs and sensitivity scores of the first (trt-mpq's shared cache).", ""]
+        "process to its answer (zoo builds cached); *trt-mpq* is the first search of a model "
+        "(it prepares and calibrates the model and computes the baseline's outputs and "
+        "sensitivity), *trt-mpq (later search)* a second one into another folder, which "
+        "reuses them (trt-mpq's caches).", ""]
     for model, rows in results.items():
         fp32 = next((r.get("fp32_ms") for r in rows if r.get("fp32_ms")), None)
         lines += [f"### {model} (FP32 {fp32:.2f} ms at batch 1)" if fp32 else f"### {model}", "",
@@ -285,10 +294,13 @@ def main() -> int:
         earlier = {}
         if args.reuse_peers and (work / "rows.json").exists():
             earlier = {r["method"]: r for r in json.loads((work / "rows.json").read_text())}
-        cache = args.cache or default_cache_dir()
         rows = []
-        for first in (True, False):
-            rows.append(run_trt_mpq(model, work, f"{100 * args.max_drop:g}%", cache, first))
+        if (work / "cache-first").exists():
+            import shutil
+
+            shutil.rmtree(work / "cache-first")
+        for cache in (args.cache or default_cache_dir(), work / "cache-first"):
+            rows.append(run_trt_mpq(model, work, f"{100 * args.max_drop:g}%", cache))
             print(f"[{model}] {rows[-1]['method']}: {json.dumps(rows[-1], default=str)[:400]}",
                   flush=True)
         for peer in args.peers:
