@@ -196,8 +196,9 @@ def _summary(r: Runner, evs, accept, sens_s: float, budget) -> dict:
     best, hold = None, None
     for e in [e for e in ranked_in_budget(evs, accept) if e.plan.groups_at(r.base)
               != e.plan.groups and e.latency_ratio < 1.0][:3]:
-        drop = r.holdout_drop(e.plan)
-        if drop <= budget.max_drop + 1e-12:
+        drop = r.holdout_drop(e.plan)  # relative
+        base = r.store.get_blob("holdout:baseline")
+        if budget.accepts(drop * abs(base) if base else drop, base or 0.0):  # any budget kind
             best, hold = e, drop
             break
     return {"ratio": best.latency_ratio if best else None, "holdout_drop": hold,
@@ -240,7 +241,7 @@ def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
             from trt_mpq.sensitivity import ordering
 
             ref = analysis.reference_drop(r.ws, r.ranges, r.backend.dialect, r.low, r.store)
-            orders = {m: ordering.order(r.names, s.scores) for m, s in sens_cache.items()}
+            orders = {m: dict(s.scores) for m, s in sens_cache.items()}  # ties stay ties
             if "hessian+deps" in sens_cache:
                 orders["hessian+deps (latency-aware)"] = ordering.order(
                     r.names, sens_cache["hessian+deps"].scores, r.gains().gain)
@@ -379,14 +380,14 @@ def table(results: list[dict]) -> str:
         lines += ["", f"![{res['model']}](compare_{res['model']}.png)", ""]
     if latency:
         families = list(latency[0]["rows"])
-        lines += ["### Latency-only rows (random weights)", "",
-                  "These models' weights are random (no pretrained weights reach this machine), "
-                  "so their metric says nothing and no accuracy budget applies: each cell is the "
-                  "latency ratio of the fastest plan a family of plans reaches, accuracy "
-                  "ignored, with its evaluations. *latency-aware sweep* orders groups by their "
-                  "measured latency gain alone (ours without the sensitivity it would weigh "
-                  "against); the sensitivity-ordered methods (c, d, e, g) share uniform's "
-                  "end point.", "",
+        weights = ", ".join(f"{res['model']}: {res.get('weights', '?')}" for res in latency)
+        lines += ["### Latency-only rows", "",
+                  f"Weights as the zoo built them ({weights}): with random weights the metric "
+                  "says nothing and no accuracy budget applies, so each cell is the latency "
+                  "ratio of the fastest plan a family of plans reaches, accuracy ignored, with "
+                  "its evaluations. *latency-aware sweep* orders groups by their measured "
+                  "latency gain alone (ours without the sensitivity it would weigh against).",
+                  "",
                   "| model | FP32 ms | " + " | ".join(families) + " | wall s |",
                   "|---|---|" + "---|" * (len(families) + 1)]
         for res in latency:

@@ -105,10 +105,14 @@ def engines() -> None:
 
                     onnx.save(graph, str(out / f"{name}.{precision.value}.onnx"))
 
-                    ref = ort.InferenceSession(graph.SerializeToString(),
-                                               providers=["CPUExecutionProvider"],
-                                               disabled_optimizers=["WeightBiasQuantization"]
-                                               ).run(None, feed)[0]
+                    from trt_mpq.backends.ort import QDQ_DISABLED_OPTIMIZERS, has_qdq
+
+                    # the session trt-mpq itself creates for this graph (the same optimizers
+                    # off that mixed plans need), so the reference is what ort-cpu measures
+                    ref = ort.InferenceSession(
+                        graph.SerializeToString(), providers=["CPUExecutionProvider"],
+                        disabled_optimizers=list(QDQ_DISABLED_OPTIMIZERS) if has_qdq(graph)
+                        else []).run(None, feed)[0]
                     np.save(out / f"{name}.{precision.value}.reference.npy", ref)
                 if name != "tiny_cnn":
                     continue

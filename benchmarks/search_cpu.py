@@ -94,7 +94,7 @@ def table(rows: list[dict], max_drop: str) -> str:
         "holdout split. Wall time is the search itself; *setup* (in brackets) is model export, "
         "zoo build on first use, preparation and calibration. Random-weight rows are latency "
         "studies: their metric is agreement with the FP32 model's top-1, which a random "
-        "network's nearly tied logits make fragile, so their budget is not expected to be met.",
+        "network's nearly tied logits make fragile.",
         "",
         "| model | weights | groups | FP32 latency (ms) | uniform low: ratio / drop | "
         "searched: ratio / holdout drop | searched precisions | evaluations | wall s (+ setup) | "

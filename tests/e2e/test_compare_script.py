@@ -27,10 +27,12 @@ def test_compare_methods_on_a_tiny_model(tmp_path):
     result = json.loads((tmp_path / "runs" / "compare-tiny" / "compare.json").read_text())
     for method, by_budget in result["rows"].items():
         assert set(by_budget) == {"1%", "0.1%", "0.01%"}
-        for row in by_budget.values():
+        for budget, row in by_budget.items():
             assert row["evaluations"] >= 1
             if row["ratio"] is not None:  # an answer holds its budget on the holdout split
-                assert row["ratio"] > 0 and row["holdout_drop"] is not None
+                assert 0 < row["ratio"] < 1.0, (method, budget, row["ratio"])
+                assert row["holdout_drop"] <= float(budget.rstrip("%")) / 100 + 1e-12, \
+                    (method, budget, row["holdout_drop"])
     assert {"hessian", "fisher", "accuracy", "hessian+deps"} <= set(result["sensitivity_cost"])
     assert (tmp_path / "runs" / "compare-tiny" / "frontier.png").stat().st_size > 0
     # latency-only rows: the three families, the fastest plan of each, from the same store

@@ -15,7 +15,7 @@ import models
 
 TASK_MODULE = '''
 import numpy as np
-from trt_mpq.task import Split, Task, accuracy
+from trt_mpq.task import Metric, Split, Task, accuracy
 
 def _split(n, seed, labels=None):
     x = np.random.default_rng(seed).normal(0, 1, (n, 3, 16, 16)).astype(np.float32)
@@ -28,6 +28,27 @@ def make_task():
 def make_missing_file():
     data = np.load("/no/such/data.npz")  # the user's own mistake
     return make_task()
+
+def make_exact_task():
+    """Metric: agreement with the FP32 model's own logits to 1e-6 (labels = those logits):
+    every quantized plan misses any budget smaller than its error."""
+    from pathlib import Path
+    import onnxruntime as ort
+
+    t = make_task()
+    sess = ort.InferenceSession(str(Path(__file__).parent / "cnn.onnx"),
+                                providers=["CPUExecutionProvider"])
+    exact = lambda s: Split(s.inputs, sess.run(None, dict(s.inputs))[0])
+    metric = Metric(name="-max abs error", fn=lambda out, ref: -float(np.max(np.abs(
+        next(iter(out.values())) - ref))), kind="regression")
+    return Task(name="tiny-exact", model_path=None, calibration=t.calibration,
+                search=exact(t.search), holdout=exact(t.holdout), metric=metric, eval_batch=8)
+
+def make_broken_metric():
+    t = make_task()
+    def metric(out, labels):
+        raise KeyError("logits")  # the user's metric reads an output the model does not have
+    return Task(**{**t.__dict__, "metric": Metric(name="mine", fn=metric)})
 
 def make_label_mismatch():
     return Task(name="tiny", model_path=None, calibration=_split(16, 0),
@@ -134,3 +155,54 @@ def test_an_out_path_that_cannot_be_used(setup, command):
                 *extra, env=env, cwd=tmp)
         _one_clear_line(r, f"{a_file} is a file")
     assert not (tmp / "engines").exists()
+
+
+def test_a_budget_no_plan_can_meet_exits_1_and_writes_the_frontier(setup):
+    tmp, model, env = setup
+    out = tmp / "out"
+    r = cli("search", model, "--task", "user_task:make_exact_task", "--max-drop", "1e-5",
+            "--out", out, *SEARCH, "--sweep", "2", env=env, cwd=tmp)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "budget NOT met" in r.stdout and "Traceback" not in r.stderr
+    import json
+
+    result = json.loads((out / "result.json").read_text())
+    assert result["budget_met"] is False and result["best"] is None
+    assert (out / "pareto.csv").is_file() and "Budget not met" in (out / "report.md").read_text()
+    assert not (out / "plan.json").exists() and not (out / "model.onnx").exists()
+
+
+def test_a_metric_that_raises_is_the_users_error(setup):
+    tmp, model, env = setup
+    r = cli("search", model, "--task", "user_task:make_broken_metric", "--out", tmp / "out",
+            *SEARCH, env=env, cwd=tmp)
+    _one_clear_line(r, "the task metric 'mine' raised KeyError: 'logits'",
+                    f"{tmp / 'user_task.py'}:")
+
+
+def test_a_bug_exits_3_with_one_line_and_the_traceback_in_a_file(tmp_path, monkeypatch, capsys):
+    from trt_mpq.cli import main as cli_main
+
+    def broken(args):
+        return {}["a key trt-mpq forgot"]
+
+    monkeypatch.setitem(cli_main.COMMANDS, "zoo", broken)
+    monkeypatch.setenv("TRT_MPQ_CACHE", str(tmp_path))
+    assert cli_main.main(["zoo"]) == 3
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and "this is a bug in trt-mpq" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    (crash,) = (tmp_path / "crashes").glob("*.txt")
+    assert "Traceback" in crash.read_text() and "a key trt-mpq forgot" in crash.read_text()
+    assert str(crash) in err
+    assert cli_main.main(["zoo", "-v"]) == 3
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_evaluate_exits_1_when_its_plan_fails(setup):
+    """fp16 on this CPU runs FP32 kernels: the census says so and the plan is not measured."""
+    tmp, model, env = setup
+    r = cli("evaluate", model, "--task", "user_task:make_task", "--uniform", "fp16",
+            "--repeats", "5", env=env, cwd=tmp)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "precision-mismatch" in r.stderr and "Traceback" not in r.stderr

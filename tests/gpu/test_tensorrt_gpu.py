@@ -94,8 +94,9 @@ def test_search_end_to_end(backend, digits_model, tmp_path, cache_dir):
                         "digits_task:make_task", "--backend", backend.flavor, "--max-drop", "1%",
                         "--out", str(out), "--repeats", "30", "--no-progress"],
                        env=env, capture_output=True, text=True)
-    assert r.returncode in (0, 1), r.stderr
     res = json.loads((out / "result.json").read_text())
+    assert r.returncode == (0 if res["budget_met"] else 1), r.stderr
+    assert "Traceback" not in r.stderr
     assert res["backend"] == backend.flavor and res["baseline"]["precision"] == "fp16"
     if res["budget_met"]:
         sidecar = json.loads((out / "model.engine.json").read_text())

@@ -38,6 +38,25 @@ def test_order_quality():
     assert q["reversed"]["spearman"] == pytest.approx(-1.0)
 
 
+def test_order_quality_counts_ties_as_ties():
+    """Regression: with every reference score tied, the reference scored -1.0 against itself
+    (alphabetical vs graph-order tie-breaks). Ties get average ranks: undefined, not -1."""
+    tied = {"b": 0.0, "a": 0.0, "c": 0.0}
+    q = order_quality({"itself": tied, "some order": ["c", "a", "b"]}, tied)
+    assert q["itself"] == {"spearman": None, "kendall": None}
+    assert q["some order"] == {"spearman": None, "kendall": None}
+    # partly tied: a metric that ties exactly where the reference ties agrees perfectly
+    ref = {"a": 0.0, "b": 0.0, "c": 1.0, "d": 2.0}
+    q = order_quality({"same ties": {"a": 5.0, "b": 5.0, "c": 6.0, "d": 9.0},
+                       "breaks the tie": ["b", "a", "c", "d"]}, ref)
+    assert q["same ties"]["spearman"] == pytest.approx(1.0)
+    assert q["same ties"]["kendall"] == pytest.approx(1.0)
+    from scipy.stats import spearmanr
+
+    expect = spearmanr([0, 0, 1, 2], [1, 0, 2, 3]).statistic  # b first: a=1, b=0
+    assert q["breaks the tie"]["spearman"] == pytest.approx(expect) and expect < 1.0
+
+
 def _op(name):
     return GroupOp(name, "MatMul", name + ":x", name + ":y", name + ":w", None, (2, 2), (), 4, 4)
 

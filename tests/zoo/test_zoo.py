@@ -343,7 +343,7 @@ def _module_of(node_name: str, modules: set[str]) -> str | None:
     return full
 
 
-def check_built_task(task: Task, builder, cache_dir: Path, *, min_metric: float,
+def check_built_task(task: Task, builder, cache_dir: Path, *, min_metric: float | None,
                      sizes: dict[str, int], weights: str | tuple[str, ...]) -> dict:
     """The properties every zoo build must have; returns the entry's meta.json."""
     import onnx
@@ -369,7 +369,7 @@ def check_built_task(task: Task, builder, cache_dir: Path, *, min_metric: float,
     # metric on the search split (FP32, ONNX Runtime) and agreement with the torch baseline
     outputs = _run(sess, task.search, task.eval_batch)
     metric = task.metric(outputs, task.search.labels)
-    assert metric >= min_metric
+    assert np.isfinite(metric) and (min_metric is None or metric >= min_metric)
     assert abs(metric - meta["baseline"]["fp32_torch"]) <= 0.01
 
     # splits: sizes, labels, disjoint source samples (fit/train groups included)
@@ -569,6 +569,7 @@ def test_imagenet_with_checkpoint_and_image_folder(tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = imagenet.build_mobilenet_v2(cache, False)
     assert first.weights == "random"
+    first_model = first.model_path.read_bytes()
     # 18 images for bn_fit 64 / calibration 128 / search 500 / holdout 500, scaled down
     assert {s: len(first.split(s)) for s in SPLITS} == {"calibration": 1, "search": 7,
                                                         "holdout": 7}
@@ -580,8 +581,10 @@ def test_imagenet_with_checkpoint_and_image_folder(tmp_path, monkeypatch):
         torch.save(torchvision.models.mobilenet_v2().state_dict(), ckpt_dir / fname)
     task = imagenet.build_mobilenet_v2(cache, False)  # stale: rebuilt with the checkpoint
     assert task.weights == "pretrained"
-    assert task.model_path.stat().st_mtime_ns != 0
-    meta = check_built_task(task, imagenet.build_mobilenet_v2, cache, min_metric=0.0,
+    assert task.model_path.read_bytes() != first_model  # rebuilt with the checkpoint's weights
+    # the checkpoint holds seeded random weights: its accuracy on 3 classes means nothing, so
+    # only its agreement with torch (inside check_built_task) is checked, not a floor
+    meta = check_built_task(task, imagenet.build_mobilenet_v2, cache, min_metric=None,
                             sizes={"calibration": 2, "search": 7, "holdout": 7},
                             weights="pretrained")
     assert meta["imagenet"] == str(root.resolve())

@@ -1,7 +1,9 @@
 """`trt-mpq <verb>`: parse, build a config, call the library. Nothing more.
 
-Exit codes: 0 ok, 1 budget not met (outputs still written), 2 user error (clear message, no
-traceback), 130 interrupted (evaluations so far are saved; --resume continues).
+Exit codes, one meaning each: 0 ok; 1 the answer is "no" (search: budget not met, outputs
+still written; evaluate: the plan failed; build: the artifact does not run the plan); 2 user
+error (clear message, no traceback); 3 internal error (a bug: one line, the traceback saved to
+a file, -v prints it); 130 interrupted (evaluations so far are saved; --resume continues).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from trt_mpq.errors import ConfigError, TrtMpqError
 
 log = logging.getLogger("trt_mpq.cli")
 
-EXIT_OK, EXIT_BUDGET, EXIT_USER, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_BUDGET, EXIT_USER, EXIT_BUG, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 
 # -- logging -----------------------------------------------------------------------------------
@@ -414,6 +416,10 @@ def cmd_evaluate(args) -> int:
         from trt_mpq.report import write_text
 
         write_text(Path(args.out), text + "\n")
+    if not evaluation.ok:
+        print(f"the plan did not produce a measurement: {evaluation.status.value}: "
+              f"{evaluation.reason}", file=sys.stderr)
+        return EXIT_BUDGET
     return EXIT_OK
 
 
@@ -592,6 +598,33 @@ def main(argv: list[str] | None = None) -> int:
     except BrokenPipeError:  # e.g. `trt-mpq inspect MODEL | head`
         sys.stderr.close()
         return EXIT_OK
+    except Exception as e:  # noqa: BLE001 - anything else is a bug in trt-mpq
+        return _internal_error(args, e)
+
+
+def _internal_error(args, e: Exception) -> int:
+    """A bug: one line that says so, the traceback in a file (and on stderr with -v)."""
+    import traceback
+
+    text = "".join(traceback.format_exception(e))
+    saved = ""
+    try:
+        from trt_mpq.task import default_cache_dir
+
+        folder = Path(getattr(args, "cache_dir", None) or default_cache_dir()) / "crashes"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+        path.write_text(f"trt-mpq {' '.join(sys.argv[1:])}\n\n{text}")
+        saved = f"; traceback in {path}"
+    except Exception:  # noqa: BLE001 - reporting a bug must not raise another
+        pass
+    if args.verbose:
+        print(text, file=sys.stderr, end="")
+    print(f"trt-mpq {args.command}: internal error: {type(e).__name__}: "
+          f"{str(e).strip().splitlines()[0] if str(e).strip() else ''} -- this is a bug in "
+          f"trt-mpq, not in your input{saved} (-v prints it); please report it with the "
+          "command line", file=sys.stderr)
+    return EXIT_BUG
 
 
 if __name__ == "__main__":  # pragma: no cover

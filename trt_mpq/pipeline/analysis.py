@@ -211,5 +211,7 @@ def analyze(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, P
         ref = reference_drop(ws, ranges, backend.dialect, low, store)
         report["reference"] = {"what": "measured metric drop, one group lowered at a time, on "
                                        "the search split", **ref.to_json_dict()}
-        report["order_quality"] = order_quality(orders, ref.scores)
+        # metrics by their raw scores (ties stay ties), latency-aware orders by position
+        ranked = {**orders, **{m: report["metrics"][m]["scores"] for m in metrics}}
+        report["order_quality"] = order_quality(ranked, ref.scores)
     return report

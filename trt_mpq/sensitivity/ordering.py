@@ -8,7 +8,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Mapping, Sequence
 
 ORDERS = ("sensitivity", "latency-aware")
 
@@ -30,20 +31,28 @@ def order(groups_in_graph_order: list[str], scores: Mapping[str, float],
     return sorted(groups_in_graph_order, key=key)
 
 
-def order_quality(orders: Mapping[str, list[str]], reference: Mapping[str, float]) -> dict:
-    """Spearman and Kendall correlation of each order's ranks with the reference's (the groups
-    sorted by the reference score, ascending). 1 = identical order."""
+def order_quality(orders: Mapping[str, Sequence[str] | Mapping[str, float]],
+                  reference: Mapping[str, float]) -> dict:
+    """Spearman and Kendall (tau-b) correlation of each order with the reference scores. An
+    order is either a metric's raw scores (ties stay ties) or a list of groups (its position is
+    the rank). Ties in either are given average ranks, so tied groups count as tied and never
+    as an order the tie-break made up; with no variation in either side the correlation is
+    undefined (None). 1 = the same order as the reference, least first."""
     from scipy.stats import kendalltau, spearmanr
 
     groups = sorted(reference)
-    ref_rank = {g: r for r, g in enumerate(sorted(groups, key=lambda g: (reference[g], g)))}
+    ref = [float(reference[g]) for g in groups]
     out = {}
     for name, seq in orders.items():
-        rank = {g: r for r, g in enumerate(seq)}
-        a = [ref_rank[g] for g in groups]
-        b = [rank[g] for g in groups]
-        rho = spearmanr(a, b).statistic
-        tau = kendalltau(a, b).statistic
+        if isinstance(seq, Mapping):
+            values = [float(seq[g]) for g in groups]
+        else:
+            rank = {g: r for r, g in enumerate(seq)}
+            values = [float(rank[g]) for g in groups]
+        with warnings.catch_warnings():  # constant input: undefined, reported as None
+            warnings.simplefilter("ignore")
+            rho = spearmanr(ref, values).statistic
+            tau = kendalltau(ref, values).statistic
         out[name] = {"spearman": None if math.isnan(rho) else float(rho),
                      "kendall": None if math.isnan(tau) else float(tau)}
     return out

@@ -86,7 +86,8 @@ class Metric:
     kind: str = "logits"
 
     def __call__(self, outputs: Outputs, labels: np.ndarray | None) -> float:
-        return float(self.fn(outputs, labels))
+        with user_code(f"the task metric {self.name!r}"):  # the task's code, not trt-mpq's
+            return float(self.fn(outputs, labels))
 
 
 def accuracy(output: str | None = None) -> Metric:
