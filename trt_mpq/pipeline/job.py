@@ -58,8 +58,11 @@ def search_job(ws: Workspace, backend: Backend, ranges: Ranges, calib: CalibConf
             raise
         except KeyboardInterrupt:
             raise SearchInterrupted(out, len(store)) from None
-        return write_search_outputs(out, ws, backend, outcome, config, calib, ranges, measure,
-                                    argv=argv, setup_s=setup_s)
+        try:
+            return write_search_outputs(out, ws, backend, outcome, config, calib, ranges,
+                                        measure, argv=argv, setup_s=setup_s)
+        except KeyboardInterrupt:  # every evaluation is stored: --resume rewrites the outputs
+            raise SearchInterrupted(out, len(store)) from None
 
 
 __all__ = ["STORE_FILE", "SearchInterrupted", "search_job", "store_context"]

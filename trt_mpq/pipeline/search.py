@@ -274,21 +274,10 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
 
         t = time.perf_counter()
         holdout_base, base_holdout_outputs = _holdout_baseline(ws, evaluator)
-        tried: list[Confirmation] = []
-        best = None
-        for ev in ranked_in_budget(evaluations, accept):
-            if ev.plan == evaluator.baseline_plan or ev.latency_ratio >= 1.0:
-                continue  # the baseline itself, or a plan no faster than it: not an answer
-            if len(tried) >= config.confirm_candidates:
-                break
-            conf = _confirm(ws, backend, evaluator, ev, evaluator.measure, config, out_dir,
-                            holdout_base, base_holdout_outputs)
-            tried.append(conf)
-            if conf.in_budget:
-                best = conf
-                break
-            log.info("%s: holdout drop %.2f%% is out of budget; trying the next plan",
-                     ev.label, 100 * conf.holdout_rel_drop)
+        best, tried = pick_answer(
+            evaluations, accept, evaluator.baseline_plan, config.confirm_candidates,
+            lambda ev: _confirm(ws, backend, evaluator, ev, evaluator.measure, config, out_dir,
+                                holdout_base, base_holdout_outputs))
         phases["confirm_s"] = time.perf_counter() - t
         fresh, cached = evaluator.fresh, evaluator.cached
     shutil.rmtree(workdir, ignore_errors=True)
@@ -300,6 +289,27 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         phases=phases, gains=gains,
         shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses},
         timing=timing)
+
+
+def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, candidates: int,
+                confirm) -> tuple[Confirmation | None, list[Confirmation]]:
+    """The answer: the fastest in-budget plan (on the search split) that is faster than the
+    baseline and holds the budget when `confirm` re-measures it on the holdout split; the next
+    fastest is tried when one fails there, at most `candidates` in all. Returns (the confirmed
+    answer or None, every confirmation tried, in order)."""
+    tried: list[Confirmation] = []
+    for ev in ranked_in_budget(evaluations, accept):
+        if ev.plan == baseline_plan or ev.latency_ratio >= 1.0:
+            continue  # the baseline itself, or a plan no faster than it: not an answer
+        if len(tried) >= candidates:
+            break
+        conf = confirm(ev)
+        tried.append(conf)
+        if conf.in_budget:
+            return conf, tried
+        log.info("%s: holdout drop %.2f%% is out of budget; trying the next plan",
+                 ev.label, 100 * conf.holdout_rel_drop)
+    return None, tried
 
 
 def check_timing(evaluator: Evaluator, baseline_ev: Evaluation,
@@ -386,4 +396,5 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
     return conf
 
 
-__all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions"]
+__all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
+           "pick_answer", "check_timing"]

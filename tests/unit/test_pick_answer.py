@@ -1,0 +1,83 @@
+"""How the search chooses its answer, with scripted evaluations and holdout results: the fastest
+in-budget plan faster than the baseline that holds the budget on the holdout; the baseline and
+plans no faster than it are never answers; a holdout failure falls back to the next fastest;
+at most `candidates` are confirmed."""
+
+import pytest
+
+from trt_mpq.measure import LatencyStats
+from trt_mpq.pipeline.search import Confirmation, pick_answer
+from trt_mpq.plan import Plan
+from trt_mpq.plan import Precision as P
+from trt_mpq.search import Budget, Evaluation, Status
+
+BASE = Plan.uniform(["a", "b", "c"], P.FP32)
+BUDGET = Budget.parse("1%")
+BASELINE_METRIC = 0.9
+LAT = LatencyStats.of([0.001, 0.001, 0.001])
+
+
+def ev(name, ratio, drop, plan=None, status=Status.OK):
+    plan = plan or Plan.of({"a": P.INT8, "b": P.FP32 if name < "m" else P.INT8, "c": P.FP32}
+                           ).with_options({"label": name})
+    if status is not Status.OK:
+        return Evaluation(plan=plan, status=status, label=name, reason="scripted")
+    return Evaluation(plan=plan, status=Status.OK, label=name, metric=BASELINE_METRIC - drop,
+                      drop=drop, rel_drop=drop / BASELINE_METRIC, latency=LAT,
+                      baseline_latency=LAT, latency_ratio=ratio)
+
+
+def accept(e):
+    return e.ok and BUDGET.accepts(e.drop, BASELINE_METRIC)
+
+
+def scripted(holds: dict[str, bool]):
+    """confirm(ev) -> a Confirmation whose holdout verdict is holds[label]; records the calls."""
+    calls = []
+
+    def confirm(e):
+        calls.append(e.label)
+        ok = holds[e.label]
+        return Confirmation(evaluation=e, holdout_metric=0.0, holdout_drop=0.0 if ok else 0.5,
+                            holdout_rel_drop=0.0 if ok else 0.5, latency=LAT,
+                            baseline_latency=LAT, in_budget=ok)
+    return confirm, calls
+
+
+def test_the_fastest_in_budget_plan_that_holds_on_the_holdout_wins():
+    evs = [ev("baseline", 1.0, 0.0, plan=BASE), ev("slow", 0.9, 0.001), ev("fast", 0.6, 0.005),
+           ev("fastest-but-out", 0.4, 0.05), ev("failed", 0.1, 0.0, status=Status.RUN_FAILED)]
+    confirm, calls = scripted({"fast": True, "slow": True})
+    best, tried = pick_answer(evs, accept, BASE, 3, confirm)
+    assert best.evaluation.label == "fast" and calls == ["fast"] and len(tried) == 1
+
+
+def test_a_holdout_failure_falls_back_to_the_next_fastest():
+    evs = [ev("a", 0.5, 0.0), ev("b", 0.6, 0.0), ev("c", 0.7, 0.0)]
+    confirm, calls = scripted({"a": False, "b": False, "c": True})
+    best, tried = pick_answer(evs, accept, BASE, 3, confirm)
+    assert best.evaluation.label == "c" and calls == ["a", "b", "c"]
+    assert [t.in_budget for t in tried] == [False, False, True]
+
+
+def test_at_most_candidates_are_confirmed():
+    evs = [ev("a", 0.5, 0.0), ev("b", 0.6, 0.0), ev("c", 0.7, 0.0)]
+    confirm, calls = scripted({"a": False, "b": False, "c": True})
+    best, tried = pick_answer(evs, accept, BASE, 2, confirm)
+    assert best is None and calls == ["a", "b"] and len(tried) == 2
+
+
+@pytest.mark.parametrize("ratio", [1.0, 1.2])
+def test_the_baseline_and_plans_no_faster_than_it_are_never_answers(ratio):
+    evs = [ev("baseline", 0.95, 0.0, plan=BASE),  # timed faster than itself: noise
+           ev("no faster", ratio, 0.0)]
+    confirm, calls = scripted({"baseline": True, "no faster": True})
+    best, tried = pick_answer(evs, accept, BASE, 3, confirm)
+    assert best is None and tried == [] and calls == []
+
+
+def test_equal_ratios_prefer_the_smaller_drop():
+    evs = [ev("more drop", 0.6, 0.008), ev("less drop", 0.6, 0.002)]
+    confirm, calls = scripted({"more drop": True, "less drop": True})
+    best, _ = pick_answer(evs, accept, BASE, 3, confirm)
+    assert best.evaluation.label == "less drop" and calls == ["less drop"]
