@@ -71,8 +71,37 @@ def test_fp8_needs_ada_or_newer(prepared_cnn, cnn_ranges, tmp_path):
     ada = get_backend("tensorrt-rtx", compute_capabilities=("sm89",))
     a = ada.build(materialize(model, groups, plan, cnn_ranges, ada.dialect), tmp_path, groups,
                   {"input": models.cnn_inputs(1)})
-    ran = set(a.census.executed.values())
-    assert "fp8" in ran  # layers TensorRT cannot run in FP8 (3-channel conv) show up as such
+    assert a.census.executed == {g.name: "fp8" for g in groups}  # the 3-channel conv too
+    assert a.census.mismatches(plan) == []
+
+
+def test_fp8_transformer_runs_every_group_in_fp8(prepared_transformer, transformer_ranges,
+                                                 tmp_path):
+    _, model, groups = prepared_transformer
+    ada = get_backend("tensorrt-rtx", compute_capabilities=("sm89",))
+    plan = Plan.uniform([g.name for g in groups], P.FP8)
+    a = ada.build(materialize(model, groups, plan, transformer_ranges, ada.dialect), tmp_path,
+                  groups, {"input": models.transformer_inputs(1)}, max_batch=8)
+    assert a.census.executed == {g.name: "fp8" for g in groups}
+
+
+def test_int4_weights_what_tensorrt_rtx_really_runs(prepared_transformer, transformer_ranges,
+                                                    tmp_path):
+    """Block-wise int4 weights (block 32) on every MatMul: TensorRT-RTX runs the 32x128 and
+    128x32 weights as int4 but keeps the 32x32 ones (the q/k/v group and the output projection)
+    in FP16 -- and the census says so group by group, so such a plan is a precision mismatch
+    for those groups, never silently accepted."""
+    _, model, groups = prepared_transformer
+    ada = get_backend("tensorrt-rtx", compute_capabilities=("sm89",))
+    plan = Plan.of({g.name: P.INT4_WEIGHT if g.op_type == "MatMul" else P.FP16 for g in groups})
+    a = ada.build(materialize(model, groups, plan, transformer_ranges, ada.dialect), tmp_path,
+                  groups, {"input": models.transformer_inputs(1)}, max_batch=8)
+    shapes = {g.name: g.ops[0].weight_shape for g in groups}
+    assert shapes == {"q_proj": (32, 32), "out_proj": (32, 32), "ffn_in": (32, 128),
+                      "ffn_out": (128, 32), "head": (2, 32)}
+    assert a.census.executed == {"q_proj": "fp16", "out_proj": "fp16", "ffn_in": "int4w",
+                                 "ffn_out": "int4w", "head": "fp16"}
+    assert sorted(g for g, _, _ in a.census.mismatches(plan)) == ["out_proj", "q_proj"]
 
 
 def test_settings_are_checked(tmp_path):
