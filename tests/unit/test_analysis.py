@@ -10,7 +10,7 @@ from trt_mpq.sensitivity.ordering import order, order_quality
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect
-from trt_mpq.sensitivity import SensitivityConfig, SensitivityContext
+from trt_mpq.sensitivity import SensitivityConfig, SensitivityContext, get_metric
 from trt_mpq.sensitivity.simulated import (
     AccuracyDrop,
     Divergence,
@@ -133,3 +133,58 @@ def test_profile_groups_attributes_kernel_time(prepared_cnn, cnn_ranges):
                                                           backend.dialect), groups, feed, runs=3)
         assert set(times) == {g.name for g in groups}
         assert all(t > 0 for t in times.values()) and other >= 0
+
+
+# -- sensitivity values, not only their order -------------------------------------------------------
+
+def _softmax(x):
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def test_values_equal_independent_computations():
+    """accuracy drop, sqnr, the output divergence (KL) and hessian+deps' combination against
+    the same quantities computed here from the known logits (scipy's rel_entr for the KL)."""
+    from scipy.special import rel_entr
+
+    from trt_mpq.sensitivity import SensitivityResult
+
+    v = np.array([0.0, 3.0, -3.0])
+    ctx, _ = _fake_ctx({"a": 0.1 * v, "b": v, "c": -0.5 * v})
+    ref = ctx.simulate(ctx.base_plan(), ctx.subset)["logits"]
+    labels = ctx.subset.labels
+    outs = {g: ref + d for g, d in {"a": 0.1 * v, "b": v, "c": -0.5 * v}.items()}
+
+    acc = AccuracyDrop().score(ctx, progress=False)
+    base_acc = np.mean(ref.argmax(1) == labels)
+    for g, out in outs.items():
+        assert acc.scores[g] == pytest.approx(base_acc - np.mean(out.argmax(1) == labels))
+    assert acc.scores["b"] > 0  # v moves enough argmaxes to be seen
+
+    sq = Sqnr().score(ctx, progress=False)
+    for g, out in outs.items():
+        ratio = np.sum((out - ref) ** 2) / np.sum(ref ** 2)
+        assert sq.scores[g] == pytest.approx(ratio, rel=1e-12)
+        assert sq.extra["sqnr_db"][g] == pytest.approx(-10 * np.log10(ratio), rel=1e-9)
+
+    def kl(p_logits, q_logits):
+        return float(np.mean(np.sum(rel_entr(_softmax(p_logits), _softmax(q_logits)), axis=-1)))
+
+    div = Divergence(ctx)
+    for g, out in outs.items():
+        assert div([g]) == pytest.approx(kl(ref, out), rel=1e-9)
+    both = ref + 0.1 * v + v
+    assert div(["a", "b"]) == pytest.approx(kl(ref, both), rel=1e-9)
+
+    hessian = {"a": 1.0, "b": 2.0, "c": 3.0}
+    from dataclasses import replace
+
+    ctx = replace(ctx, prior={"hessian": SensitivityResult("hessian", hessian, passes=7,
+                                                           seconds=0.5, samples=64)})
+    deps = get_metric("hessian+deps").score(ctx, progress=False)
+    d_ab = kl(ref, ref + 1.1 * v) - kl(ref, outs["a"]) - kl(ref, outs["b"])
+    d_bc = kl(ref, ref + 0.5 * v) - kl(ref, outs["b"]) - kl(ref, outs["c"])
+    assert deps.extra["interactions"]["a | b"] == pytest.approx(d_ab, rel=1e-9, abs=1e-12)
+    assert deps.scores == pytest.approx({"a": 1.0 + d_ab / 2, "b": 2.0 + (d_ab + d_bc) / 2,
+                                         "c": 3.0 + d_bc / 2}, rel=1e-9)
+    assert deps.passes == 7 + 1 + 3 + 2  # the Hessian's, baseline, singles, pairs
