@@ -154,6 +154,25 @@ def _save(graph: onnx.GraphProto, path: Path) -> Path:
     return path
 
 
+def cnn_workspace(tmp: Path, total: int = 48, calibration: int = 16, search: int = 16):
+    """A `Workspace` on the prepared tiny CNN: random inputs, labels i % 10, splits in that
+    order (the holdout gets the rest), eval batch 8, the cache in `tmp / "cache"`."""
+    from trt_mpq.model import find_groups, prepare_model
+    from trt_mpq.pipeline.workspace import Workspace
+    from trt_mpq.task import Split, Task, accuracy
+
+    path = prepare_model(tiny_cnn(Path(tmp) / "cnn.onnx"), Path(tmp))
+    model = onnx.load(str(path))
+    x = cnn_inputs(total)
+    labels = np.arange(total) % 10
+    a, b = calibration, calibration + search
+    task = Task(name="tiny", model_path=path, calibration=Split({"input": x[:a]}, labels[:a]),
+                search=Split({"input": x[a:b]}, labels[a:b]),
+                holdout=Split({"input": x[b:]}, labels[b:]), metric=accuracy(), eval_batch=8)
+    return Workspace(task=task, source_path=path, prepared_path=path, model=model,
+                     groups=find_groups(model), cache_dir=Path(tmp) / "cache", progress=False)
+
+
 def cnn_inputs(n: int, seed: int = 1) -> np.ndarray:
     return np.random.default_rng(seed).normal(0, 1, (n, 3, 16, 16)).astype(np.float32)
 

@@ -32,9 +32,15 @@ def env(tmp_path, cache_dir, monkeypatch):
     return e
 
 
-def cli(*args, env=None, **kw):
-    return subprocess.run([sys.executable, "-m", "trt_mpq", *map(str, args)], env=env,
-                          capture_output=True, text=True, **kw)
+def cli(*args, env=None, traceback_ok=False, **kw):
+    """Run the CLI; a traceback on stderr fails the test unless the test expects one (only
+    -v prints them: every error trt-mpq expects is one line, every bug exits 3)."""
+    r = subprocess.run([sys.executable, "-m", "trt_mpq", *map(str, args)], env=env,
+                       capture_output=True, text=True, **kw)
+    if not traceback_ok:
+        assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    assert r.returncode != 3, r.stderr[-3000:]  # an internal error is never a test's outcome
+    return r
 
 
 @pytest.fixture(scope="module")
@@ -246,7 +252,7 @@ def test_interrupt_exits_130_and_says_how_to_resume(digits_model, env):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "--resume" in stderr
+    assert "--resume" in stderr and "Traceback" not in stderr
 
 
 def test_main_without_command_prints_help(capsys):

@@ -4,7 +4,6 @@ gets its status from the error's type, and anything that is not a trt-mpq error 
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 import models
@@ -12,17 +11,14 @@ from trt_mpq.backends import get_backend
 from trt_mpq.backends.base import Artifact, Backend, Census, Runner
 from trt_mpq.errors import BuildError, MaterializeError, MeasurementError, PlanError
 from trt_mpq.measure import MeasureConfig
-from trt_mpq.model import find_groups, prepare_model
 from trt_mpq.pipeline import evaluator as evaluator_module
 from trt_mpq.pipeline.evaluator import Evaluator
-from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect
 from trt_mpq.results import UNVERIFIED
 from trt_mpq.search import Status
 from trt_mpq.store import Store
-from trt_mpq.task import Split, Task, accuracy
 
 MEASURE = MeasureConfig(warmup=1, repeats=3, min_repeats=3)
 
@@ -95,17 +91,7 @@ class FakeBackend(Backend):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("evaluator")
-    path = prepare_model(models.tiny_cnn(tmp / "cnn.onnx"), tmp)
-    model = onnx.load(str(path))
-    x = models.cnn_inputs(48)
-    labels = np.arange(48) % 10
-    task = Task(name="tiny", model_path=path,
-                calibration=Split({"input": x[:16]}, labels[:16]),
-                search=Split({"input": x[16:32]}, labels[16:32]),
-                holdout=Split({"input": x[32:]}, labels[32:]), metric=accuracy(), eval_batch=8)
-    return Workspace(task=task, source_path=path, prepared_path=path, model=model,
-                     groups=find_groups(model), cache_dir=tmp, progress=False)
+    return models.cnn_workspace(tmp_path_factory.mktemp("evaluator"))
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,6 @@ budget reuses the (budget-independent) measurements."""
 
 import json
 
-import numpy as np
-import onnx
 import pytest
 
 import models
@@ -14,16 +12,13 @@ from trt_mpq.backends import get_backend
 from trt_mpq.calib import CalibConfig
 from trt_mpq.errors import StoreError
 from trt_mpq.measure import MeasureConfig
-from trt_mpq.model import find_groups, prepare_model
 from trt_mpq.pipeline import analysis, job
 from trt_mpq.pipeline import search as search_module
 from trt_mpq.pipeline.evaluator import Evaluator
 from trt_mpq.pipeline.job import SearchInterrupted, search_job
 from trt_mpq.pipeline.search import SearchConfig
-from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.search import Budget
 from trt_mpq.store import Store
-from trt_mpq.task import Split, Task, accuracy
 
 MEASURE = MeasureConfig(warmup=1, repeats=5, min_repeats=3)
 CALIB = CalibConfig(num_samples=16)
@@ -31,17 +26,7 @@ CALIB = CalibConfig(num_samples=16)
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("resume")
-    path = prepare_model(models.tiny_cnn(tmp / "cnn.onnx"), tmp)
-    model = onnx.load(str(path))
-    x = models.cnn_inputs(64)
-    labels = np.arange(64) % 10
-    task = Task(name="tiny", model_path=path,
-                calibration=Split({"input": x[:16]}, labels[:16]),
-                search=Split({"input": x[16:40]}, labels[16:40]),
-                holdout=Split({"input": x[40:]}, labels[40:]), metric=accuracy(), eval_batch=8)
-    return Workspace(task=task, source_path=path, prepared_path=path, model=model,
-                     groups=find_groups(model), cache_dir=tmp / "cache", progress=False)
+    return models.cnn_workspace(tmp_path_factory.mktemp("resume"), total=64, search=24)
 
 
 @pytest.fixture(scope="module")

@@ -5,24 +5,20 @@ search in another --out; any change to the context recomputes them."""
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 import models
 from trt_mpq.backends import get_backend
 from trt_mpq.calib import CalibConfig
 from trt_mpq.measure import MeasureConfig
-from trt_mpq.model import find_groups, prepare_model
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline import evaluator as evaluator_module
 from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
-from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect
 from trt_mpq.sensitivity import SensitivityConfig
 from trt_mpq.store import shared as shared_module
 from trt_mpq.store.shared import SharedCache
-from trt_mpq.task import Split, Task, accuracy
 
 MEASURE = MeasureConfig(warmup=1, repeats=3, min_repeats=3)
 
@@ -97,17 +93,7 @@ def test_a_cache_that_cannot_be_written_does_not_fail_the_caller(tmp_path, caplo
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("shared")
-    path = prepare_model(models.tiny_cnn(tmp / "cnn.onnx"), tmp)
-    model = onnx.load(str(path))
-    x = models.cnn_inputs(48)
-    labels = np.arange(48) % 10
-    task = Task(name="tiny", model_path=path,
-                calibration=Split({"input": x[:16]}, labels[:16]),
-                search=Split({"input": x[16:32]}, labels[16:32]),
-                holdout=Split({"input": x[32:]}, labels[32:]), metric=accuracy(), eval_batch=8)
-    return Workspace(task=task, source_path=path, prepared_path=path, model=model,
-                     groups=find_groups(model), cache_dir=tmp / "cache", progress=False)
+    return models.cnn_workspace(tmp_path_factory.mktemp("shared"))
 
 
 @pytest.fixture(scope="module")

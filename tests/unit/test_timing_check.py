@@ -6,8 +6,6 @@ import itertools
 import json
 import logging
 
-import numpy as np
-import onnx
 import pytest
 
 import models
@@ -15,11 +13,9 @@ from trt_mpq.backends import get_backend
 from trt_mpq.backends.base import Backend, Runner
 from trt_mpq.calib import CalibConfig
 from trt_mpq.measure import MeasureConfig
-from trt_mpq.model import find_groups, prepare_model
 from trt_mpq.pipeline.evaluator import Evaluator
 from trt_mpq.pipeline.job import search_job
 from trt_mpq.pipeline.search import SearchConfig, check_timing
-from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.qdq import Dialect
 from trt_mpq.search import Budget
 
@@ -70,19 +66,7 @@ class NoisyBackend(Backend):
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory):
-    from trt_mpq.task import Split, Task, accuracy
-
-    tmp = tmp_path_factory.mktemp("timing")
-    path = prepare_model(models.tiny_cnn(tmp / "cnn.onnx"), tmp)
-    model = onnx.load(str(path))
-    x = models.cnn_inputs(48)
-    labels = np.arange(48) % 10
-    task = Task(name="tiny", model_path=path,
-                calibration=Split({"input": x[:16]}, labels[:16]),
-                search=Split({"input": x[16:32]}, labels[16:32]),
-                holdout=Split({"input": x[32:]}, labels[32:]), metric=accuracy(), eval_batch=8)
-    return Workspace(task=task, source_path=path, prepared_path=path, model=model,
-                     groups=find_groups(model), cache_dir=tmp / "cache", progress=False)
+    return models.cnn_workspace(tmp_path_factory.mktemp("timing"))
 
 
 @pytest.fixture(scope="module")

@@ -60,30 +60,29 @@ class SharedCache:
 
     def arrays(self, name: str, compute: Callable[[], dict[str, np.ndarray]]
                ) -> dict[str, np.ndarray]:
-        path = self._path(name, ".npz")
-        if path is not None and path.exists():
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    found = {k: data[k] for k in data.files}
-                self.hits += 1
-                log.info("reusing %s from an earlier run on this model (%s)", _what(name),
-                         path.parent)
-                return found
-            except (OSError, ValueError) as e:
-                log.warning("shared cache: %s is unreadable (%s); recomputing it", path, e)
-        self.misses += 1
-        arrays = compute()
-        if path is not None and sum(np.asarray(v).nbytes for v in arrays.values()) <= MAX_ARRAY_BYTES:
+        def load(path: Path) -> dict[str, np.ndarray]:
+            with np.load(path, allow_pickle=False) as data:
+                return {k: data[k] for k in data.files}
+
+        def dump(arrays: dict[str, np.ndarray]) -> bytes | None:
+            if sum(np.asarray(v).nbytes for v in arrays.values()) > MAX_ARRAY_BYTES:
+                return None
             buf = io.BytesIO()
             np.savez(buf, **{k: np.asarray(v) for k, v in arrays.items()})
-            self._write(path, buf.getvalue())
-        return arrays
+            return buf.getvalue()
+
+        return self._get_or_compute(name, ".npz", load, dump, compute)
 
     def json(self, name: str, compute: Callable[[], Any]) -> Any:
-        path = self._path(name, ".json")
+        return self._get_or_compute(name, ".json", lambda p: json.loads(p.read_text()),
+                                    lambda v: json.dumps(v, sort_keys=True).encode(), compute)
+
+    def _get_or_compute(self, name: str, suffix: str, load: Callable[[Path], Any],
+                        dump: Callable[[Any], bytes | None], compute: Callable[[], Any]) -> Any:
+        path = self._path(name, suffix)
         if path is not None and path.exists():
             try:
-                found = json.loads(path.read_text())
+                found = load(path)
                 self.hits += 1
                 log.info("reusing %s from an earlier run on this model (%s)", _what(name),
                          path.parent)
@@ -92,8 +91,9 @@ class SharedCache:
                 log.warning("shared cache: %s is unreadable (%s); recomputing it", path, e)
         self.misses += 1
         value = compute()
-        if path is not None:
-            self._write(path, json.dumps(value, sort_keys=True).encode())
+        data = dump(value) if path is not None else None
+        if data is not None:
+            self._write(path, data)
         return value
 
     def _path(self, name: str, suffix: str) -> Path | None:
