@@ -321,3 +321,18 @@ def test_the_deployable_model_holds_only_what_it_runs(searched, digits_model, ca
     ort.InferenceSession(str(out / "model.onnx"), options, providers=["CPUExecutionProvider"])
     err = capfd.readouterr().err
     assert "not used" not in err and "Removing initializer" not in err, err
+
+
+def test_the_answer_carries_its_paired_holdout_bound(searched):
+    out, r = searched
+    res = json.loads((out / "result.json").read_text())
+    best = res["best"]
+    assert best["confidence"] == 0.95 and best["holdout_n"] == res["task"]["splits"]["holdout"]
+    bound = best["holdout_bound"]
+    assert bound["method"].startswith("discordant pairs")  # accuracy: the exact bound
+    assert best["holdout_drop_upper"] >= best["holdout_drop"] - 1e-12
+    n = best["holdout_n"]
+    assert best["holdout_drop"] == pytest.approx(
+        (bound["discordant_worse"] - bound["discordant_better"]) / n)
+    assert "upper bound (paired" in (out / "report.md").read_text()
+    assert "at 95% confidence" in r.stdout

@@ -187,6 +187,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "options phases, even those timed slower than the fastest in-budget "
                         "plan (which cannot be the answer: by default their accuracy pass is "
                         "skipped and they are marked slower)")
+    p.add_argument("--confidence", default="0.95",
+                   help="one-sided level of the paired upper bound on the answer's holdout drop "
+                        "(reported in result.json and report.md), e.g. 0.95 or 99%%; off: "
+                        "point estimates only")
     p.add_argument("--option-candidates", type=int, default=2,
                    help="how many of the fastest in-budget plans get runtime-option variants")
     p.add_argument("--order", default="sensitivity",
@@ -472,6 +476,7 @@ def cmd_search(args) -> int:
     from trt_mpq.pipeline.job import SearchInterrupted, search_job
     from trt_mpq.pipeline.search import SearchConfig, low_precisions
     from trt_mpq.plan import Precision
+    from trt_mpq.measure.stats import parse_confidence
     from trt_mpq.search import Budget
     from trt_mpq.sensitivity import get_metric
 
@@ -484,7 +489,8 @@ def cmd_search(args) -> int:
                           order=args.order, sensitivity_config=_sensitivity_config(args),
                           torch_model=args.torch, runtime_options=args.runtime_options,
                           option_candidates=args.option_candidates,
-                          full_frontier=args.full_frontier)
+                          full_frontier=args.full_frontier,
+                          confidence=parse_confidence(args.confidence))
     get_metric(config.sensitivity)
     calib = _calib_config(args)
     measure = _measure(args)
@@ -514,7 +520,10 @@ def cmd_search(args) -> int:
               f"x{best['latency_ratio']:.3f} "
               f"of baseline ({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "
               f"holdout drop {100 * best['holdout_rel_drop']:+.2f}% "
-              f"({result['evaluations']} plans, {result['wall_s']:.0f} s)"
+              + (f"(<= {100 * best['holdout_rel_drop_upper']:+.2f}% at "
+                 f"{100 * best['confidence']:g}% confidence, n={best['holdout_n']}) "
+                 if best.get("holdout_rel_drop_upper") is not None else "")
+              + f"({result['evaluations']} plans, {result['wall_s']:.0f} s)"
               + untrusted + f"\n  {out / best['artifact']}\n  {out / 'report.md'}")
         return EXIT_OK
     print(f"budget NOT met: no quantized plan faster than the baseline stayed within "

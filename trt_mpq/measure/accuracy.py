@@ -7,7 +7,8 @@ from tqdm.auto import tqdm
 
 from trt_mpq.backends.base import Runner
 from trt_mpq.errors import NonFiniteOutputError
-from trt_mpq.task import Split
+from trt_mpq.measure.stats import DropBound, bootstrap_bound, discordant_bound
+from trt_mpq.task import Metric, Split
 
 
 def compute_outputs(runner: Runner, split: Split, batch_size: int, *, desc: str = "",
@@ -27,3 +28,27 @@ def compute_outputs(runner: Runner, split: Split, batch_size: int, *, desc: str 
             bad = int(np.sum(~np.isfinite(value)))
             raise NonFiniteOutputError(f"output {name!r} has {bad} non-finite value(s) (NaN/Inf)")
     return outputs
+
+
+def drop_bound(metric: Metric, base_outputs: dict[str, np.ndarray],
+               plan_outputs: dict[str, np.ndarray], labels: np.ndarray | None,
+               confidence: float) -> DropBound:
+    """The plan's drop against the baseline on the same samples, with its one-sided upper bound
+    at `confidence` (see `trt_mpq.measure.stats`): exact on discordant pairs when the metric is
+    the mean of a per-sample 0/1 term (accuracy), a paired bootstrap otherwise."""
+    n = len(next(iter(base_outputs.values())))
+    if metric.per_sample is not None:
+        b = np.asarray(metric.per_sample(base_outputs, labels), dtype=np.float64)
+        p = np.asarray(metric.per_sample(plan_outputs, labels), dtype=np.float64)
+        if metric.higher_is_better and np.isin(b, (0.0, 1.0)).all() and \
+                np.isin(p, (0.0, 1.0)).all():
+            return discordant_bound(b == 1.0, p == 1.0, confidence)
+        return bootstrap_bound(lambda idx: (float(b[idx].mean()), float(p[idx].mean())), n,
+                               confidence, metric.higher_is_better)
+
+    def on(idx: np.ndarray) -> tuple[float, float]:
+        lab = None if labels is None else labels[idx]
+        return (metric({k: v[idx] for k, v in base_outputs.items()}, lab),
+                metric({k: v[idx] for k, v in plan_outputs.items()}, lab))
+
+    return bootstrap_bound(on, n, confidence, metric.higher_is_better, rounds=500)

@@ -27,6 +27,7 @@ def _confirmation_dict(c: Confirmation) -> dict:
     ev = c.evaluation
     return {"label": ev.label, "plan_digest": ev.plan.digest, "holdout_metric": c.holdout_metric,
             "holdout_drop": c.holdout_drop, "holdout_rel_drop": c.holdout_rel_drop,
+            "holdout_bound": c.bound.to_json_dict() if c.bound else None,
             "latency_ratio": c.latency_ratio, "in_budget": c.in_budget}
 
 
@@ -101,6 +102,13 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
             "holdout_metric": best.holdout_metric,
             "holdout_drop": best.holdout_drop,
             "holdout_rel_drop": best.holdout_rel_drop,
+            # paired, one-sided upper bound at `confidence` (reported; the budget is judged on
+            # the point estimate until certified answers land)
+            "holdout_drop_upper": best.bound.upper if best.bound else None,
+            "holdout_rel_drop_upper": best.bound.rel_upper if best.bound else None,
+            "holdout_n": best.bound.n if best.bound else None,
+            "confidence": best.bound.confidence if best.bound else None,
+            "holdout_bound": best.bound.to_json_dict() if best.bound else None,
             "latency_ms": best.latency.median_ms,
             "latency": best.latency.to_json_dict(),
             "baseline_latency": best.baseline_latency.to_json_dict(),

@@ -19,13 +19,14 @@ from trt_mpq import options
 from trt_mpq.backends.base import Backend
 from trt_mpq.calib import Ranges
 from trt_mpq.errors import ConfigError, PlanError
-from trt_mpq.measure.accuracy import compute_outputs
+from trt_mpq.measure.accuracy import compute_outputs, drop_bound
 from trt_mpq.measure.latency import (
     LatencyStats,
     MeasureConfig,
     TimingCheck,
     measure_interleaved,
 )
+from trt_mpq.measure.stats import DropBound
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.artifacts import install_artifact
 from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
@@ -71,6 +72,7 @@ class SearchConfig:
     timing_tolerance: float = 0.05  # the baseline against itself must time within this of x1
     timing_max_spread: float = 0.5  # ... with (p90 - p10) / median at most this
     timing_retries: int = 2  # re-measurements (each with twice the runs) before giving up
+    confidence: float | None = 0.95  # one-sided level of the holdout drop's upper bound
 
     def __post_init__(self) -> None:
         spec = strategy_spec(self.strategy)
@@ -95,6 +97,8 @@ class SearchConfig:
             raise ConfigError("the timing tolerance must be in (0, 1) and the spread > 0")
         if self.timing_retries < 0:
             raise ConfigError("timing retries must be >= 0")
+        if self.confidence is not None and not 0.5 <= self.confidence < 1:
+            raise ConfigError("the confidence must be in [0.5, 1), or None (off)")
 
     @property
     def strategy_spec(self):
@@ -123,7 +127,7 @@ class SearchConfig:
                 "full_frontier": self.full_frontier, "gate_margin": self.gate_margin,
                 "timing_tolerance": self.timing_tolerance,
                 "timing_max_spread": self.timing_max_spread,
-                "timing_retries": self.timing_retries}
+                "timing_retries": self.timing_retries, "confidence": self.confidence}
 
 
 @dataclass
@@ -137,6 +141,7 @@ class Confirmation:
     in_budget: bool
     extra: dict[str, float] = field(default_factory=dict)
     artifact: str = ""  # file name of the installed artifact (in budget only)
+    bound: DropBound | None = None  # the holdout drop's upper confidence bound (paired)
 
     @property
     def latency_ratio(self) -> float:
@@ -382,9 +387,11 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
             extra[check.name] = float(check.fn(got, ref))
     drop, rel = drop_of(metric, holdout_base, task.metric.higher_is_better)
     in_budget = config.budget.accepts(drop, holdout_base)
+    bound = (drop_bound(task.metric, base_outputs, outputs, task.holdout.labels,
+                        config.confidence) if config.confidence is not None else None)
     conf = Confirmation(evaluation=ev, holdout_metric=metric, holdout_drop=drop,
                         holdout_rel_drop=rel, latency=lat, baseline_latency=base_lat,
-                        in_budget=in_budget, extra=extra)
+                        in_budget=in_budget, extra=extra, bound=bound)
     if in_budget:
         conf.artifact = install_artifact(artifact, out_dir, {
             "plan": ev.plan.to_json_dict()["groups"], "runtime_options": dict(ev.plan.options),

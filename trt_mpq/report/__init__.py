@@ -171,6 +171,9 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             f"({_pct(-best['rel_drop'])}) |",
             f"| metric, holdout split | {_f(b['holdout_metric'])} | "
             f"{_f(best['holdout_metric'])} ({_pct(-best['holdout_rel_drop'])}) |",
+            *([f"| holdout drop, {100 * best['confidence']:g}% upper bound (paired, "
+               f"n={best['holdout_n']}) | | {_pct(best['holdout_rel_drop_upper'])} of baseline "
+               f"({best['holdout_bound']['method']}) |"] if best.get("holdout_bound") else []),
             f"| latency, median (p90) | {b['latency_ms']:.3f} ms ({b['latency']['p90_ms']:.3f}) | "
             f"{best['latency_ms']:.3f} ms ({best['latency']['p90_ms']:.3f}) |",
             f"| latency ratio | 1.000 | **{best['latency_ratio']:.3f}** |",

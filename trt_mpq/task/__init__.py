@@ -84,6 +84,10 @@ class Metric:
     higher_is_better: bool = True
     output: str | None = None  # the output the metric reads (None: the first)
     kind: str = "logits"
+    #: per-sample terms whose mean is the metric (accuracy: 1 where top-1 is right), if it is
+    #: such a mean: drops are then bounded exactly on discordant pairs, else by bootstrap
+    per_sample: Callable[[Outputs, np.ndarray | None], np.ndarray] | None = field(
+        default=None, repr=False, compare=False)
 
     def __call__(self, outputs: Outputs, labels: np.ndarray | None) -> float:
         with user_code(f"the task metric {self.name!r}"):  # the task's code, not trt-mpq's
@@ -93,13 +97,16 @@ class Metric:
 def accuracy(output: str | None = None) -> Metric:
     """Top-1 accuracy of the argmax of `output` (or the first output) against integer labels."""
 
-    def fn(outputs: Outputs, labels: np.ndarray | None) -> float:
+    def right(outputs: Outputs, labels: np.ndarray | None) -> np.ndarray:
         if labels is None:
             raise DataError("accuracy needs labels; the split has none")
         logits = outputs[output] if output else next(iter(outputs.values()))
-        return float(np.mean(np.argmax(logits, axis=-1) == labels))
+        return np.argmax(logits, axis=-1) == labels
 
-    return Metric(name="accuracy", fn=fn, output=output, kind="logits")
+    def fn(outputs: Outputs, labels: np.ndarray | None) -> float:
+        return float(np.mean(right(outputs, labels)))
+
+    return Metric(name="accuracy", fn=fn, output=output, kind="logits", per_sample=right)
 
 
 @dataclass(frozen=True)

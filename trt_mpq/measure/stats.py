@@ -1,0 +1,119 @@
+"""Paired accuracy statistics: how much worse than the baseline a plan is, with a one-sided upper
+confidence bound, computed on the same samples for both (paired).
+
+- Accuracy-type metrics (the metric is the mean of a per-sample 0/1 term, e.g. top-1 correct):
+  the drop is (b - c) / n, where b samples the baseline gets right and the plan wrong and c the
+  reverse (the discordant pairs). The bound is exact and needs no asymptotics: one-sided
+  Clopper-Pearson bounds at level alpha/2 on both discordant rates (b's upper, c's lower),
+  combined with Bonferroni, so P(drop > bound) <= alpha whatever the rates. With no discordant
+  sample it is the "rule of three": about 3.7 / n at 95%.
+- Any other metric: a paired bootstrap over samples (the same resampled indices for baseline
+  and plan), the (1 - alpha) percentile of the resampled drop.
+
+Drops are signed so that positive = the plan is worse (for lower-is-better metrics too);
+relative values divide by |baseline metric|.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from trt_mpq.errors import ConfigError
+
+BOOTSTRAP_ROUNDS = 2000
+
+
+@dataclass(frozen=True)
+class DropBound:
+    drop: float  # point estimate, absolute (positive = worse)
+    upper: float  # one-sided upper confidence bound on the absolute drop
+    baseline_metric: float
+    n: int
+    confidence: float
+    method: str
+    worse: int | None = None  # discordant pairs: baseline right, plan wrong
+    better: int | None = None  # ... and the reverse
+
+    @property
+    def rel_drop(self) -> float:
+        return self.drop / abs(self.baseline_metric) if self.baseline_metric else 0.0
+
+    @property
+    def rel_upper(self) -> float:
+        return self.upper / abs(self.baseline_metric) if self.baseline_metric else float("inf")
+
+    def to_json_dict(self) -> dict:
+        return {"drop": self.drop, "drop_upper": self.upper, "rel_drop": self.rel_drop,
+                "rel_drop_upper": self.rel_upper, "n": self.n, "confidence": self.confidence,
+                "method": self.method, "discordant_worse": self.worse,
+                "discordant_better": self.better}
+
+
+def parse_confidence(text: str | float | None) -> float | None:
+    """'0.95' / '95%' -> 0.95; 'off' / None -> None (point estimates only)."""
+    if text is None or (isinstance(text, str) and text.strip().lower() == "off"):
+        return None
+    try:
+        value = float(str(text).strip().rstrip("%")) / (100 if str(text).strip().endswith("%")
+                                                         else 1)
+    except ValueError:
+        raise ConfigError(f"--confidence must be a level like 0.95 or 95%, or off; got {text!r}"
+                          ) from None
+    if not 0.5 <= value < 1:
+        raise ConfigError(f"--confidence must be in [0.5, 1), got {value:g}")
+    return value
+
+
+def cp_upper(k: int, n: int, alpha: float) -> float:
+    """One-sided Clopper-Pearson upper bound on a binomial rate: P(rate > bound) <= alpha."""
+    from scipy.stats import beta
+
+    return 1.0 if k >= n else float(beta.ppf(1 - alpha, k + 1, n - k))
+
+
+def cp_lower(k: int, n: int, alpha: float) -> float:
+    from scipy.stats import beta
+
+    return 0.0 if k <= 0 else float(beta.ppf(alpha, k, n - k + 1))
+
+
+def discordant_bound(base_right: np.ndarray, plan_right: np.ndarray,
+                     confidence: float) -> DropBound:
+    """The accuracy drop of a plan, paired, with its exact one-sided upper bound (module doc)."""
+    base_right = np.asarray(base_right, dtype=bool)
+    plan_right = np.asarray(plan_right, dtype=bool)
+    if base_right.shape != plan_right.shape or base_right.ndim != 1 or not len(base_right):
+        raise ValueError("paired per-sample results must be two equal, non-empty 1-d arrays")
+    n = len(base_right)
+    worse = int(np.sum(base_right & ~plan_right))
+    better = int(np.sum(~base_right & plan_right))
+    alpha = 1 - confidence
+    upper = cp_upper(worse, n, alpha / 2) - cp_lower(better, n, alpha / 2)
+    return DropBound(drop=(worse - better) / n, upper=upper,
+                     baseline_metric=float(np.mean(base_right)), n=n, confidence=confidence,
+                     method="discordant pairs: Clopper-Pearson on both rates, Bonferroni",
+                     worse=worse, better=better)
+
+
+def bootstrap_bound(metric: Callable[[np.ndarray], tuple[float, float]], n: int,
+                    confidence: float, higher_is_better: bool, rounds: int = BOOTSTRAP_ROUNDS,
+                    seed: int = 0) -> DropBound:
+    """`metric(indices) -> (baseline value, plan value)` on those samples; the drop's upper
+    bound is the `confidence` percentile over paired bootstrap resamples."""
+    sign = 1.0 if higher_is_better else -1.0
+    base, plan = metric(np.arange(n))
+    rng = np.random.default_rng(seed)
+    drops = np.empty(rounds)
+    for r in range(rounds):
+        b, p = metric(rng.integers(0, n, n))
+        drops[r] = sign * (b - p)
+    return DropBound(drop=sign * (base - plan), upper=float(np.quantile(drops, confidence)),
+                     baseline_metric=float(base), n=n, confidence=confidence,
+                     method=f"paired bootstrap over samples ({rounds} resamples)")
+
+
+__all__ = ["DropBound", "bootstrap_bound", "cp_lower", "cp_upper", "discordant_bound",
+           "parse_confidence"]
