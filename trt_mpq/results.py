@@ -113,6 +113,7 @@ class Evaluation:
     latency: LatencyStats | None = None
     baseline_latency: LatencyStats | None = None  # timed in the same rounds
     latency_ratio: float | None = None  # latency.median / baseline_latency.median
+    ratio_ci: tuple[float, float] | None = None  # its 95% interval over the paired rounds
     census: Census | None = None
     materialize_s: float = 0.0
     build_s: float = 0.0
@@ -139,6 +140,7 @@ class Evaluation:
             "baseline_latency": (self.baseline_latency.to_json_dict()
                                  if self.baseline_latency else None),
             "latency_ratio": self.latency_ratio,
+            "latency_ratio_ci": list(self.ratio_ci) if self.ratio_ci else None,
             "census": self.census.to_json_dict() if self.census else None,
             "materialize_s": self.materialize_s,
             "build_s": self.build_s,
@@ -159,6 +161,7 @@ class Evaluation:
             baseline_latency=(LatencyStats.from_json_dict(d["baseline_latency"])
                               if d.get("baseline_latency") else None),
             latency_ratio=d.get("latency_ratio"),
+            ratio_ci=tuple(d["latency_ratio_ci"]) if d.get("latency_ratio_ci") else None,
             census=Census.from_json_dict(d["census"]) if d.get("census") else None,
             materialize_s=d.get("materialize_s", 0.0),
             build_s=d.get("build_s", 0.0),

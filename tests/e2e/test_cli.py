@@ -1,5 +1,6 @@
 """The command line, end to end, on a small CNN trained on real digits (torch builds it once)."""
 
+import csv
 import json
 import os
 import signal
@@ -336,3 +337,9 @@ def test_the_answer_carries_its_paired_holdout_bound(searched):
         (bound["discordant_worse"] - bound["discordant_better"]) / n)
     assert "upper bound (paired" in (out / "report.md").read_text()
     assert "at 95% confidence" in r.stdout
+    lo, hi = best["latency_ratio_ci"]
+    assert lo <= best["latency_ratio"] <= hi and "95% CI" in r.stdout
+    rows = list(csv.DictReader((out / "pareto.csv").open()))
+    timed = [row for row in rows if row["latency_ratio"]]
+    assert timed and all(float(row["latency_ratio_lo"]) <= float(row["latency_ratio"])
+                         <= float(row["latency_ratio_hi"]) for row in timed)

@@ -59,3 +59,34 @@ def test_compute_outputs_concatenates_and_rejects_nan():
     nan = FakeRunner([], [], "n", outputs=lambda x: np.where(x > 5, np.nan, x))
     with pytest.raises(MeasurementError, match="non-finite"):
         compute_outputs(nan, split, 4, progress=False)
+
+
+def test_ratio_interval_pairs_rounds_and_covers_the_true_ratio():
+    """A candidate 0.8x the baseline, both drifting together by up to 2x across rounds (a busy
+    machine): pairing the rounds keeps the interval tight around 0.8 and it covers 0.8."""
+    from trt_mpq.measure.latency import ratio_interval
+
+    rng = np.random.default_rng(0)
+    covered, widths = 0, []
+    for _ in range(200):
+        drift = 1 + rng.random(60)  # shared by both runners, round by round
+        base = 0.010 * drift * (1 + 0.02 * rng.normal(size=60))
+        cand = 0.008 * drift * (1 + 0.02 * rng.normal(size=60))
+        lo, hi = ratio_interval(cand, base, rounds=300)
+        covered += lo <= 0.8 <= hi
+        widths.append(hi - lo)
+    assert covered >= 0.9 * 200
+    assert np.median(widths) < 0.1  # paired: the 2x drift does not widen it
+    with pytest.raises(ValueError):
+        ratio_interval([0.1, 0.2], [0.1])
+
+
+def test_measure_pair_returns_both_stats_and_the_interval():
+    from trt_mpq.measure.latency import measure_pair
+
+    log = []
+    a = FakeRunner([0.002] * 10, log, "a")
+    b = FakeRunner([0.004] * 10, log, "b")
+    sa, sb, (lo, hi) = measure_pair(a, b, {"x": np.ones(2)},
+                                    MeasureConfig(warmup=0, repeats=10, min_repeats=3))
+    assert sa.n == sb.n == 10 and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)

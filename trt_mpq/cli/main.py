@@ -516,8 +516,10 @@ def cmd_search(args) -> int:
                  if timing and not timing["trusted"] else "")
     if best:
         options = "".join(f", {k}={v}" for k, v in sorted(best["runtime_options"].items()))
+        ci = ("(95% CI {:.3f}-{:.3f}) ".format(*best["latency_ratio_ci"])
+              if best.get("latency_ratio_ci") else "")
         print(f"budget met: {best['precision_counts']}{options} -> latency "
-              f"x{best['latency_ratio']:.3f} "
+              f"x{best['latency_ratio']:.3f} {ci}"
               f"of baseline ({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "
               f"holdout drop {100 * best['holdout_rel_drop']:+.2f}% "
               + (f"(<= {100 * best['holdout_rel_drop_upper']:+.2f}% at "

@@ -45,6 +45,36 @@ def measure_interleaved(runners: Sequence[Runner], feed: Mapping[str, np.ndarray
                         config: MeasureConfig) -> list[LatencyStats]:
     """Time every runner on `feed`, interleaved; one `LatencyStats` per runner, in order.
     A runner that fails raises `MeasurementError` itself (the `Runner` contract)."""
+    return [LatencyStats.of(t) for t in time_rounds(runners, feed, config)]
+
+
+def ratio_interval(times: Sequence[float], baseline_times: Sequence[float],
+                   confidence: float = 0.95, rounds: int = 1000,
+                   seed: int = 0) -> tuple[float, float]:
+    """Interval of the ratio of medians (candidate / baseline) from runs timed in the same
+    rounds: a bootstrap over paired rounds (round i's two runs stay together, so what drifted
+    during the measurement moves both), percentile interval at `confidence`."""
+    a = np.asarray(times, dtype=np.float64)
+    b = np.asarray(baseline_times, dtype=np.float64)
+    if a.shape != b.shape or a.size < 2:
+        raise ValueError("paired timing rounds must be two equal sequences of 2 or more runs")
+    idx = np.random.default_rng(seed).integers(0, a.size, (rounds, a.size))
+    ratios = np.median(a[idx], axis=1) / np.median(b[idx], axis=1)
+    tail = (1 - confidence) / 2
+    return float(np.quantile(ratios, tail)), float(np.quantile(ratios, 1 - tail))
+
+
+def measure_pair(runner: Runner, baseline: Runner, feed: Mapping[str, np.ndarray],
+                 config: MeasureConfig) -> tuple[LatencyStats, LatencyStats, tuple[float, float]]:
+    """`runner` timed interleaved with `baseline`: both stats and the 95% interval of their
+    latency ratio over the paired rounds."""
+    a, b = time_rounds([runner, baseline], feed, config)
+    return LatencyStats.of(a), LatencyStats.of(b), ratio_interval(a, b)
+
+
+def time_rounds(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
+                config: MeasureConfig) -> list[list[float]]:
+    """The raw interleaved timing: per runner, the seconds of each round (warm-up excluded)."""
     if not runners:
         return []
     feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
@@ -59,7 +89,7 @@ def measure_interleaved(runners: Sequence[Runner], feed: Mapping[str, np.ndarray
             times[k].append(runners[k].time_once(feed))
         if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_seconds:
             break
-    return [LatencyStats.of(t) for t in times]
+    return times
 
 
 @dataclass(frozen=True)
@@ -100,4 +130,5 @@ class TimingCheck:
                 "attempts": [{"ratio": r, "spread": s, "repeats": n} for r, s, n in self.attempts]}
 
 
-__all__ = ["LatencyStats", "MeasureConfig", "TimingCheck", "measure_interleaved"]
+__all__ = ["LatencyStats", "MeasureConfig", "TimingCheck", "measure_interleaved", "measure_pair",
+           "ratio_interval", "time_rounds"]

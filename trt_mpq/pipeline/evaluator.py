@@ -29,7 +29,12 @@ from trt_mpq.errors import (
     NonFiniteOutputError,
 )
 from trt_mpq.measure.accuracy import compute_outputs
-from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_interleaved
+from trt_mpq.measure.latency import (
+    LatencyStats,
+    MeasureConfig,
+    measure_interleaved,
+    measure_pair,
+)
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan
 from trt_mpq.qdq import BASELINE, materialize
@@ -208,12 +213,13 @@ class Evaluator:
                                   wall_s=time.perf_counter() - t0)
         try:
             with self.backend.open(artifact) as runner:
-                cand, base_lat = measure_interleaved([runner, self.baseline.runner], self._feed,
-                                                     self.measure)
+                cand, base_lat, ratio_ci = measure_pair(runner, self.baseline.runner,
+                                                        self._feed, self.measure)
                 ratio = cand.median_ms / base_lat.median_ms
                 if gate is not None and ratio > gate:
                     return Evaluation(**common, status=Status.SLOWER, latency=cand,
                                       baseline_latency=base_lat, latency_ratio=ratio,
+                                      ratio_ci=ratio_ci,
                                       reason=f"x{ratio:.3f} is slower than x{gate:.3f}, the "
                                              "fastest in-budget plan so far with a noise "
                                              "margin: it cannot be the answer, so its accuracy "
@@ -235,7 +241,7 @@ class Evaluator:
         drop, rel = drop_of(metric, self.baseline.metric, task.metric.higher_is_better)
         return Evaluation(**common, status=Status.OK, metric=metric, drop=drop, rel_drop=rel,
                           latency=cand, baseline_latency=base_lat, latency_ratio=ratio,
-                          wall_s=time.perf_counter() - t0)
+                          ratio_ci=ratio_ci, wall_s=time.perf_counter() - t0)
 
     @staticmethod
     def _cleanup(path: Path) -> None:

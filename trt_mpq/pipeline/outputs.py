@@ -28,7 +28,9 @@ def _confirmation_dict(c: Confirmation) -> dict:
     return {"label": ev.label, "plan_digest": ev.plan.digest, "holdout_metric": c.holdout_metric,
             "holdout_drop": c.holdout_drop, "holdout_rel_drop": c.holdout_rel_drop,
             "holdout_bound": c.bound.to_json_dict() if c.bound else None,
-            "latency_ratio": c.latency_ratio, "in_budget": c.in_budget}
+            "latency_ratio": c.latency_ratio,
+            "latency_ratio_ci": list(c.ratio_ci) if c.ratio_ci else None,
+            "in_budget": c.in_budget}
 
 
 def evaluation_dicts(outcome: SearchOutcome, accept) -> list[dict]:
@@ -113,6 +115,8 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
             "latency": best.latency.to_json_dict(),
             "baseline_latency": best.baseline_latency.to_json_dict(),
             "latency_ratio": best.latency_ratio,
+            # 95% interval over the confirmation's paired rounds (bootstrap)
+            "latency_ratio_ci": list(best.ratio_ci) if best.ratio_ci else None,
             "search_latency_ratio": ev.latency_ratio,
             "precision_counts": ev.plan.counts(),
             "runtime_options": dict(ev.plan.options),

@@ -24,7 +24,7 @@ from trt_mpq.measure.latency import (
     LatencyStats,
     MeasureConfig,
     TimingCheck,
-    measure_interleaved,
+    measure_pair,
 )
 from trt_mpq.measure.stats import DropBound
 from trt_mpq.pipeline import analysis
@@ -142,6 +142,7 @@ class Confirmation:
     extra: dict[str, float] = field(default_factory=dict)
     artifact: str = ""  # file name of the installed artifact (in budget only)
     bound: DropBound | None = None  # the holdout drop's upper confidence bound (paired)
+    ratio_ci: tuple[float, float] | None = None  # the latency ratio's 95% interval
 
     @property
     def latency_ratio(self) -> float:
@@ -378,8 +379,8 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
         metric = task.metric(outputs, task.holdout.labels)
         final = replace(measure, repeats=measure.repeats * config.final_repeats_factor,
                         max_seconds=measure.max_seconds * config.final_repeats_factor)
-        lat, base_lat = measure_interleaved([runner, evaluator.baseline.runner],
-                                            task.latency_feed(), final)
+        lat, base_lat, ratio_ci = measure_pair(runner, evaluator.baseline.runner,
+                                               task.latency_feed(), final)
         extra = {}
         for check in task.extra_checks:
             ref = evaluator.reference_outputs(check.split, f"check {check.name}")
@@ -391,7 +392,7 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
                         config.confidence) if config.confidence is not None else None)
     conf = Confirmation(evaluation=ev, holdout_metric=metric, holdout_drop=drop,
                         holdout_rel_drop=rel, latency=lat, baseline_latency=base_lat,
-                        in_budget=in_budget, extra=extra, bound=bound)
+                        in_budget=in_budget, extra=extra, bound=bound, ratio_ci=ratio_ci)
     if in_budget:
         conf.artifact = install_artifact(artifact, out_dir, {
             "plan": ev.plan.to_json_dict()["groups"], "runtime_options": dict(ev.plan.options),

@@ -97,6 +97,8 @@ def pareto_rows(evaluations: Sequence[Mapping]) -> list[dict]:
             "metric": e.get("metric"), "drop": e.get("drop"), "rel_drop": e.get("rel_drop"),
             "latency_ms": lat.get("median_ms"), "latency_p90_ms": lat.get("p90_ms"),
             "baseline_latency_ms": base.get("median_ms"), "latency_ratio": e.get("latency_ratio"),
+            "latency_ratio_lo": (e.get("latency_ratio_ci") or [None, None])[0],
+            "latency_ratio_hi": (e.get("latency_ratio_ci") or [None, None])[1],
             "on_frontier": bool(e.get("on_frontier")), "in_budget": bool(e.get("in_budget")),
         }
         counts = e.get("precision_counts", {})
@@ -176,7 +178,9 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
                f"({best['holdout_bound']['method']}) |"] if best.get("holdout_bound") else []),
             f"| latency, median (p90) | {b['latency_ms']:.3f} ms ({b['latency']['p90_ms']:.3f}) | "
             f"{best['latency_ms']:.3f} ms ({best['latency']['p90_ms']:.3f}) |",
-            f"| latency ratio | 1.000 | **{best['latency_ratio']:.3f}** |",
+            f"| latency ratio | 1.000 | **{best['latency_ratio']:.3f}**"
+            + (" (95% CI {:.3f}-{:.3f})".format(*best["latency_ratio_ci"])
+               if best.get("latency_ratio_ci") else "") + " |",
             f"| precisions | all {b['precision']} | "
             + ", ".join(f"{k}: {v}" for k, v in sorted(best["precision_counts"].items())) + " |",
             "| runtime options | defaults | "
