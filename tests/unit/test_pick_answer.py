@@ -31,15 +31,18 @@ def accept(e):
     return e.ok and BUDGET.accepts(e.drop, BASELINE_METRIC)
 
 
-def scripted(holds: dict[str, bool]):
-    """confirm(ev) -> a Confirmation whose holdout verdict is holds[label]; records the calls."""
+def scripted(holds: dict[str, bool], remeasured: dict[str, float] | None = None):
+    """confirm(ev) -> a Confirmation whose holdout verdict is holds[label] and whose re-measured
+    latency ratio is remeasured[label] (default 0.5); records the calls."""
     calls = []
 
     def confirm(e):
         calls.append(e.label)
         ok = holds[e.label]
+        ratio = (remeasured or {}).get(e.label, 0.5)
+        lat = LatencyStats.of([0.001 * ratio] * 3)
         return Confirmation(evaluation=e, holdout_metric=0.0, holdout_drop=0.0 if ok else 0.5,
-                            holdout_rel_drop=0.0 if ok else 0.5, latency=LAT,
+                            holdout_rel_drop=0.0 if ok else 0.5, latency=lat,
                             baseline_latency=LAT, in_budget=ok)
     return confirm, calls
 
@@ -81,3 +84,12 @@ def test_equal_ratios_prefer_the_smaller_drop():
     confirm, calls = scripted({"more drop": True, "less drop": True})
     best, _ = pick_answer(evs, accept, BASE, 3, confirm)
     assert best.evaluation.label == "less drop" and calls == ["less drop"]
+
+
+def test_a_plan_re_measured_no_faster_than_the_baseline_is_not_the_answer():
+    """Its search-time speed-up was noise: the next fastest, re-measured faster, is the answer."""
+    evs = [ev("a", 0.5, 0.0), ev("b", 0.6, 0.0)]
+    confirm, calls = scripted({"a": True, "b": True}, remeasured={"a": 1.14, "b": 0.7})
+    best, tried = pick_answer(evs, accept, BASE, 3, confirm)
+    assert best.evaluation.label == "b" and calls == ["a", "b"]
+    assert tried[0].latency_ratio == pytest.approx(1.14) and tried[0].in_budget
