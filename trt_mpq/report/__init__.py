@@ -210,9 +210,11 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
     if len(tried) > (1 if best else 0):
         lines += ["", "Plans tried on the holdout split (fastest in-budget first):", ""]
         for t in tried:
-            lines.append(f"- {t['label']}: latency x{t['latency_ratio']:.3f}, holdout drop "
-                         f"{_pct(t['holdout_rel_drop'])} -> "
-                         f"{'accepted' if t['in_budget'] else 'rejected'}")
+            verdict = ("accepted" if t["in_budget"] and t["latency_ratio"] < 1.0 else
+                       "rejected: out of budget" if not t["in_budget"] else
+                       "rejected: re-measured no faster than the baseline")
+            lines.append(f"- {t['label']}: latency x{t['latency_ratio']:.3f} (re-measured), "
+                         f"holdout drop {_pct(t['holdout_rel_drop'])} -> {verdict}")
     s = result["sensitivity"]
     lines += ["", "## How it was found", "",
               f"Sensitivity metric `{s['metric']}` ({s['passes']} passes over {s['samples']} "
