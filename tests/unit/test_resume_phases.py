@@ -125,3 +125,22 @@ def test_resume_with_another_budget_reuses_the_measurements(workspace, ranges, t
     assert second["cached_evaluations"] >= 1
     assert second["fresh_evaluations"] == len(after - before)
     assert second["budget"]["max_drop"] == pytest.approx(0.001)
+
+
+def test_a_holdout_too_small_for_the_budget_is_warned_about_and_recorded(workspace, ranges,
+                                                                         tmp_path, caplog):
+    import logging
+
+    caplog.set_level(logging.WARNING)
+    tight = SearchConfig(budget=Budget.parse("0.1%"), sensitivity_samples=8,
+                         timing_tolerance=0.99, timing_max_spread=100.0)
+    result = _run(workspace, ranges, tmp_path / "out", config=tight)
+    res = result["holdout_resolution"]
+    assert res["holdout_n"] == 24 and res["certifiable"] is False  # 3.7/24 >> 0.1%
+    assert res["best_case_upper"] == pytest.approx(1 - 0.025 ** (1 / 24))
+    assert "cannot certify" in caplog.text and "needs about" in caplog.text
+    assert "cannot certify this budget" in (tmp_path / "out" / "report.md").read_text()
+    loose = SearchConfig(budget=Budget.parse("0.9"), sensitivity_samples=8,  # absolute
+                         timing_tolerance=0.99, timing_max_spread=100.0)
+    assert _run(workspace, ranges, tmp_path / "loose", config=loose)[
+        "holdout_resolution"]["certifiable"] is True

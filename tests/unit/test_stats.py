@@ -109,3 +109,13 @@ def test_parse_confidence():
     for bad in ("1.5", "30%", "high"):
         with pytest.raises(ConfigError):
             parse_confidence(bad)
+
+
+def test_best_case_upper_is_the_bound_of_a_plan_that_changes_nothing():
+    from trt_mpq.measure.stats import best_case_upper
+
+    for n in (300, 5312, 30000):
+        right = np.ones(n, bool)
+        assert best_case_upper(n, 0.95) == pytest.approx(discordant_bound(right, right, 0.95).upper)
+    # 0.01% of an accuracy near 1 needs about 37,000 samples at 95% (3.7 / n)
+    assert best_case_upper(30000, 0.95) > 1e-4 > best_case_upper(40000, 0.95)

@@ -115,5 +115,12 @@ def bootstrap_bound(metric: Callable[[np.ndarray], tuple[float, float]], n: int,
                      method=f"paired bootstrap over samples ({rounds} resamples)")
 
 
-__all__ = ["DropBound", "bootstrap_bound", "cp_lower", "cp_upper", "discordant_bound",
+def best_case_upper(n: int, confidence: float) -> float:
+    """The smallest upper bound `discordant_bound` can give on n samples: that of a plan that
+    changes no sample's result (about 3.7 / n at 95%). A budget below it cannot be certified on
+    n samples, whatever the plan."""
+    return cp_upper(0, n, (1 - confidence) / 2)
+
+
+__all__ = ["DropBound", "best_case_upper", "bootstrap_bound", "cp_lower", "cp_upper", "discordant_bound",
            "parse_confidence"]

@@ -81,6 +81,8 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "shared_cache": outcome.shared,
         # the baseline timed against itself: can latency differences be trusted?
         "timing_check": outcome.timing.to_json_dict() if outcome.timing else None,
+        # can the holdout certify the budget at the confidence level? (accuracy-type metrics)
+        "holdout_resolution": outcome.resolution,
         "wall_s": setup_s + outcome.wall_s,  # the whole command, from start to outputs
         "phases": {"setup_s": setup_s, **outcome.phases},
         "sensitivity": {**outcome.sensitivity.to_json_dict(), "order": outcome.order,

@@ -26,7 +26,7 @@ from trt_mpq.measure.latency import (
     TimingCheck,
     measure_pair,
 )
-from trt_mpq.measure.stats import DropBound
+from trt_mpq.measure.stats import DropBound, best_case_upper
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.artifacts import install_artifact
 from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
@@ -168,6 +168,7 @@ class SearchOutcome:
     gains: analysis.Gains | None = None
     shared: dict = field(default_factory=dict)  # what came from the cache of earlier runs
     timing: TimingCheck | None = None  # the baseline timed against itself
+    resolution: dict | None = None  # can the holdout certify the budget? (accuracy metrics)
 
     @property
     def budget_met(self) -> bool:
@@ -225,6 +226,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         def accept(ev: Evaluation) -> bool:
             return ev.ok and budget.accepts(ev.drop, baseline_metric)
 
+        resolution = holdout_resolution(ws, config, baseline_metric)
         t = time.perf_counter()
         sens = analysis.sensitivity(ws, ranges, dialect, low, config.sensitivity,
                                     config.sens_config, store, config.torch_model,
@@ -294,7 +296,30 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         tried=tried, fresh=fresh, cached=cached, wall_s=time.perf_counter() - t_start,
         phases=phases, gains=gains,
         shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses},
-        timing=timing)
+        timing=timing, resolution=resolution)
+
+
+def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: float
+                       ) -> dict | None:
+    """Whether the holdout split is large enough for the budget to be certified at the
+    confidence level (for metrics that are a mean of per-sample 0/1 results): even a plan that
+    changes no sample's result gets an upper bound of about 3.7 / n at 95%. Warns when the budget
+    is below that; the answer is still judged on the point estimate."""
+    if config.confidence is None or ws.task.metric.per_sample is None:
+        return None
+    n = len(ws.task.holdout)
+    floor = best_case_upper(n, config.confidence)
+    allowed = config.budget.allowed_drop(baseline_metric)
+    out = {"holdout_n": n, "confidence": config.confidence, "best_case_upper": floor,
+           "allowed_drop": allowed, "certifiable": floor <= allowed}
+    if not out["certifiable"]:
+        need = next(m for m in (2 ** k for k in range(4, 40))
+                    if best_case_upper(m, config.confidence) <= allowed)
+        log.warning("the holdout split (%d samples) cannot certify a drop of %.4g at %g%% "
+                    "confidence: even a plan that changes no prediction has an upper bound of "
+                    "%.4g; certifying this budget needs about %d samples (a larger holdout), or "
+                    "a looser budget", n, allowed, 100 * config.confidence, floor, need)
+    return out
 
 
 def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, candidates: int,

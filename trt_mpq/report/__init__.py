@@ -165,6 +165,14 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             + ("within the tolerance" if timing["trusted"] else
                f"**not trusted** (tolerance ±{timing['tolerance']:.0%}, spread at most "
                f"{timing['max_spread']:.2f}); latency differences below that are noise"))
+    resolution = result.get("holdout_resolution")
+    if resolution and not resolution["certifiable"]:
+        lines.append(
+            f"- Certifiability: the holdout's {resolution['holdout_n']} samples cannot certify "
+            f"this budget at {100 * resolution['confidence']:g}% confidence (even a plan that "
+            f"changes no prediction has an upper bound of {resolution['best_case_upper']:.4g} > "
+            f"{resolution['allowed_drop']:.4g} allowed); the answer is judged on the point "
+            "estimate")
     lines.append("")
     lines += ["## Result", "", "| | baseline | chosen plan |", "|---|---|---|"]
     if best:
