@@ -93,3 +93,57 @@ def test_a_plan_re_measured_no_faster_than_the_baseline_is_not_the_answer():
     best, tried = pick_answer(evs, accept, BASE, 3, confirm)
     assert best.evaluation.label == "b" and calls == ["a", "b"]
     assert tried[0].latency_ratio == pytest.approx(1.14) and tried[0].in_budget
+
+
+def test_finalists_are_tried_in_the_order_of_their_joint_re_measurement():
+    """The search's fastest (a) was a lucky measurement: timed again together with the other
+    finalists it is the slowest, so b is confirmed first (no winner's curse)."""
+    evs = [ev("a", 0.50, 0.0), ev("b", 0.55, 0.0), ev("c", 0.60, 0.0), ev("d", 0.65, 0.0)]
+    confirm, calls = scripted({"a": True, "b": True, "c": True, "d": True})
+    seen = []
+
+    def remeasure(finalists):
+        seen.append([e.label for e in finalists])
+        return {e.plan.digest: {"a": 0.70, "b": 0.52, "c": 0.58}[e.label] for e in finalists}
+
+    best, tried = pick_answer(evs, accept, BASE, 3, confirm, remeasure)
+    assert seen == [["a", "b", "c"]]  # the top 3 only, once
+    assert best.evaluation.label == "b" and calls == ["b"]
+    confirm, calls = scripted({"a": True, "b": False, "c": False, "d": True})
+    best, tried = pick_answer(evs, accept, BASE, 3, confirm, remeasure)
+    assert best.evaluation.label == "a" and calls == ["b", "c", "a"]  # d is not a finalist
+
+
+def test_the_joint_re_measurement_is_stored_and_replayed(tmp_path, monkeypatch):
+    import models
+    from trt_mpq.backends import get_backend
+    from trt_mpq.calib import CalibConfig
+    from trt_mpq.measure import MeasureConfig
+    from trt_mpq.pipeline import search as search_module
+    from trt_mpq.pipeline.evaluator import Evaluator
+    from trt_mpq.store import Store
+
+    ws = models.cnn_workspace(tmp_path / "ws")
+    ranges = ws.calibrate(CalibConfig(num_samples=16))
+    backend = get_backend("ort-cpu", threads=1)
+    measure = MeasureConfig(warmup=1, repeats=5, min_repeats=3)
+    names = ws.group_names()
+    plans = [Plan.uniform(names, P.INT8), Plan.of({n: (P.INT8 if i else P.FP32)
+                                                   for i, n in enumerate(names)})]
+    with Store(tmp_path / "s.sqlite", {"m": 1}) as store, \
+            Evaluator(ws, backend, ranges, measure, store, tmp_path / "w") as evaluator:
+        finalists = [evaluator.evaluate(p, f"p{i}") for i, p in enumerate(plans)]
+        first = search_module._time_finalists(ws, backend, evaluator, finalists, measure, store,
+                                              tmp_path)
+        assert set(first) == {p.digest for p in plans}
+        for lat, base, (lo, hi) in first.values():
+            assert lat.n == base.n == 5 and lo <= lat.median_ms / base.median_ms <= hi
+
+        def no_timing(*a, **k):
+            raise AssertionError("a resumed search must not time the finalists again")
+
+        monkeypatch.setattr(search_module, "time_rounds", no_timing)
+        again = search_module._time_finalists(ws, backend, evaluator, finalists[::-1], measure,
+                                              store, tmp_path)
+    assert again == first
+    assert not (tmp_path / ".final").exists()

@@ -25,6 +25,8 @@ from trt_mpq.measure.latency import (
     MeasureConfig,
     TimingCheck,
     measure_pair,
+    ratio_interval,
+    time_rounds,
 )
 from trt_mpq.measure.stats import DropBound, best_case_upper
 from trt_mpq.pipeline import analysis
@@ -282,10 +284,22 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
 
         t = time.perf_counter()
         holdout_base, base_holdout_outputs = _holdout_baseline(ws, evaluator)
+        final = replace(evaluator.measure,
+                        repeats=evaluator.measure.repeats * config.final_repeats_factor,
+                        max_seconds=evaluator.measure.max_seconds * config.final_repeats_factor)
+        timings: dict[str, tuple[LatencyStats, LatencyStats, tuple[float, float]]] = {}
+
+        def remeasure(finalists: list[Evaluation]) -> dict[str, float]:
+            timings.update(_time_finalists(ws, backend, evaluator, finalists, final, store,
+                                           out_dir))
+            return {d: lat.median_ms / base.median_ms for d, (lat, base, _) in timings.items()}
+
         best, tried = pick_answer(
             evaluations, accept, evaluator.baseline_plan, config.confirm_candidates,
-            lambda ev: _confirm(ws, backend, evaluator, ev, evaluator.measure, config, out_dir,
-                                holdout_base, base_holdout_outputs))
+            lambda ev: _confirm(ws, backend, evaluator, ev, final, config, out_dir,
+                                holdout_base, base_holdout_outputs,
+                                timings.get(ev.plan.digest)),
+            remeasure)
         phases["confirm_s"] = time.perf_counter() - t
         fresh, cached = evaluator.fresh, evaluator.cached
     shutil.rmtree(workdir, ignore_errors=True)
@@ -323,18 +337,22 @@ def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: flo
 
 
 def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, candidates: int,
-                confirm) -> tuple[Confirmation | None, list[Confirmation]]:
+                confirm, remeasure=None) -> tuple[Confirmation | None, list[Confirmation]]:
     """The answer: the fastest in-budget plan (on the search split) that is faster than the
     baseline and, when `confirm` re-measures it, holds the budget on the holdout split and is
     still faster than the baseline; the next fastest is tried when one fails there, at most
-    `candidates` in all. Returns (the confirmed
+    `candidates` in all. With `remeasure(finalists) -> {digest: ratio}`, the `candidates`
+    fastest are first timed again together with the baseline in one fresh measurement and tried
+    in that order: the search's fastest measurement is the minimum of noisy ones (the winner's
+    curse), a joint re-measurement is not. Returns (the confirmed
     answer or None, every confirmation tried, in order)."""
+    finalists = [ev for ev in ranked_in_budget(evaluations, accept)
+                 if ev.plan != baseline_plan and ev.latency_ratio < 1.0][:candidates]
+    if remeasure is not None and len(finalists) > 1:
+        ratios = remeasure(finalists)  # one fresh measurement of them all: no winner's curse
+        finalists.sort(key=lambda e: (ratios[e.plan.digest], e.drop or 0.0))
     tried: list[Confirmation] = []
-    for ev in ranked_in_budget(evaluations, accept):
-        if ev.plan == baseline_plan or ev.latency_ratio >= 1.0:
-            continue  # the baseline itself, or a plan no faster than it: not an answer
-        if len(tried) >= candidates:
-            break
+    for ev in finalists:
         conf = confirm(ev)
         tried.append(conf)
         if conf.in_budget and conf.latency_ratio < 1.0:
@@ -392,11 +410,52 @@ def _holdout_baseline(ws: Workspace, evaluator: Evaluator):
     return task.metric(outputs, task.holdout.labels), outputs
 
 
+def _time_finalists(ws: Workspace, backend: Backend, evaluator: Evaluator,
+                    finalists: list[Evaluation], final: MeasureConfig, store: Store | None,
+                    out_dir: Path) -> dict:
+    """The finalists and the baseline timed together, interleaved, in one fresh measurement:
+    {digest: (latency, baseline latency, ratio interval)}. Stored, so a resumed search reuses
+    it and reproduces the same answer without re-measuring."""
+    key = "final-timing:" + ",".join(sorted(e.plan.digest for e in finalists))
+    stored = store.get_blob(key) if store is not None else None
+    if stored is not None:
+        return {d: (LatencyStats.from_json_dict(v["latency"]),
+                    LatencyStats.from_json_dict(v["baseline_latency"]), tuple(v["ratio_ci"]))
+                for d, v in stored.items()}
+    task = ws.task
+    work = out_dir / ".final"
+    runners = []
+    try:
+        for ev in finalists:
+            graph = materialize(ws.model, ws.groups, ev.plan, evaluator.ranges, backend.dialect)
+            artifact = backend.build(graph, work / ev.plan.digest, ws.groups,
+                                     task.latency_feed(), max_batch=task.eval_batch,
+                                     options=dict(ev.plan.options))
+            runners.append(backend.open(artifact).__enter__())
+        times = time_rounds([*runners, evaluator.baseline.runner], task.latency_feed(), final)
+    finally:
+        for runner in runners:
+            runner.close()
+        shutil.rmtree(work, ignore_errors=True)
+    base = LatencyStats.of(times[-1])
+    out = {ev.plan.digest: (LatencyStats.of(t), base, ratio_interval(t, times[-1]))
+           for ev, t in zip(finalists, times)}
+    for ev, (lat, _, _) in zip(finalists, out.values()):
+        log.info("%s: re-measured with the other finalists at x%.3f", ev.label,
+                 lat.median_ms / base.median_ms)
+    if store is not None:
+        store.put_blob(key, {d: {"latency": lat.to_json_dict(), "baseline_latency":
+                                 b.to_json_dict(), "ratio_ci": list(ci)}
+                             for d, (lat, b, ci) in out.items()})
+    return out
+
+
 def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluation,
              measure: MeasureConfig, config: SearchConfig, out_dir: Path, holdout_base: float,
-             base_outputs: dict) -> Confirmation:
-    """Rebuild the plan into `out_dir/candidate`, measure the holdout metric and re-measure the
-    latency with more runs, interleaved with the baseline."""
+             base_outputs: dict, timing: tuple | None = None) -> Confirmation:
+    """Rebuild the plan into `out_dir/candidate` and measure the holdout metric; its latency is
+    `timing` (the finalists' joint re-measurement) or, when there is none (a single finalist),
+    re-measured here with more runs, interleaved with the baseline."""
     task = ws.task
     graph = materialize(ws.model, ws.groups, ev.plan, evaluator.ranges, backend.dialect)
     cand_dir = out_dir / ".candidate"
@@ -407,10 +466,11 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
         outputs = compute_outputs(runner, task.holdout, task.eval_batch,
                                   desc="confirm (holdout)", progress=ws.progress)
         metric = task.metric(outputs, task.holdout.labels)
-        final = replace(measure, repeats=measure.repeats * config.final_repeats_factor,
-                        max_seconds=measure.max_seconds * config.final_repeats_factor)
-        lat, base_lat, ratio_ci = measure_pair(runner, evaluator.baseline.runner,
-                                               task.latency_feed(), final)
+        if timing is not None:
+            lat, base_lat, ratio_ci = timing
+        else:
+            lat, base_lat, ratio_ci = measure_pair(runner, evaluator.baseline.runner,
+                                                   task.latency_feed(), measure)
         extra = {}
         for check in task.extra_checks:
             ref = evaluator.reference_outputs(check.split, f"check {check.name}")
