@@ -115,18 +115,17 @@ def fresh_cache(cache: Path, work: Path) -> Path:
     return first
 
 
-def run_trt_mpq(model: str, work: Path, max_drop: str, cache: Path) -> dict:
-    """`trt-mpq search` with default settings into WORK/trt-mpq, in a cache that has only the
-    zoo build (a first search); the caller runs it again for a later search."""
+def run_trt_mpq(model: str, work: Path, max_drop: str, cache: Path, first: bool) -> dict:
+    """`trt-mpq search` with default settings: the `first` search of the model in a fresh cache
+    holding only `cache`'s zoo build (WORK/trt-mpq), else a later one reusing that cache
+    (WORK/trt-mpq-later)."""
     import shutil
 
-    first = not (work / "cache-first").exists()
     name = "trt-mpq" if first else "trt-mpq (later search)"
     out = work / ("trt-mpq" if first else "trt-mpq-later")
     if out.exists():
         shutil.rmtree(out)
-    if first:
-        cache = fresh_cache(cache, work)
+    cache = fresh_cache(cache, work) if first else work / "cache-first"
     cmd = [sys.executable, "-m", "trt_mpq", "search", model, "--max-drop", max_drop, "--out",
            str(out), "--cache-dir", str(cache), "--no-progress", "-q"]
     wall, proc = run_timed(cmd)
@@ -295,12 +294,9 @@ def main() -> int:
         if args.reuse_peers and (work / "rows.json").exists():
             earlier = {r["method"]: r for r in json.loads((work / "rows.json").read_text())}
         rows = []
-        if (work / "cache-first").exists():
-            import shutil
-
-            shutil.rmtree(work / "cache-first")
-        for cache in (args.cache or default_cache_dir(), work / "cache-first"):
-            rows.append(run_trt_mpq(model, work, f"{100 * args.max_drop:g}%", cache))
+        for first in (True, False):
+            rows.append(run_trt_mpq(model, work, f"{100 * args.max_drop:g}%",
+                                    args.cache or default_cache_dir(), first))
             print(f"[{model}] {rows[-1]['method']}: {json.dumps(rows[-1], default=str)[:400]}",
                   flush=True)
         for peer in args.peers:

@@ -13,7 +13,7 @@ import logging
 import os
 import tempfile
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -197,7 +197,7 @@ def calibrate(model_path: Path, batches: list[dict[str, np.ndarray]], config: Ca
     except _HistogramNotFinite:
         # ONNX Runtime's histograms refuse an infinite value: find those tensors with min/max,
         # then collect the histograms of the others
-        minmax = CalibConfig(**{**config.__dict__, "method": CalibMethod.MINMAX})
+        minmax = replace(config, method=CalibMethod.MINMAX)
         bounds = _collect(model_path, batches, minmax, tensors, progress)
         keep = {t for t, (lo, hi) in bounds.items() if np.isfinite(lo) and np.isfinite(hi)}
         bad = sorted(set(bounds) - keep)

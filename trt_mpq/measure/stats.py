@@ -54,11 +54,11 @@ class DropBound:
 
 def parse_confidence(text: str | float | None) -> float | None:
     """'0.95' / '95%' -> 0.95; 'off' / None -> None (point estimates only)."""
-    if text is None or (isinstance(text, str) and text.strip().lower() == "off"):
+    text = None if text is None else str(text).strip()
+    if text is None or text.lower() == "off":
         return None
     try:
-        value = float(str(text).strip().rstrip("%")) / (100 if str(text).strip().endswith("%")
-                                                         else 1)
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
     except ValueError:
         raise ConfigError(f"--confidence must be a level like 0.95 or 95%, or off; got {text!r}"
                           ) from None

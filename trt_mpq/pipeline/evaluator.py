@@ -111,17 +111,14 @@ class Evaluator:
         if cached is not None:
             metric = float(cached)
         else:
-            self.baseline = Baseline(plan=plan, artifact=artifact, runner=runner, metric=np.nan)
             try:
-                outputs = self.reference_outputs(self.ws.task.search, "search")
+                outputs = self._reference(runner, self.ws.task.search, "search")
             except MeasurementError as e:
-                self.baseline = None
                 runner.close()
                 raise DataError(f"the unquantized model gives non-finite outputs on the search "
                                 f"split ({e}); check the data preprocessing") from None
             metric = self.ws.task.metric(outputs, self.ws.task.search.labels)
             if not np.isfinite(metric):
-                self.baseline = None
                 runner.close()
                 raise DataError(f"the task metric of the unquantized model is {metric}; check "
                                 "the labels and the metric")
@@ -143,7 +140,9 @@ class Evaluator:
         """The baseline's outputs on `split` (named `name` in progress bars), from the shared
         cache when an earlier run computed them."""
         assert self.baseline is not None, "open the baseline first"
-        runner = self.baseline.runner
+        return self._reference(self.baseline.runner, split, name)
+
+    def _reference(self, runner: Runner, split: Split, name: str) -> dict[str, np.ndarray]:
         return self.shared.arrays(
             f"outputs-{name}-{split.digest}",
             lambda: compute_outputs(runner, split, self.ws.task.eval_batch,

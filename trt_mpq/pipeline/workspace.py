@@ -3,6 +3,7 @@ before any long work starts (so bad input fails in seconds, with nothing written
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,8 +80,8 @@ class Workspace:
         return cls(task=task, source_path=Path(task.model_path), prepared_path=prepared,
                    model=model, groups=groups, cache_dir=cache_dir, progress=progress)
 
-    @property
-    def model_digest(self) -> str:
+    @functools.cached_property
+    def model_digest(self) -> str:  # read by the calibration, store and shared-cache keys
         return file_digest(self.prepared_path)
 
     def calibrate(self, config: CalibConfig) -> Ranges:
