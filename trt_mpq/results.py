@@ -115,6 +115,9 @@ class Evaluation:
     latency_ratio: float | None = None  # latency.median / baseline_latency.median
     ratio_ci: tuple[float, float] | None = None  # its 95% interval over the paired rounds
     census: Census | None = None
+    samples: int | None = None  # search-split samples the metric used (adaptive evaluation)
+    drop_upper: float | None = None  # paired bounds on the drop at the search's confidence
+    drop_lower: float | None = None
     materialize_s: float = 0.0
     build_s: float = 0.0
     wall_s: float = 0.0
@@ -142,6 +145,9 @@ class Evaluation:
             "latency_ratio": self.latency_ratio,
             "latency_ratio_ci": list(self.ratio_ci) if self.ratio_ci else None,
             "census": self.census.to_json_dict() if self.census else None,
+            "samples": self.samples,
+            "drop_upper": self.drop_upper,
+            "drop_lower": self.drop_lower,
             "materialize_s": self.materialize_s,
             "build_s": self.build_s,
             "wall_s": self.wall_s,
@@ -163,6 +169,9 @@ class Evaluation:
             latency_ratio=d.get("latency_ratio"),
             ratio_ci=tuple(d["latency_ratio_ci"]) if d.get("latency_ratio_ci") else None,
             census=Census.from_json_dict(d["census"]) if d.get("census") else None,
+            samples=d.get("samples"),
+            drop_upper=d.get("drop_upper"),
+            drop_lower=d.get("drop_lower"),
             materialize_s=d.get("materialize_s", 0.0),
             build_s=d.get("build_s", 0.0),
             wall_s=d.get("wall_s", 0.0),

@@ -49,7 +49,7 @@ def searched(digits_model, tmp_path_factory, cache_dir):
     """One full search, shared by the tests that read its outputs."""
     out = tmp_path_factory.mktemp("search") / "out"
     env = dict(os.environ, PYTHONPATH=str(FIXTURES), TRT_MPQ_CACHE=str(cache_dir))
-    r = cli("search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out, *FAST,
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "3%", "--out", out, *FAST,
             env=env)
     assert r.returncode == 0, r.stderr
     return out, r
@@ -69,12 +69,14 @@ def test_search_meets_the_budget_and_writes_everything(searched):
     for key in ("plan", "metric", "drop", "holdout_metric", "holdout_drop", "latency_ms",
                 "latency_ratio", "precision_counts", "artifact"):
         assert key in best
-    assert best["holdout_rel_drop"] <= 0.01 + 1e-9 and best["rel_drop"] <= 0.01 + 1e-9
+    assert best["holdout_rel_drop"] <= 0.03 + 1e-9 and best["rel_drop"] <= 0.03 + 1e-9
+    # certified: the paired upper bound of the holdout drop is within the budget
+    assert best["certified"] and best["holdout_rel_drop_upper"] <= 0.03 + 1e-9
     assert best["latency_ratio"] < 1.0  # int8 convs on a VNNI CPU are faster than FP32
     assert res["baseline"]["latency_ms"] > 0 and res["evaluations"] >= 3
-    assert res["budget"] == {"max_drop": 0.01, "relative": True,
-                             "allowed_drop": pytest.approx(0.01 * res["baseline"]["metric"]),
-                             "describe": "1% of baseline"}
+    assert res["budget"] == {"max_drop": 0.03, "relative": True,
+                             "allowed_drop": pytest.approx(0.03 * res["baseline"]["metric"]),
+                             "describe": "3% of baseline"}
     assert "versions" in res and res["versions"]["onnxruntime"] == "1.32.0"
     # every OK evaluation's kernel census matched its plan
     pareto = json.loads((out / "pareto.json").read_text())["evaluations"]
@@ -177,14 +179,15 @@ def test_bad_inputs_exit_2_with_a_clear_message(digits_model, env, capsys):
 
 def test_existing_output_folder_needs_resume(searched, digits_model, env):
     out, _ = searched
-    r = cli("search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out, *FAST,
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "3%", "--out", out, *FAST,
             env=env)
     assert r.returncode == 2 and "--resume" in r.stderr
 
 
 def test_budget_not_met_exits_1_and_still_writes_the_frontier(digits_model, env):
     r = cli("search", digits_model, "--task", TASK, "--max-drop", "0.0001", "--out", "strict",
-            "--precision", "int4w", *FAST, env=env)  # int4w applies to no group: all int8
+            "--precision", "int4w", "--confidence", "off",  # point estimates: 0.0001 on 469
+            *FAST, env=env)  # int4w applies to no group: all int8
     res = json.loads(Path("strict/result.json").read_text())
     assert r.returncode == (0 if res["budget_met"] else 1), r.stderr
     assert "Traceback" not in r.stderr
@@ -205,7 +208,7 @@ def _evaluations(store: Path) -> int:
 
 def _start_slow_search(digits_model, out, env):
     # many timed runs per plan, so the search is still going when it is killed
-    args = ["search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out,
+    args = ["search", digits_model, "--task", TASK, "--max-drop", "3%", "--out", out,
             "--repeats", "400", "--warmup", "3", "--sweep", "4", "--no-progress"]
     return subprocess.Popen([sys.executable, "-m", "trt_mpq", *map(str, args)], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), args
@@ -289,7 +292,7 @@ def test_sensitivity_command_scores_orders_and_ranks(digits_model, env, tmp_path
 def test_search_strategies_and_orders(digits_model, env, extra):
     out = Path("strategy")
     flags = MEASURE if "--strategy" in extra else FAST  # --sweep belongs to bisection/frontier
-    r = cli("search", digits_model, "--task", TASK, "--max-drop", "1%", "--out", out, *flags,
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "3%", "--out", out, *flags,
             *extra, env=env)
     res = json.loads((out / "result.json").read_text())
     assert r.returncode == (0 if res["budget_met"] else 1), r.stderr

@@ -82,7 +82,18 @@ def _one_clear_line(r, *needles):
     return lines[0]
 
 
-SEARCH = ["--max-drop", "1%", "--repeats", "5", "--warmup", "1", "--no-progress"]
+# point estimates: these 16-sample splits cannot certify 1% (that refusal has its own test)
+SEARCH = ["--max-drop", "1%", "--repeats", "5", "--warmup", "1", "--no-progress",
+          "--confidence", "off"]
+
+
+def test_a_budget_the_holdout_cannot_certify_exits_2_before_any_work(setup):
+    tmp, model, env = setup
+    r = cli("search", model, "--task", "user_task:make_task", "--out", tmp / "out",
+            *SEARCH[:-2], env=env, cwd=tmp)
+    _one_clear_line(r, "the holdout split (16 samples) cannot certify", "upper bound of 0.2",
+                    "needs about", "--metric agreement", "--confidence off")
+    assert not (tmp / "out").exists()
 
 
 def test_a_task_factory_that_raises_is_reported_with_the_users_line(setup):

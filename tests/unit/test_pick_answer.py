@@ -133,17 +133,20 @@ def test_the_joint_re_measurement_is_stored_and_replayed(tmp_path, monkeypatch):
     with Store(tmp_path / "s.sqlite", {"m": 1}) as store, \
             Evaluator(ws, backend, ranges, measure, store, tmp_path / "w") as evaluator:
         finalists = [evaluator.evaluate(p, f"p{i}") for i, p in enumerate(plans)]
-        first = search_module._time_finalists(ws, backend, evaluator, finalists, measure, store,
-                                              tmp_path)
+        config = search_module.SearchConfig(budget=BUDGET, final_halfwidth=0.5)
+        first, precision = search_module._time_finalists(ws, backend, evaluator, finalists,
+                                                         measure, config, store, tmp_path)
         assert set(first) == {p.digest for p in plans}
+        rounds = precision["rounds"]
+        assert rounds >= 5 and rounds % 5 == 0 and precision["target_halfwidth"] == 0.5
         for lat, base, (lo, hi) in first.values():
-            assert lat.n == base.n == 5 and lo <= lat.median_ms / base.median_ms <= hi
+            assert lat.n == base.n == rounds and lo <= lat.median_ms / base.median_ms <= hi
 
         def no_timing(*a, **k):
             raise AssertionError("a resumed search must not time the finalists again")
 
-        monkeypatch.setattr(search_module, "time_rounds", no_timing)
-        again = search_module._time_finalists(ws, backend, evaluator, finalists[::-1], measure,
-                                              store, tmp_path)
-    assert again == first
+        monkeypatch.setattr(search_module, "time_until_precise", no_timing)
+        again, replayed = search_module._time_finalists(ws, backend, evaluator, finalists[::-1],
+                                                        measure, config, store, tmp_path)
+    assert again == first and replayed == precision
     assert not (tmp_path / ".final").exists()

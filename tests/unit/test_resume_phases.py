@@ -34,8 +34,9 @@ def ranges(workspace):
     return workspace.calibrate(CALIB)
 
 
+# the timing guard and certification have their own tests: point estimates on these 24 samples
 CONFIG = SearchConfig(budget=Budget.parse("50%"), sensitivity_samples=8,
-                      timing_tolerance=0.99, timing_max_spread=100.0)  # the guard has its tests
+                      timing_tolerance=0.99, timing_max_spread=100.0, confidence=None)
 
 
 def _run(workspace, ranges, out, config=CONFIG, measure=MEASURE):
@@ -117,7 +118,7 @@ def test_resume_with_another_budget_reuses_the_measurements(workspace, ranges, t
     _run(workspace, ranges, out)
     before = _stored(out)
     stricter = SearchConfig(budget=Budget.parse("0.1%"), sensitivity_samples=8,
-                            timing_tolerance=0.99, timing_max_spread=100.0)
+                            timing_tolerance=0.99, timing_max_spread=100.0, confidence=None)
     (out / "result.json").unlink()
     second = _run(workspace, ranges, out, config=stricter)
     after = _stored(out)
@@ -127,20 +128,26 @@ def test_resume_with_another_budget_reuses_the_measurements(workspace, ranges, t
     assert second["budget"]["max_drop"] == pytest.approx(0.001)
 
 
-def test_a_holdout_too_small_for_the_budget_is_warned_about_and_recorded(workspace, ranges,
-                                                                         tmp_path, caplog):
-    import logging
+def test_a_budget_the_holdout_cannot_certify_is_refused_before_the_search(workspace, ranges,
+                                                                           tmp_path):
+    from trt_mpq.errors import ConfigError
 
-    caplog.set_level(logging.WARNING)
     tight = SearchConfig(budget=Budget.parse("0.1%"), sensitivity_samples=8,
                          timing_tolerance=0.99, timing_max_spread=100.0)
-    result = _run(workspace, ranges, tmp_path / "out", config=tight)
-    res = result["holdout_resolution"]
-    assert res["holdout_n"] == 24 and res["certifiable"] is False  # 3.7/24 >> 0.1%
-    assert res["best_case_upper"] == pytest.approx(1 - 0.025 ** (1 / 24))
-    assert "cannot certify" in caplog.text and "needs about" in caplog.text
-    assert "cannot certify this budget" in (tmp_path / "out" / "report.md").read_text()
+    with pytest.raises(ConfigError, match=r"holdout split \(24 samples\) cannot certify.*"
+                                          r"upper bound of 0\.14.*needs about \d+ holdout "
+                                          r"samples.*--confidence off"):
+        _run(workspace, ranges, tmp_path / "out", config=tight)
+    assert not (tmp_path / "out" / "result.json").exists()
     loose = SearchConfig(budget=Budget.parse("0.9"), sensitivity_samples=8,  # absolute
                          timing_tolerance=0.99, timing_max_spread=100.0)
-    assert _run(workspace, ranges, tmp_path / "loose", config=loose)[
-        "holdout_resolution"]["certifiable"] is True
+    result = _run(workspace, ranges, tmp_path / "loose", config=loose)
+    res = result["holdout_resolution"]
+    assert res["holdout_n"] == 24 and res["certifiable"] is True
+    assert res["best_case_upper"] == pytest.approx(1 - 0.025 ** (1 / 24))  # one look: alpha/2
+    if result["best"]:  # certified: the bound, not the point estimate, is within the budget
+        assert result["best"]["certified"] is True
+        assert result["best"]["holdout_drop_upper"] <= 0.9
+        assert result["best"]["holdout_samples_used"] == 24
+    assert "Certification: the answer is in budget only if" in (
+        tmp_path / "loose" / "report.md").read_text()

@@ -74,7 +74,7 @@ def ranges(workspace):
     return workspace.calibrate(CalibConfig(num_samples=16))
 
 
-CONFIG = SearchConfig(budget=Budget.parse("50%"), timing_retries=2)
+CONFIG = SearchConfig(budget=Budget.parse("50%"), timing_retries=2, confidence=None)
 
 
 def _check(workspace, ranges, tmp_path, copies):
@@ -112,7 +112,8 @@ def test_a_passing_disagreement_is_trusted_after_remeasuring(workspace, ranges, 
 
 def test_the_check_is_recorded_in_result_json_and_the_report(workspace, ranges, tmp_path):
     out = tmp_path / "out"
-    config = SearchConfig(budget=Budget.parse("50%"), runtime_options=False, timing_retries=1)
+    config = SearchConfig(budget=Budget.parse("50%"), runtime_options=False, timing_retries=1,
+                          confidence=None)
     result = search_job(workspace, NoisyBackend([1.2]), ranges, CalibConfig(num_samples=16),
                         MEASURE, config, out)
     saved = json.loads((out / "result.json").read_text())

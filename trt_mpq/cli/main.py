@@ -56,6 +56,12 @@ def _common(p: argparse.ArgumentParser, *, task: bool = True) -> None:
         p.add_argument("--task", metavar="PKG.MODULE:FUNC",
                        help="for an .onnx file: a function returning trt_mpq.task.Task "
                             "(data splits + metric)")
+        p.add_argument("--metric", default=None,
+                       help="judge plans by the task's own metric (default) or a fidelity "
+                            "metric that compares with the unquantized model's outputs and "
+                            "needs no labels: agreement (top-1 agreement), kl (mean KL "
+                            "divergence, an absolute budget); they use the task's fidelity "
+                            "split when it has one")
     p.add_argument("--cache-dir", type=Path, default=None,
                    help="where exported models, data and calibration are cached "
                         "(default: $TRT_MPQ_CACHE or ~/.cache/trt-mpq)")
@@ -188,9 +194,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "plan (which cannot be the answer: by default their accuracy pass is "
                         "skipped and they are marked slower)")
     p.add_argument("--confidence", default="0.95",
-                   help="one-sided level of the paired upper bound on the answer's holdout drop "
-                        "(reported in result.json and report.md), e.g. 0.95 or 99%%; off: "
-                        "point estimates only")
+                   help="one-sided level of the paired upper bound on the answer's holdout "
+                        "drop: the answer is in budget only if the bound is (certified), e.g. "
+                        "0.95 or 99%%; off: point estimates, not certified")
+    p.add_argument("--search-decision", default="auto", choices=["auto", "point", "bound"],
+                   help="how plans are judged in budget on the search split: point estimate, "
+                        "upper bound, or auto (the bound where the search split can certify "
+                        "the budget, else the point estimate)")
+    p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True,
+                   help="evaluate plans on growing parts of large splits and stop as soon as "
+                        "the confidence bounds decide (default: on)")
+    p.add_argument("--final-halfwidth", default="1%",
+                   help="the finalists are re-measured together until every latency ratio's "
+                        "95%% interval is within this of the ratio (default 1%%) ...")
+    p.add_argument("--final-cap", type=float, default=120.0, metavar="SECONDS",
+                   help="... or for at most this long (default 120)")
     p.add_argument("--option-candidates", type=int, default=2,
                    help="how many of the fastest in-budget plans get runtime-option variants")
     p.add_argument("--order", default="sensitivity",
@@ -241,11 +259,20 @@ def _progress(args) -> bool | None:
     return False if args.no_progress else None
 
 
+def _percent(text: str, flag: str) -> float:
+    """'1%' / '0.01' -> 0.01."""
+    t = str(text).strip()
+    try:
+        return float(t[:-1]) / 100 if t.endswith("%") else float(t)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a share like 1% or 0.01, got {text!r}") from None
+
+
 def _workspace(args):
     from trt_mpq.pipeline.workspace import Workspace
 
     return Workspace.open(args.model, getattr(args, "task", None), _cache_dir(args),
-                          progress=_progress(args))
+                          progress=_progress(args), metric=getattr(args, "metric", None))
 
 
 def _calib_config(args):
@@ -474,7 +501,7 @@ def _resolve_out(args, model_name: str, backend_name: str) -> Path:
 
 def cmd_search(args) -> int:
     from trt_mpq.pipeline.job import SearchInterrupted, search_job
-    from trt_mpq.pipeline.search import SearchConfig, low_precisions
+    from trt_mpq.pipeline.search import SearchConfig, low_precisions, resolvable
     from trt_mpq.plan import Precision
     from trt_mpq.measure.stats import parse_confidence
     from trt_mpq.search import Budget
@@ -490,7 +517,10 @@ def cmd_search(args) -> int:
                           torch_model=args.torch, runtime_options=args.runtime_options,
                           option_candidates=args.option_candidates,
                           full_frontier=args.full_frontier,
-                          confidence=parse_confidence(args.confidence))
+                          confidence=parse_confidence(args.confidence),
+                          search_decision=args.search_decision, adaptive=args.adaptive,
+                          final_halfwidth=_percent(args.final_halfwidth, "--final-halfwidth"),
+                          final_cap_s=args.final_cap)
     get_metric(config.sensitivity)
     calib = _calib_config(args)
     measure = _measure(args)
@@ -498,6 +528,7 @@ def cmd_search(args) -> int:
     backend.check_can_run()
     ws = _workspace(args)
     low_precisions(ws, backend, precision)  # refuse impossible precisions before work
+    resolvable(ws.task, config)  # and budgets the holdout cannot certify
     out = _resolve_out(args, ws.task.name, backend.name)
     ranges = ws.calibrate(calib)
     setup_s = time.perf_counter() - t_start
@@ -523,13 +554,17 @@ def cmd_search(args) -> int:
               f"of baseline ({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "
               f"holdout drop {100 * best['holdout_rel_drop']:+.2f}% "
               + (f"(<= {100 * best['holdout_rel_drop_upper']:+.2f}% at "
-                 f"{100 * best['confidence']:g}% confidence, n={best['holdout_n']}) "
+                 f"{100 * best['confidence']:g}% confidence, certified on "
+                 f"{best['holdout_samples_used']} of {best['holdout_n']} samples) "
                  if best.get("holdout_rel_drop_upper") is not None else "")
               + f"({result['evaluations']} plans, {result['wall_s']:.0f} s)"
               + untrusted + f"\n  {out / best['artifact']}\n  {out / 'report.md'}")
         return EXIT_OK
     print(f"budget NOT met: no quantized plan faster than the baseline stayed within "
-          f"{budget.describe()} on search and holdout; frontier and report in {out}"
+          f"{budget.describe()} on search and holdout"
+          + (f" (certified at {100 * config.confidence:g}% confidence)"
+             if config.confidence is not None else "")
+          + f"; frontier and report in {out}"
           + untrusted)
     return EXIT_BUDGET
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -72,6 +72,53 @@ def measure_pair(runner: Runner, baseline: Runner, feed: Mapping[str, np.ndarray
     return LatencyStats.of(a), LatencyStats.of(b), ratio_interval(a, b)
 
 
+@dataclass(frozen=True)
+class TimingPrecision:
+    """How precise an adaptive measurement got: the worst relative half-width of the ratio
+    intervals, the rounds timed, and whether it reached the target before the cap."""
+
+    target: float
+    halfwidth: float
+    rounds: int
+    seconds: float
+    reached: bool
+
+    def to_json_dict(self) -> dict:
+        return {"target_halfwidth": self.target, "halfwidth": self.halfwidth,
+                "rounds": self.rounds, "seconds": self.seconds, "reached": self.reached}
+
+
+def relative_halfwidth(times: Sequence[float], baseline_times: Sequence[float]) -> float:
+    """Half the width of the ratio's 95% interval, relative to the ratio of medians."""
+    lo, hi = ratio_interval(times, baseline_times)
+    ratio = float(np.median(times) / np.median(baseline_times))
+    return (hi - lo) / 2 / ratio
+
+
+def time_until_precise(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
+                       config: MeasureConfig, target: float, cap_s: float
+                       ) -> tuple[list[list[float]], TimingPrecision]:
+    """`time_rounds`, continued block by block (each of `config.repeats` rounds, no further
+    warm-up) until the 95% interval of every runner's ratio to the last runner (the baseline)
+    has a half-width of at most `target` of the ratio, or `cap_s` seconds have passed."""
+    if len(runners) < 2:
+        raise ValueError("an adaptive measurement needs candidates and a baseline (last)")
+    start = time.perf_counter()
+    times = time_rounds(runners, feed, config)
+    more = replace(config, warmup=0)
+
+    def worst() -> float:
+        return max(relative_halfwidth(t, times[-1]) for t in times[:-1])
+
+    width = worst()
+    while width > target and time.perf_counter() - start < cap_s:
+        for acc, new in zip(times, time_rounds(runners, feed, more)):
+            acc.extend(new)
+        width = worst()
+    return times, TimingPrecision(target=target, halfwidth=width, rounds=len(times[0]),
+                            seconds=time.perf_counter() - start, reached=width <= target)
+
+
 def time_rounds(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
                 config: MeasureConfig) -> list[list[float]]:
     """The raw interleaved timing: per runner, the seconds of each round (warm-up excluded)."""
@@ -130,5 +177,6 @@ class TimingCheck:
                 "attempts": [{"ratio": r, "spread": s, "repeats": n} for r, s, n in self.attempts]}
 
 
-__all__ = ["LatencyStats", "MeasureConfig", "TimingCheck", "measure_interleaved", "measure_pair",
-           "ratio_interval", "time_rounds"]
+__all__ = ["LatencyStats", "MeasureConfig", "TimingCheck", "TimingPrecision", "measure_interleaved",
+           "measure_pair", "ratio_interval", "relative_halfwidth", "time_rounds",
+           "time_until_precise"]

@@ -6,7 +6,9 @@ confidence bound, computed on the same samples for both (paired).
   reverse (the discordant pairs). The bound is exact and needs no asymptotics: one-sided
   Clopper-Pearson bounds at level alpha/2 on both discordant rates (b's upper, c's lower),
   combined with Bonferroni, so P(drop > bound) <= alpha whatever the rates. With no discordant
-  sample it is the "rule of three": about 3.7 / n at 95%.
+  sample it is the "rule of three": about 3.7 / n at 95%. For a fidelity metric (agreement with
+  the baseline's own outputs) the baseline is right on every sample by construction, so only
+  the disagreement rate is bounded, at the full alpha (about 3.0 / n with none).
 - Any other metric: a paired bootstrap over samples (the same resampled indices for baseline
   and plan), the (1 - alpha) percentile of the resampled drop.
 
@@ -36,6 +38,7 @@ class DropBound:
     method: str
     worse: int | None = None  # discordant pairs: baseline right, plan wrong
     better: int | None = None  # ... and the reverse
+    lower: float | None = None  # one-sided lower bound at the same level (clearly worse?)
 
     @property
     def rel_drop(self) -> float:
@@ -48,8 +51,8 @@ class DropBound:
     def to_json_dict(self) -> dict:
         return {"drop": self.drop, "drop_upper": self.upper, "rel_drop": self.rel_drop,
                 "rel_drop_upper": self.rel_upper, "n": self.n, "confidence": self.confidence,
-                "method": self.method, "discordant_worse": self.worse,
-                "discordant_better": self.better}
+                "drop_lower": self.lower, "method": self.method,
+                "discordant_worse": self.worse, "discordant_better": self.better}
 
 
 def parse_confidence(text: str | float | None) -> float | None:
@@ -81,21 +84,30 @@ def cp_lower(k: int, n: int, alpha: float) -> float:
 
 
 def discordant_bound(base_right: np.ndarray, plan_right: np.ndarray,
-                     confidence: float) -> DropBound:
-    """The accuracy drop of a plan, paired, with its exact one-sided upper bound (module doc)."""
+                     confidence: float, *, reference: bool = False) -> DropBound:
+    """The accuracy drop of a plan, paired, with its exact one-sided upper bound (module doc)
+    and lower bound at the same level. `reference`: the baseline is right on every sample by
+    construction (a fidelity metric), so the drop is the rate of `worse` alone."""
     base_right = np.asarray(base_right, dtype=bool)
     plan_right = np.asarray(plan_right, dtype=bool)
     if base_right.shape != plan_right.shape or base_right.ndim != 1 or not len(base_right):
         raise ValueError("paired per-sample results must be two equal, non-empty 1-d arrays")
+    if reference and not base_right.all():
+        raise ValueError("a fidelity metric's baseline must be right on every sample")
     n = len(base_right)
     worse = int(np.sum(base_right & ~plan_right))
     better = int(np.sum(~base_right & plan_right))
     alpha = 1 - confidence
-    upper = cp_upper(worse, n, alpha / 2) - cp_lower(better, n, alpha / 2)
+    if reference:
+        upper, lower = cp_upper(worse, n, alpha), cp_lower(worse, n, alpha)
+        method = "disagreements with the baseline: Clopper-Pearson"
+    else:
+        upper = cp_upper(worse, n, alpha / 2) - cp_lower(better, n, alpha / 2)
+        lower = cp_lower(worse, n, alpha / 2) - cp_upper(better, n, alpha / 2)
+        method = "discordant pairs: Clopper-Pearson on both rates, Bonferroni"
     return DropBound(drop=(worse - better) / n, upper=upper,
                      baseline_metric=float(np.mean(base_right)), n=n, confidence=confidence,
-                     method="discordant pairs: Clopper-Pearson on both rates, Bonferroni",
-                     worse=worse, better=better)
+                     method=method, worse=worse, better=better, lower=lower)
 
 
 def bootstrap_bound(metric: Callable[[np.ndarray], tuple[float, float]], n: int,
@@ -112,15 +124,33 @@ def bootstrap_bound(metric: Callable[[np.ndarray], tuple[float, float]], n: int,
         drops[r] = sign * (b - p)
     return DropBound(drop=sign * (base - plan), upper=float(np.quantile(drops, confidence)),
                      baseline_metric=float(base), n=n, confidence=confidence,
-                     method=f"paired bootstrap over samples ({rounds} resamples)")
+                     method=f"paired bootstrap over samples ({rounds} resamples)",
+                     lower=float(np.quantile(drops, 1 - confidence)))
 
 
-def best_case_upper(n: int, confidence: float) -> float:
+def best_case_upper(n: int, confidence: float, *, reference: bool = False) -> float:
     """The smallest upper bound `discordant_bound` can give on n samples: that of a plan that
-    changes no sample's result (about 3.7 / n at 95%). A budget below it cannot be certified on
-    n samples, whatever the plan."""
-    return cp_upper(0, n, (1 - confidence) / 2)
+    changes no sample's result (about 3.7 / n at 95%; 3.0 / n for a fidelity metric). A budget
+    below it cannot be certified on n samples, whatever the plan."""
+    alpha = 1 - confidence
+    return cp_upper(0, n, alpha if reference else alpha / 2)
 
 
-__all__ = ["DropBound", "best_case_upper", "bootstrap_bound", "cp_lower", "cp_upper", "discordant_bound",
-           "parse_confidence"]
+def samples_needed(allowed: float, confidence: float, *, reference: bool = False) -> int:
+    """The fewest samples on which a plan that changes no result certifies `allowed`."""
+    if allowed <= 0:
+        raise ValueError("a drop of 0 or less cannot be certified on any number of samples")
+    lo, hi = 1, 2
+    while best_case_upper(hi, confidence, reference=reference) > allowed:
+        lo, hi = hi, hi * 2
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if best_case_upper(mid, confidence, reference=reference) <= allowed:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
+
+
+__all__ = ["DropBound", "best_case_upper", "bootstrap_bound", "cp_lower", "cp_upper",
+           "discordant_bound", "parse_confidence", "samples_needed"]

@@ -29,6 +29,7 @@ from trt_mpq.errors import (
     NonFiniteOutputError,
 )
 from trt_mpq.measure.accuracy import compute_outputs
+from trt_mpq.measure.sequential import SequentialRule, sequential_drop
 from trt_mpq.measure.latency import (
     LatencyStats,
     MeasureConfig,
@@ -68,8 +69,10 @@ class Evaluator:
 
     def __init__(self, ws: Workspace, backend: Backend, ranges: Ranges, measure: MeasureConfig,
                  store: Store | None, workdir: Path, keep_artifacts: bool = False,
-                 shared: SharedCache | None = None) -> None:
+                 shared: SharedCache | None = None, rule: SequentialRule | None = None) -> None:
         self.ws = ws
+        #: adaptive evaluation on the search split (None: every plan sees all of it)
+        self.rule = rule
         self.shared = shared if shared is not None else SharedCache(None, {})
         self.backend = backend
         self.ranges = ranges
@@ -81,6 +84,7 @@ class Evaluator:
         self.fresh = 0  # evaluations measured in this process
         self.cached = 0  # evaluations reused from the store
         self._feed = ws.task.latency_feed()
+        self._search_reference: dict[str, np.ndarray] | None = None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> Evaluator:
@@ -117,7 +121,8 @@ class Evaluator:
                 runner.close()
                 raise DataError(f"the unquantized model gives non-finite outputs on the search "
                                 f"split ({e}); check the data preprocessing") from None
-            metric = self.ws.task.metric(outputs, self.ws.task.search.labels)
+            task = self.ws.task
+            metric = task.metric(outputs, task.metric.target(task.search.labels, outputs))
             if not np.isfinite(metric):
                 runner.close()
                 raise DataError(f"the task metric of the unquantized model is {metric}; check "
@@ -142,6 +147,12 @@ class Evaluator:
         assert self.baseline is not None, "open the baseline first"
         return self._reference(self.baseline.runner, split, name)
 
+    def search_reference(self) -> dict[str, np.ndarray]:
+        """The baseline's outputs on the search split (kept in memory once computed)."""
+        if self._search_reference is None:
+            self._search_reference = self.reference_outputs(self.ws.task.search, "search")
+        return self._search_reference
+
     def _reference(self, runner: Runner, split: Split, name: str) -> dict[str, np.ndarray]:
         return self.shared.arrays(
             f"outputs-{name}-{split.digest}",
@@ -154,6 +165,10 @@ class Evaluator:
         timed slower than that is not run on the search split; its status says `slower`."""
         if self.store is not None:
             found = self.store.get(plan.digest)
+            if found is not None and self._undecided(found):
+                log.info("%s: measured on %d samples before, which do not decide it under "
+                         "this budget; measuring it again", label or plan.digest, found.samples)
+                found = None
             if found is not None:
                 self.cached += 1
                 return replace(found, cached=True)
@@ -163,9 +178,43 @@ class Evaluator:
             self.store.put(ev)
         return ev
 
+    def _undecided(self, ev: Evaluation) -> bool:
+        """A stored evaluation that stopped early (on part of the search split) and whose bounds
+        do not decide under the current rule, e.g. after a resume with another budget."""
+        n = len(self.ws.task.search)
+        if not ev.ok or ev.samples is None or ev.samples >= n:
+            return False
+        if self.rule is None:
+            return True
+        upper, lower = ev.drop_upper, ev.drop_lower
+        return not ((upper is not None and upper <= self.rule.allowed + 1e-12) or
+                    (lower is not None and lower > self.rule.allowed + 1e-12))
+
+    def _score(self, runner: Runner, label: str) -> dict:
+        """The plan's metric on the search split: adaptively (`sequential_drop`) when the
+        evaluator has a rule, else on every sample. Returns the Evaluation fields."""
+        task = self.ws.task
+        assert self.baseline is not None
+
+        def run(part: Split) -> dict[str, np.ndarray]:
+            return compute_outputs(runner, part, task.eval_batch, desc=label or "evaluate",
+                                   progress=self.ws.progress)
+
+        if self.rule is None:
+            outputs = run(task.search)
+            target = task.metric.target(
+                task.search.labels, self.search_reference() if task.metric.reference else None)
+            metric = task.metric(outputs, target)
+            drop, rel = drop_of(metric, self.baseline.metric, task.metric.higher_is_better)
+            return {"metric": metric, "drop": drop, "rel_drop": rel, "samples": len(task.search)}
+        res = sequential_drop(task.metric, task.search, self.search_reference(), run, self.rule)
+        b = res.bound
+        rel = b.drop / abs(self.baseline.metric) if self.baseline.metric else 0.0
+        return {"metric": res.metric, "drop": b.drop, "rel_drop": rel, "samples": res.samples,
+                "drop_upper": b.upper, "drop_lower": b.lower}
+
     def _measure(self, plan: Plan, label: str, gate: float | None = None) -> Evaluation:
         assert self.baseline is not None, "use the Evaluator as a context manager"
-        task = self.ws.task
         t0 = time.perf_counter()
         base = dict(plan=plan, label=label)
         self.backend.check_plan(plan, self.ws.groups)  # PlanError: the caller's plan is wrong
@@ -225,22 +274,19 @@ class Evaluator:
                                              "was not measured (--full-frontier measures it)",
                                       wall_s=time.perf_counter() - t0)
                 try:
-                    outputs = compute_outputs(runner, task.search, task.eval_batch,
-                                              desc=label or "evaluate", progress=self.ws.progress)
+                    score = self._score(runner, label)
                 except NonFiniteOutputError as e:
                     return Evaluation(**common, status=Status.NAN_OUTPUT, reason=str(e),
                                       wall_s=time.perf_counter() - t0)
-                metric = task.metric(outputs, task.search.labels)
         except (BuildError, MeasurementError) as e:
             return Evaluation(**common, status=Status.RUN_FAILED, reason=str(e),
                               wall_s=time.perf_counter() - t0)
         finally:
             if not self.keep_artifacts:
                 self._cleanup(out_dir)
-        drop, rel = drop_of(metric, self.baseline.metric, task.metric.higher_is_better)
-        return Evaluation(**common, status=Status.OK, metric=metric, drop=drop, rel_drop=rel,
-                          latency=cand, baseline_latency=base_lat, latency_ratio=ratio,
-                          ratio_ci=ratio_ci, wall_s=time.perf_counter() - t0)
+        return Evaluation(**common, status=Status.OK, **score, latency=cand,
+                          baseline_latency=base_lat, latency_ratio=ratio, ratio_ci=ratio_ci,
+                          wall_s=time.perf_counter() - t0)
 
     @staticmethod
     def _cleanup(path: Path) -> None:

@@ -30,7 +30,15 @@ def _confirmation_dict(c: Confirmation) -> dict:
             "holdout_bound": c.bound.to_json_dict() if c.bound else None,
             "latency_ratio": c.latency_ratio,
             "latency_ratio_ci": list(c.ratio_ci) if c.ratio_ci else None,
-            "in_budget": c.in_budget}
+            "holdout_samples_used": c.samples, "in_budget": c.in_budget}
+
+
+def _samples_summary(evaluations: list[Evaluation], n: int) -> dict:
+    """How many search-split samples the accuracy passes used (adaptive evaluation)."""
+    used = [e.samples for e in evaluations if e.ok and e.samples is not None]
+    mean = sum(used) / len(used) if used else None
+    return {"split": n, "evaluations": len(used), "mean": mean,
+            "mean_share": mean / n if mean is not None and n else None}
 
 
 def evaluation_dicts(outcome: SearchOutcome, accept) -> list[dict]:
@@ -83,6 +91,13 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "timing_check": outcome.timing.to_json_dict() if outcome.timing else None,
         # can the holdout certify the budget at the confidence level? (accuracy-type metrics)
         "holdout_resolution": outcome.resolution,
+        # how plans were judged in budget on the search split (the answer: certified on the
+        # holdout when a confidence level is set), and the adaptive evaluation's looks
+        "search_decision": outcome.decision,
+        "adaptive": outcome.adaptive,
+        "search_samples": _samples_summary(outcome.evaluations, len(task.search)),
+        # the finalists' joint re-measurement: rounds until the ratio intervals were narrow
+        "final_timing": outcome.final_timing,
         "wall_s": setup_s + outcome.wall_s,  # the whole command, from start to outputs
         "phases": {"setup_s": setup_s, **outcome.phases},
         "sensitivity": {**outcome.sensitivity.to_json_dict(), "order": outcome.order,
@@ -106,11 +121,13 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
             "holdout_metric": best.holdout_metric,
             "holdout_drop": best.holdout_drop,
             "holdout_rel_drop": best.holdout_rel_drop,
-            # paired, one-sided upper bound at `confidence` (reported; the budget is judged on
-            # the point estimate until certified answers land)
+            # paired, one-sided upper bound at `confidence`: the answer is in budget only when
+            # it is within the budget (certified); on `holdout_samples_used` of `holdout_n`
             "holdout_drop_upper": best.bound.upper if best.bound else None,
             "holdout_rel_drop_upper": best.bound.rel_upper if best.bound else None,
-            "holdout_n": best.bound.n if best.bound else None,
+            "holdout_n": len(task.holdout),
+            "holdout_samples_used": best.samples,
+            "certified": best.bound is not None,
             "confidence": best.bound.confidence if best.bound else None,
             "holdout_bound": best.bound.to_json_dict() if best.bound else None,
             "latency_ms": best.latency.median_ms,

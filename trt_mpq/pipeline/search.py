@@ -19,16 +19,17 @@ from trt_mpq import options
 from trt_mpq.backends.base import Backend
 from trt_mpq.calib import Ranges
 from trt_mpq.errors import ConfigError, PlanError
-from trt_mpq.measure.accuracy import compute_outputs, drop_bound
+from trt_mpq.measure.accuracy import compute_outputs
+from trt_mpq.measure.sequential import IN, SequentialRule, sequential_drop
 from trt_mpq.measure.latency import (
     LatencyStats,
     MeasureConfig,
     TimingCheck,
     measure_pair,
     ratio_interval,
-    time_rounds,
+    time_until_precise,
 )
-from trt_mpq.measure.stats import DropBound, best_case_upper
+from trt_mpq.measure.stats import DropBound, samples_needed
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.artifacts import install_artifact
 from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
@@ -54,6 +55,9 @@ from trt_mpq.store import Store
 log = logging.getLogger(__name__)
 
 
+SEARCH_DECISIONS = ("auto", "point", "bound")
+
+
 @dataclass(frozen=True)
 class SearchConfig:
     budget: Budget
@@ -75,6 +79,15 @@ class SearchConfig:
     timing_max_spread: float = 0.5  # ... with (p90 - p10) / median at most this
     timing_retries: int = 2  # re-measurements (each with twice the runs) before giving up
     confidence: float | None = 0.95  # one-sided level of the holdout drop's upper bound
+    #: how the search judges a plan in budget on the search split: "point" (the point
+    #: estimate), "bound" (its upper bound certifies it), "auto" (bound where the search split
+    #: can certify the budget, else point); the answer is always certified on the holdout
+    search_decision: str = "auto"
+    adaptive: bool = True  # sequential evaluation: stop as soon as the bounds decide
+    #: the finalists' joint re-measurement goes on until every latency ratio's 95% interval
+    #: has at most this half-width (relative), or the cap (seconds) is reached
+    final_halfwidth: float = 0.01
+    final_cap_s: float = 120.0
 
     def __post_init__(self) -> None:
         spec = strategy_spec(self.strategy)
@@ -101,6 +114,13 @@ class SearchConfig:
             raise ConfigError("timing retries must be >= 0")
         if self.confidence is not None and not 0.5 <= self.confidence < 1:
             raise ConfigError("the confidence must be in [0.5, 1), or None (off)")
+        if self.search_decision not in SEARCH_DECISIONS:
+            raise ConfigError(f"unknown search decision {self.search_decision!r}; use one of "
+                              f"{SEARCH_DECISIONS}")
+        if not 0 < self.final_halfwidth < 1 or self.final_cap_s < 0:
+            raise ConfigError("the final half-width must be in (0, 1) and its cap >= 0 s")
+        if self.search_decision == "bound" and self.confidence is None:
+            raise ConfigError("--search-decision bound needs a --confidence level")
 
     @property
     def strategy_spec(self):
@@ -129,7 +149,9 @@ class SearchConfig:
                 "full_frontier": self.full_frontier, "gate_margin": self.gate_margin,
                 "timing_tolerance": self.timing_tolerance,
                 "timing_max_spread": self.timing_max_spread,
-                "timing_retries": self.timing_retries, "confidence": self.confidence}
+                "timing_retries": self.timing_retries, "confidence": self.confidence,
+                "search_decision": self.search_decision, "adaptive": self.adaptive,
+                "final_halfwidth": self.final_halfwidth, "final_cap_s": self.final_cap_s}
 
 
 @dataclass
@@ -145,6 +167,7 @@ class Confirmation:
     artifact: str = ""  # file name of the installed artifact (in budget only)
     bound: DropBound | None = None  # the holdout drop's upper confidence bound (paired)
     ratio_ci: tuple[float, float] | None = None  # the latency ratio's 95% interval
+    samples: int | None = None  # holdout samples the decision used (adaptive evaluation)
 
     @property
     def latency_ratio(self) -> float:
@@ -171,6 +194,9 @@ class SearchOutcome:
     shared: dict = field(default_factory=dict)  # what came from the cache of earlier runs
     timing: TimingCheck | None = None  # the baseline timed against itself
     resolution: dict | None = None  # can the holdout certify the budget? (accuracy metrics)
+    decision: str = "point"  # how the search judged plans in budget on the search split
+    final_timing: dict | None = None  # how precise the finalists' joint re-measurement got
+    adaptive: dict | None = None  # the sequential rules of the search and holdout splits
 
     @property
     def budget_met(self) -> bool:
@@ -224,11 +250,23 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
     with Evaluator(ws, backend, ranges, measure, store, workdir, shared=shared) as evaluator:
         baseline_metric = evaluator.baseline.metric
         budget = config.budget
+        resolution = holdout_resolution(ws, config, baseline_metric)
+        search_rule, holdout_rule = rules(ws, config, baseline_metric)
+        evaluator.rule = search_rule if config.adaptive else None
+        decision = search_decision(ws, config, search_rule)
+        allowed = budget.allowed_drop(baseline_metric)
 
         def accept(ev: Evaluation) -> bool:
-            return ev.ok and budget.accepts(ev.drop, baseline_metric)
+            if not ev.ok:
+                return False
+            if decision == "bound":
+                return ev.drop_upper is not None and ev.drop_upper <= allowed + 1e-12
+            return budget.accepts(ev.drop, baseline_metric)
 
-        resolution = holdout_resolution(ws, config, baseline_metric)
+        log.info("plans are judged in budget on the search split by %s",
+                 "their upper confidence bound" if decision == "bound" else
+                 "the point estimate of their drop (the holdout certifies the answer)"
+                 if config.confidence is not None else "the point estimate of their drop")
         t = time.perf_counter()
         sens = analysis.sensitivity(ws, ranges, dialect, low, config.sensitivity,
                                     config.sens_config, store, config.torch_model,
@@ -288,17 +326,20 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                         repeats=evaluator.measure.repeats * config.final_repeats_factor,
                         max_seconds=evaluator.measure.max_seconds * config.final_repeats_factor)
         timings: dict[str, tuple[LatencyStats, LatencyStats, tuple[float, float]]] = {}
+        final_timing: dict = {}
 
         def remeasure(finalists: list[Evaluation]) -> dict[str, float]:
-            timings.update(_time_finalists(ws, backend, evaluator, finalists, final, store,
-                                           out_dir))
+            found, precision = _time_finalists(ws, backend, evaluator, finalists, final, config,
+                                               store, out_dir)
+            timings.update(found)
+            final_timing.update(precision)
             return {d: lat.median_ms / base.median_ms for d, (lat, base, _) in timings.items()}
 
         best, tried = pick_answer(
             evaluations, accept, evaluator.baseline_plan, config.confirm_candidates,
             lambda ev: _confirm(ws, backend, evaluator, ev, final, config, out_dir,
                                 holdout_base, base_holdout_outputs,
-                                timings.get(ev.plan.digest)),
+                                timings.get(ev.plan.digest), holdout_rule),
             remeasure)
         phases["confirm_s"] = time.perf_counter() - t
         fresh, cached = evaluator.fresh, evaluator.cached
@@ -310,30 +351,85 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         tried=tried, fresh=fresh, cached=cached, wall_s=time.perf_counter() - t_start,
         phases=phases, gains=gains,
         shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses},
-        timing=timing, resolution=resolution)
+        timing=timing, resolution=resolution, decision=decision,
+        final_timing=final_timing or None,
+        adaptive={"search": search_rule.to_json_dict() | {"looks": list(search_rule.looks(
+                      len(ws.task.search)))} if evaluator.rule else None,
+                  "holdout": holdout_rule.to_json_dict() | {"looks": list(holdout_rule.looks(
+                      len(ws.task.holdout)))} if holdout_rule else None})
+
+
+def rules(ws: Workspace, config: SearchConfig, baseline_metric: float
+          ) -> tuple[SequentialRule | None, SequentialRule | None]:
+    """The sequential rules of the search and holdout splits (None when --confidence off)."""
+    if config.confidence is None:
+        return None, None
+    rule = SequentialRule(config.confidence, config.budget.allowed_drop(baseline_metric))
+    holdout = rule if config.adaptive else replace(rule, max_looks=1)
+    return rule, holdout
+
+
+def search_decision(ws: Workspace, config: SearchConfig, rule: SequentialRule | None) -> str:
+    """"bound" or "point" (`SearchConfig.search_decision`); "auto" is "bound" when the search
+    split can certify the budget at all (a 0/1 metric on enough samples), else "point"."""
+    if config.search_decision != "auto":
+        return config.search_decision
+    metric = ws.task.metric
+    if rule is None or not metric.binary:
+        return "point"
+    floor = rule.best_case_upper(len(ws.task.search), metric.reference)
+    return "bound" if floor <= rule.allowed else "point"
+
+
+def resolvable(task, config: SearchConfig, baseline_metric: float | None = None) -> None:
+    """Refuse (ConfigError, exit 2) a budget the holdout split cannot certify at the confidence
+    level, before any work: for a 0/1 metric even a plan that changes no sample's result gets
+    an upper bound of about 3.7 / n at 95% (3.0 / n for a fidelity metric). Without the
+    baseline's metric yet, a relative budget is checked at the largest metric (1), which only
+    lets through budgets that may still fail once the metric is known."""
+    metric = task.metric
+    if metric.reference and not metric.higher_is_better and config.budget.relative:
+        raise ConfigError(f"the {metric.name} of the unquantized model with itself is 0, so a "
+                          f"relative budget ({config.budget.describe()}) allows nothing; give "
+                          "an absolute one, e.g. --max-drop 0.001")
+    if config.confidence is None or not metric.binary:
+        return
+    base = 1.0 if baseline_metric is None else baseline_metric
+    allowed = config.budget.allowed_drop(base)
+    rule = SequentialRule(config.confidence, max(allowed, 1e-300))
+    if not config.adaptive:
+        rule = replace(rule, max_looks=1)
+    n = len(task.holdout)
+    floor = rule.best_case_upper(n, metric.reference)
+    if floor <= allowed:
+        return
+    level = rule.levels(len(rule.looks(n)))[-1]
+    need = samples_needed(allowed, level, reference=metric.reference) if allowed > 0 else None
+    fidelity = ("" if metric.reference else
+                ", a fidelity metric (--metric agreement: no labels needed"
+                + (f"; this task has a {len(task.fidelity)}-sample fidelity split"
+                   if task.fidelity is not None else "") + ")")
+    raise ConfigError(
+        f"the holdout split ({n} samples) cannot certify a drop in {metric.name} of at most "
+        f"{allowed:.4g} ({config.budget.describe()}) at {100 * config.confidence:g}% "
+        f"confidence: even a plan that changes no result has an upper bound of {floor:.4g}"
+        + (f"; certifying it needs about {need} holdout samples" if need else "")
+        + f". Use a larger holdout split{fidelity}, a looser budget, or --confidence off "
+        "(point estimates, not certified)")
 
 
 def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: float
                        ) -> dict | None:
-    """Whether the holdout split is large enough for the budget to be certified at the
-    confidence level (for metrics that are a mean of per-sample 0/1 results): even a plan that
-    changes no sample's result gets an upper bound of about 3.7 / n at 95%. Warns when the budget
-    is below that; the answer is still judged on the point estimate."""
-    if config.confidence is None or ws.task.metric.per_sample is None:
+    """Whether the holdout split can certify the budget at the confidence level (0/1 metrics;
+    `resolvable`), recorded in result.json. Raises ConfigError when it cannot."""
+    if config.confidence is None or not ws.task.metric.binary:
         return None
+    resolvable(ws.task, config, baseline_metric)
+    _, rule = rules(ws, config, baseline_metric)
     n = len(ws.task.holdout)
-    floor = best_case_upper(n, config.confidence)
-    allowed = config.budget.allowed_drop(baseline_metric)
-    out = {"holdout_n": n, "confidence": config.confidence, "best_case_upper": floor,
-           "allowed_drop": allowed, "certifiable": floor <= allowed}
-    if not out["certifiable"]:
-        need = next(m for m in (2 ** k for k in range(4, 40))
-                    if best_case_upper(m, config.confidence) <= allowed)
-        log.warning("the holdout split (%d samples) cannot certify a drop of %.4g at %g%% "
-                    "confidence: even a plan that changes no prediction has an upper bound of "
-                    "%.4g; certifying this budget needs about %d samples (a larger holdout), or "
-                    "a looser budget", n, allowed, 100 * config.confidence, floor, need)
-    return out
+    return {"holdout_n": n, "confidence": config.confidence,
+            "best_case_upper": rule.best_case_upper(n, ws.task.metric.reference),
+            "allowed_drop": rule.allowed, "certifiable": True}
 
 
 def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, candidates: int,
@@ -348,7 +444,7 @@ def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, cand
     answer or None, every confirmation tried, in order)."""
     finalists = [ev for ev in ranked_in_budget(evaluations, accept)
                  if ev.plan != baseline_plan and ev.latency_ratio < 1.0][:candidates]
-    if remeasure is not None and len(finalists) > 1:
+    if remeasure is not None and finalists:
         ratios = remeasure(finalists)  # one fresh measurement of them all: no winner's curse
         finalists.sort(key=lambda e: (ratios[e.plan.digest], e.drop or 0.0))
     tried: list[Confirmation] = []
@@ -358,8 +454,9 @@ def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, cand
         if conf.in_budget and conf.latency_ratio < 1.0:
             return conf, tried
         if not conf.in_budget:
-            log.info("%s: holdout drop %.2f%% is out of budget; trying the next plan",
-                     ev.label, 100 * conf.holdout_rel_drop)
+            log.info("%s: holdout drop %.2f%%%s is not within the budget; trying the next plan",
+                     ev.label, 100 * conf.holdout_rel_drop,
+                     f" (upper bound {100 * conf.bound.rel_upper:.2f}%)" if conf.bound else "")
         else:  # its search-time speed-up was noise (or the machine changed): not an answer
             log.warning("%s: re-measured at x%.3f of the baseline, not faster; trying the next "
                         "plan", ev.label, conf.latency_ratio)
@@ -407,21 +504,23 @@ def _option_space(ws: Workspace, backend: Backend, ranges: Ranges):
 def _holdout_baseline(ws: Workspace, evaluator: Evaluator):
     task = ws.task
     outputs = evaluator.reference_outputs(task.holdout, "holdout")
-    return task.metric(outputs, task.holdout.labels), outputs
+    return task.metric(outputs, task.metric.target(task.holdout.labels, outputs)), outputs
 
 
 def _time_finalists(ws: Workspace, backend: Backend, evaluator: Evaluator,
-                    finalists: list[Evaluation], final: MeasureConfig, store: Store | None,
-                    out_dir: Path) -> dict:
-    """The finalists and the baseline timed together, interleaved, in one fresh measurement:
-    {digest: (latency, baseline latency, ratio interval)}. Stored, so a resumed search reuses
-    it and reproduces the same answer without re-measuring."""
+                    finalists: list[Evaluation], final: MeasureConfig, config: SearchConfig,
+                    store: Store | None, out_dir: Path) -> tuple[dict, dict]:
+    """The finalists and the baseline timed together, interleaved, in one fresh measurement
+    that goes on until every ratio's 95% interval is within `config.final_halfwidth` (or the
+    cap): ({digest: (latency, baseline latency, ratio interval)}, its precision). Stored, so a
+    resumed search reuses it and reproduces the same answer without re-measuring."""
     key = "final-timing:" + ",".join(sorted(e.plan.digest for e in finalists))
     stored = store.get_blob(key) if store is not None else None
     if stored is not None:
+        precision = stored.pop("_precision", {})
         return {d: (LatencyStats.from_json_dict(v["latency"]),
                     LatencyStats.from_json_dict(v["baseline_latency"]), tuple(v["ratio_ci"]))
-                for d, v in stored.items()}
+                for d, v in stored.items()}, precision
     task = ws.task
     work = out_dir / ".final"
     runners = []
@@ -432,7 +531,9 @@ def _time_finalists(ws: Workspace, backend: Backend, evaluator: Evaluator,
                                      task.latency_feed(), max_batch=task.eval_batch,
                                      options=dict(ev.plan.options))
             runners.append(backend.open(artifact).__enter__())
-        times = time_rounds([*runners, evaluator.baseline.runner], task.latency_feed(), final)
+        times, precision = time_until_precise([*runners, evaluator.baseline.runner],
+                                              task.latency_feed(), final,
+                                              config.final_halfwidth, config.final_cap_s)
     finally:
         for runner in runners:
             runner.close()
@@ -440,22 +541,30 @@ def _time_finalists(ws: Workspace, backend: Backend, evaluator: Evaluator,
     base = LatencyStats.of(times[-1])
     out = {ev.plan.digest: (LatencyStats.of(t), base, ratio_interval(t, times[-1]))
            for ev, t in zip(finalists, times)}
-    for ev, (lat, _, _) in zip(finalists, out.values()):
-        log.info("%s: re-measured with the other finalists at x%.3f", ev.label,
-                 lat.median_ms / base.median_ms)
+    for ev, (lat, _, ci) in zip(finalists, out.values()):
+        log.info("%s: re-measured with the other finalists at x%.3f (95%% CI %.3f-%.3f)",
+                 ev.label, lat.median_ms / base.median_ms, *ci)
+    (log.info if precision.reached else log.warning)(
+        "final timing: %d rounds in %.0f s, ratio intervals within ±%.1f%% (target ±%.1f%%%s)",
+        precision.rounds, precision.seconds, 100 * precision.halfwidth, 100 * precision.target,
+        "" if precision.reached else f", not reached within the {config.final_cap_s:g} s cap")
     if store is not None:
-        store.put_blob(key, {d: {"latency": lat.to_json_dict(), "baseline_latency":
-                                 b.to_json_dict(), "ratio_ci": list(ci)}
-                             for d, (lat, b, ci) in out.items()})
-    return out
+        store.put_blob(key, {**{d: {"latency": lat.to_json_dict(), "baseline_latency":
+                                    b.to_json_dict(), "ratio_ci": list(ci)}
+                                for d, (lat, b, ci) in out.items()},
+                             "_precision": precision.to_json_dict()})
+    return out, precision.to_json_dict()
 
 
 def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluation,
              measure: MeasureConfig, config: SearchConfig, out_dir: Path, holdout_base: float,
-             base_outputs: dict, timing: tuple | None = None) -> Confirmation:
+             base_outputs: dict, timing: tuple | None = None,
+             rule: SequentialRule | None = None) -> Confirmation:
     """Rebuild the plan into `out_dir/candidate` and measure the holdout metric; its latency is
     `timing` (the finalists' joint re-measurement) or, when there is none (a single finalist),
-    re-measured here with more runs, interleaved with the baseline."""
+    re-measured here with more runs, interleaved with the baseline. With `rule` (a confidence
+    level) the plan is in budget only when the upper bound of its holdout drop is within the
+    budget (certified), evaluated adaptively; without, on the point estimate."""
     task = ws.task
     graph = materialize(ws.model, ws.groups, ev.plan, evaluator.ranges, backend.dialect)
     cand_dir = out_dir / ".candidate"
@@ -463,9 +572,19 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
     artifact = backend.build(graph, cand_dir, ws.groups, task.latency_feed(),
                              max_batch=task.eval_batch, options=dict(ev.plan.options))
     with backend.open(artifact) as runner:
-        outputs = compute_outputs(runner, task.holdout, task.eval_batch,
-                                  desc="confirm (holdout)", progress=ws.progress)
-        metric = task.metric(outputs, task.holdout.labels)
+        def run(part) -> dict:
+            return compute_outputs(runner, part, task.eval_batch, desc="confirm (holdout)",
+                                   progress=ws.progress)
+
+        seq = None
+        if rule is not None:
+            seq = sequential_drop(task.metric, task.holdout, base_outputs, run, rule)
+            metric = holdout_base - (seq.bound.drop if task.metric.higher_is_better
+                                     else -seq.bound.drop)
+        else:
+            outputs = run(task.holdout)
+            metric = task.metric(outputs, task.metric.target(task.holdout.labels,
+                                                             base_outputs))
         if timing is not None:
             lat, base_lat, ratio_ci = timing
         else:
@@ -477,12 +596,16 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
             got = compute_outputs(runner, check.split, task.eval_batch, progress=False)
             extra[check.name] = float(check.fn(got, ref))
     drop, rel = drop_of(metric, holdout_base, task.metric.higher_is_better)
-    in_budget = config.budget.accepts(drop, holdout_base)
-    bound = (drop_bound(task.metric, base_outputs, outputs, task.holdout.labels,
-                        config.confidence) if config.confidence is not None else None)
+    if seq is not None:  # certified: the upper bound is within the budget
+        in_budget = seq.decision == IN
+        bound, samples = seq.bound, seq.samples
+    else:
+        in_budget = config.budget.accepts(drop, holdout_base)
+        bound, samples = None, len(task.holdout)
     conf = Confirmation(evaluation=ev, holdout_metric=metric, holdout_drop=drop,
                         holdout_rel_drop=rel, latency=lat, baseline_latency=base_lat,
-                        in_budget=in_budget, extra=extra, bound=bound, ratio_ci=ratio_ci)
+                        in_budget=in_budget, extra=extra, bound=bound, ratio_ci=ratio_ci,
+                        samples=samples)
     if in_budget:
         conf.artifact = install_artifact(artifact, out_dir, {
             "plan": ev.plan.to_json_dict()["groups"], "runtime_options": dict(ev.plan.options),
@@ -495,4 +618,4 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
-           "pick_answer", "check_timing"]
+           "pick_answer", "check_timing", "resolvable", "rules", "search_decision"]

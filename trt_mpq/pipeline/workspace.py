@@ -69,8 +69,9 @@ class Workspace:
 
     @classmethod
     def open(cls, model_spec: str, task_spec: str | None, cache_dir: Path,
-             progress: bool | None = None) -> Workspace:
-        task = resolve_task(model_spec, task_spec, cache_dir, progress)
+             progress: bool | None = None, metric: str | None = None) -> Workspace:
+        """`metric`: judge by a fidelity metric instead of the task's own (`Task.with_metric`)."""
+        task = resolve_task(model_spec, task_spec, cache_dir, progress).with_metric(metric)
         if task.model_path is None or not Path(task.model_path).exists():
             raise ModelError(f"task {task.name!r} points to a missing model {task.model_path}")
         prepared = prepare_model(task.model_path, cache_dir)

@@ -95,6 +95,7 @@ def pareto_rows(evaluations: Sequence[Mapping]) -> list[dict]:
         row = {
             "plan_digest": e["plan_digest"], "label": e.get("label", ""), "status": e["status"],
             "metric": e.get("metric"), "drop": e.get("drop"), "rel_drop": e.get("rel_drop"),
+            "drop_upper": e.get("drop_upper"), "samples": e.get("samples"),
             "latency_ms": lat.get("median_ms"), "latency_p90_ms": lat.get("p90_ms"),
             "baseline_latency_ms": base.get("median_ms"), "latency_ratio": e.get("latency_ratio"),
             "latency_ratio_lo": (e.get("latency_ratio_ci") or [None, None])[0],
@@ -166,13 +167,21 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
                f"**not trusted** (tolerance ±{timing['tolerance']:.0%}, spread at most "
                f"{timing['max_spread']:.2f}); latency differences below that are noise"))
     resolution = result.get("holdout_resolution")
-    if resolution and not resolution["certifiable"]:
+    if resolution:
         lines.append(
-            f"- Certifiability: the holdout's {resolution['holdout_n']} samples cannot certify "
-            f"this budget at {100 * resolution['confidence']:g}% confidence (even a plan that "
-            f"changes no prediction has an upper bound of {resolution['best_case_upper']:.4g} > "
-            f"{resolution['allowed_drop']:.4g} allowed); the answer is judged on the point "
-            "estimate")
+            f"- Certification: the answer is in budget only if the {100 * resolution['confidence']:g}% "
+            f"upper bound of its paired holdout drop is within {resolution['allowed_drop']:.4g} "
+            f"(the holdout's {resolution['holdout_n']} samples allow bounds down to "
+            f"{resolution['best_case_upper']:.4g})")
+    if result.get("search_decision"):
+        samples = result.get("search_samples") or {}
+        lines.append(
+            "- Search split: plans judged in budget by "
+            + ("their upper confidence bound" if result["search_decision"] == "bound"
+               else "the point estimate of their drop")
+            + (f"; adaptive evaluation used {samples['mean']:.0f} of {samples['split']} samples "
+               f"per plan on average ({100 * samples['mean_share']:.0f}%)"
+               if samples.get("mean") is not None else ""))
     lines.append("")
     lines += ["## Result", "", "| | baseline | chosen plan |", "|---|---|---|"]
     if best:
@@ -182,7 +191,9 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             f"| metric, holdout split | {_f(b['holdout_metric'])} | "
             f"{_f(best['holdout_metric'])} ({_pct(-best['holdout_rel_drop'])}) |",
             *([f"| holdout drop, {100 * best['confidence']:g}% upper bound (paired, "
-               f"n={best['holdout_n']}) | | {_pct(best['holdout_rel_drop_upper'])} of baseline "
+               f"{best.get('holdout_samples_used') or best['holdout_n']} of "
+               f"{best['holdout_n']} samples) | | "
+               f"{_pct(best['holdout_rel_drop_upper'])} of baseline "
                f"({best['holdout_bound']['method']}) |"] if best.get("holdout_bound") else []),
             f"| latency, median (p90) | {b['latency_ms']:.3f} ms ({b['latency']['p90_ms']:.3f}) | "
             f"{best['latency_ms']:.3f} ms ({best['latency']['p90_ms']:.3f}) |",

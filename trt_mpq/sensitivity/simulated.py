@@ -53,12 +53,13 @@ class AccuracyDrop(SensitivityMetric):
 
     def score(self, ctx: SensitivityContext, progress: bool | None = None) -> SensitivityResult:
         t0 = time.perf_counter()
-        labels = ctx.subset.labels
         metric = ctx.task.metric
-        base = metric(ctx.simulate(ctx.base_plan(), ctx.subset), labels)
+        base_out = ctx.simulate(ctx.base_plan(), ctx.subset)
+        target = metric.target(ctx.subset.labels, base_out)  # a fidelity metric: the baseline
+        base = metric(base_out, target)
         scores = {}
         for g in _bar(ctx.groups, "sensitivity (accuracy)", progress):
-            value = metric(ctx.simulate(ctx.single(g.name), ctx.subset), labels)
+            value = metric(ctx.simulate(ctx.single(g.name), ctx.subset), target)
             scores[g.name] = (base - value) if metric.higher_is_better else (value - base)
         return SensitivityResult(self.name, scores, passes=len(ctx.groups) + 1,
                                  seconds=time.perf_counter() - t0, samples=len(ctx.subset),

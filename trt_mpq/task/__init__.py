@@ -24,10 +24,19 @@ SPLITS = ("calibration", "search", "holdout")
 
 @dataclass(frozen=True)
 class Split:
-    """Samples along axis 0 of every input array, with optional labels."""
+    """Samples along axis 0 of every input array, with optional labels.
+
+    With `transform`, `inputs` hold a compact stored form (e.g. 8x8 digits and augmentation
+    parameters) and `transform(stored batch) -> model inputs` makes each batch when it is used,
+    so a large split need not sit in memory as model inputs; `head(n)` gives model inputs.
+    `transform_id` names the transform in the split's digest (give it a version when its code
+    changes)."""
 
     inputs: Mapping[str, np.ndarray] = field(repr=False)
     labels: np.ndarray | None = field(default=None, repr=False)
+    transform: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = field(
+        default=None, repr=False, compare=False)
+    transform_id: str = ""
 
     def problem(self) -> str | None:
         """What is wrong with the split's sample counts (None if nothing): the `Task` that
@@ -48,11 +57,33 @@ class Split:
         n = len(self)
         for start in range(0, n, batch_size):
             sl = slice(start, min(n, start + batch_size))
-            yield {k: v[sl] for k, v in self.inputs.items()}, sl
+            yield self._model_inputs({k: v[sl] for k, v in self.inputs.items()}), sl
+
+    def _model_inputs(self, stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if self.transform is None:
+            return stored
+        with user_code(f"the split transform {self.transform_id or self.transform!r}"):
+            return {k: np.ascontiguousarray(v) for k, v in self.transform(stored).items()}
 
     def head(self, n: int) -> Split:
-        return Split({k: v[:n] for k, v in self.inputs.items()},
-                     None if self.labels is None else self.labels[:n])
+        """The first n samples as model inputs (a split with a transform is applied here)."""
+        labels = None if self.labels is None else self.labels[:n]
+        return Split(self._model_inputs({k: v[:n] for k, v in self.inputs.items()}), labels)
+
+    def part(self, start: int, stop: int | None = None) -> Split:
+        """Samples [start, stop) in the stored form (the transform is kept)."""
+        sl = slice(start, stop)
+        return replace(self, inputs={k: v[sl] for k, v in self.inputs.items()},
+                       labels=None if self.labels is None else self.labels[sl])
+
+    def take(self, indices: np.ndarray) -> Split:
+        """The samples at `indices`, in that order, in the stored form (the transform is kept)."""
+        idx = np.asarray(indices)
+        return replace(self, inputs={k: v[idx] for k, v in self.inputs.items()},
+                       labels=None if self.labels is None else self.labels[idx])
+
+    def unlabelled(self) -> Split:
+        return replace(self, labels=None)
 
     @property
     def digest(self) -> str:
@@ -65,6 +96,9 @@ class Split:
             h.update(v.tobytes())
         if self.labels is not None:
             h.update(np.ascontiguousarray(self.labels).tobytes())
+        if self.transform is not None:
+            h.update(f"transform:{self.transform_id or getattr(self.transform, '__qualname__', '')}"
+                     .encode())
         return h.hexdigest()[:16]
 
 
@@ -88,10 +122,25 @@ class Metric:
     #: such a mean: drops are then bounded exactly on discordant pairs, else by bootstrap
     per_sample: Callable[[Outputs, np.ndarray | None], np.ndarray] | None = field(
         default=None, repr=False, compare=False)
+    #: a fidelity metric: it compares the outputs with the baseline's own outputs on the same
+    #: samples (passed where labels would be), so it needs no labels
+    reference: bool = False
+    #: per-sample terms are 0/1 (accuracy, agreement): drops get exact bounds, and whether a
+    #: split can certify a budget is known before any run (`trt_mpq.measure.stats`)
+    binary: bool = False
 
-    def __call__(self, outputs: Outputs, labels: np.ndarray | None) -> float:
+    def __call__(self, outputs: Outputs, labels) -> float:
         with user_code(f"the task metric {self.name!r}"):  # the task's code, not trt-mpq's
             return float(self.fn(outputs, labels))
+
+    def target(self, labels: np.ndarray | None, reference: Outputs | None):
+        """What the metric compares outputs with: the baseline's outputs for a fidelity metric,
+        else the labels."""
+        if self.reference:
+            if reference is None:
+                raise ValueError(f"{self.name} compares with the baseline's outputs; give them")
+            return reference
+        return labels
 
 
 def accuracy(output: str | None = None) -> Metric:
@@ -106,7 +155,48 @@ def accuracy(output: str | None = None) -> Metric:
     def fn(outputs: Outputs, labels: np.ndarray | None) -> float:
         return float(np.mean(right(outputs, labels)))
 
-    return Metric(name="accuracy", fn=fn, output=output, kind="logits", per_sample=right)
+    return Metric(name="accuracy", fn=fn, output=output, kind="logits", per_sample=right,
+                  binary=True)
+
+
+def _logits(outputs: Outputs, output: str | None) -> np.ndarray:
+    return np.asarray(outputs[output] if output else next(iter(outputs.values())))
+
+
+def agreement(output: str | None = None) -> Metric:
+    """Top-1 agreement with the baseline's own outputs (a fidelity metric: no labels needed).
+    The baseline agrees with itself on every sample, so its value is 1 and a plan's drop is
+    its disagreement rate."""
+
+    def same(outputs: Outputs, reference: Outputs) -> np.ndarray:
+        return np.argmax(_logits(outputs, output), -1) == np.argmax(_logits(reference, output),
+                                                                    -1)
+
+    return Metric(name="agreement", fn=lambda o, r: float(np.mean(same(o, r))), output=output,
+                  kind="logits", per_sample=same, reference=True, binary=True)
+
+
+def kl_divergence(output: str | None = None) -> Metric:
+    """Mean KL(softmax(baseline) || softmax(plan)) in nats over samples (a fidelity metric;
+    lower is better, 0 for the baseline, so its budget must be absolute, e.g. 0.001)."""
+
+    def per_sample(outputs: Outputs, reference: Outputs) -> np.ndarray:
+        from scipy.special import log_softmax
+
+        lq = log_softmax(_logits(outputs, output).astype(np.float64), axis=-1)
+        lp = log_softmax(_logits(reference, output).astype(np.float64), axis=-1)
+        return np.sum(np.exp(lp) * (lp - lq), axis=-1)
+
+    return Metric(name="kl", fn=lambda o, r: float(np.mean(per_sample(o, r))),
+                  higher_is_better=False, output=output, kind="logits", per_sample=per_sample,
+                  reference=True)
+
+
+FIDELITY_METRICS: dict[str, Callable[[str | None], Metric]] = {
+    "agreement": agreement, "kl": kl_divergence}
+#: share of the fidelity split that becomes the search part; the rest is the holdout, which
+#: certifies the answer and so gets the larger share
+FIDELITY_SEARCH_SHARE = 0.4
 
 
 @dataclass(frozen=True)
@@ -134,10 +224,15 @@ class Task:
     extra_checks: tuple[ExtraCheck, ...] = ()
     notes: tuple[str, ...] = ()  # shown in reports (e.g. what the weights are)
     torch_model: str | None = None  # "package.module:make_model" of the torch twin, if any
+    #: a large split for fidelity metrics (agreement, kl: they need no labels), disjoint from
+    #: calibration; `with_metric` splits it into search and holdout parts
+    fidelity: Split | None = None
 
     def __post_init__(self) -> None:
         named = [(f"the {s} split", getattr(self, s)) for s in SPLITS]
         named += [(f"the split of extra check {c.name!r}", c.split) for c in self.extra_checks]
+        if self.fidelity is not None:
+            named.append(("the fidelity split", self.fidelity))
         for what, split in named:
             if not isinstance(split, Split):
                 raise DataError(f"task {self.name!r}: {what} is a {type(split).__name__}, not a "
@@ -152,11 +247,38 @@ class Task:
         return getattr(self, name)
 
     def latency_feed(self) -> dict[str, np.ndarray]:
-        return {k: np.ascontiguousarray(v[: self.latency_batch])
-                for k, v in self.search.inputs.items()}
+        return {k: np.ascontiguousarray(v)
+                for k, v in self.search.head(self.latency_batch).inputs.items()}
 
     def with_model(self, path: Path) -> Task:
         return replace(self, model_path=Path(path))
+
+    def with_metric(self, name: str | None) -> Task:
+        """The task judged by another metric: its own (None or its name), or a fidelity metric
+        (`FIDELITY_METRICS`) on the same output. A fidelity metric searches and confirms on the
+        task's fidelity split when it has one (its first `FIDELITY_SEARCH_SHARE` is the search
+        part, the rest the holdout), else on the search and holdout splits without labels."""
+        if name is None or name == self.metric.name:
+            return self
+        if name not in FIDELITY_METRICS:
+            raise TaskError(f"unknown metric {name!r}: task {self.name!r} is judged by "
+                            f"{self.metric.name!r}, or by a fidelity metric "
+                            f"({', '.join(FIDELITY_METRICS)}) that compares with the baseline's "
+                            "own outputs")
+        if self.metric.kind != "logits":
+            raise TaskError(f"the fidelity metrics compare class scores; task {self.name!r} has "
+                            f"{self.metric.kind} outputs")
+        metric = FIDELITY_METRICS[name](self.metric.output)
+        if self.fidelity is None:
+            return replace(self, metric=metric, search=self.search.unlabelled(),
+                           holdout=self.holdout.unlabelled())
+        n = len(self.fidelity)
+        cut = max(1, round(n * FIDELITY_SEARCH_SHARE))
+        if n < 2:
+            raise DataError(f"task {self.name!r}: the fidelity split has {n} sample(s); it needs "
+                            "at least 2 (a search part and a holdout part)")
+        fid = self.fidelity.unlabelled()
+        return replace(self, metric=metric, search=fid.part(0, cut), holdout=fid.part(cut))
 
     @property
     def data_digest(self) -> str:
@@ -182,7 +304,7 @@ def check_inputs(task: Task, model_inputs: Mapping[str, tuple[str, tuple]]) -> N
     check_splits(task)
     want = set(model_inputs)
     for s in SPLITS:
-        split = task.split(s)
+        split = task.split(s).head(2)  # model inputs (a split with a transform makes them)
         have = set(split.inputs)
         if have != want:
             raise DataError(

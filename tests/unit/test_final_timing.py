@@ -1,0 +1,56 @@
+"""Adaptive latency intervals (issue 13 item 6): the joint re-measurement goes on until every
+ratio's interval is narrow enough, or the cap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trt_mpq.measure.latency import (
+    MeasureConfig,
+    relative_halfwidth,
+    ratio_interval,
+    time_until_precise,
+)
+
+
+class NoisyRunner:
+    """`time_once` reports a seeded noisy time around `ms` (no real work: the test is about the
+    stopping rule, not the clock)."""
+
+    def __init__(self, ms: float, noise: float, seed: int) -> None:
+        self.ms, self.noise = ms, noise
+        self.rng = np.random.default_rng(seed)
+        self.calls = 0
+
+    def time_once(self, feed) -> float:
+        self.calls += 1
+        return self.ms * (1 + self.noise * abs(self.rng.standard_normal())) / 1e3
+
+
+CONFIG = MeasureConfig(warmup=2, repeats=20, min_repeats=10, max_seconds=60)
+
+
+def test_measures_until_the_interval_is_narrow():
+    runners = [NoisyRunner(0.6, 0.3, 1), NoisyRunner(0.9, 0.3, 2)]
+    times, precision = time_until_precise(runners, {}, CONFIG, target=0.01, cap_s=60)
+    assert precision.reached and precision.halfwidth <= 0.01
+    assert precision.rounds > 20 and precision.rounds % 20 == 0  # it went on, block by block
+    assert len(times[0]) == len(times[1]) == precision.rounds
+    assert relative_halfwidth(times[0], times[1]) == pytest.approx(precision.halfwidth)
+    lo, hi = ratio_interval(times[0], times[1])
+    assert lo <= 0.6 / 0.9 * 1.01 and hi >= 0.6 / 0.9 * 0.99
+
+
+def test_a_precise_first_block_stops_at_once_and_the_cap_holds():
+    quiet = [NoisyRunner(0.6, 0.0, 1), NoisyRunner(0.9, 0.0, 2)]
+    _, precision = time_until_precise(quiet, {}, CONFIG, target=0.01, cap_s=60)
+    assert precision.rounds == 20 and precision.reached
+    loud = [NoisyRunner(0.6, 5.0, 1), NoisyRunner(0.9, 5.0, 2)]
+    _, precision = time_until_precise(loud, {}, CONFIG, target=1e-6, cap_s=0.0)
+    assert precision.rounds == 20 and not precision.reached  # capped: one block only
+
+
+def test_needs_a_baseline():
+    with pytest.raises(ValueError):
+        time_until_precise([NoisyRunner(1, 0, 0)], {}, CONFIG, 0.01, 1)

@@ -1,0 +1,179 @@
+"""Adaptive evaluation (issue 13 item 5), fidelity metrics and splits (item 4), resolvability
+(item 3): the stopping rule on a fake plan with known error rates, its certificate's validity
+under stopping by simulation, and the metrics against hand computations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from trt_mpq.errors import ConfigError, TaskError
+from trt_mpq.measure.accuracy import drop_bound
+from trt_mpq.measure.sequential import IN, OUT, UNDECIDED, SequentialRule, sequential_drop
+from trt_mpq.measure.stats import best_case_upper, cp_upper, samples_needed
+from trt_mpq.task import Split, Task, accuracy, agreement, kl_divergence
+
+N_CLASSES = 4
+
+
+def _fake(n: int, error_rate: float, seed: int):
+    """A labelled split (inputs = the true class), the baseline's outputs (always right) and a
+    plan that is wrong on a seeded `error_rate` share of samples: the plan's drop is known."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, N_CLASSES, n)
+    wrong = rng.random(n) < error_rate
+    plan_y = np.where(wrong, (y + 1) % N_CLASSES, y)
+    base = {"logits": np.eye(N_CLASSES)[y]}
+    plan_logits = np.eye(N_CLASSES)[plan_y]
+    ran: list[int] = []
+
+    def run(part: Split) -> dict[str, np.ndarray]:  # the plan's outputs, by the sample's row
+        ran.append(len(part))
+        return {"logits": plan_logits[part.inputs["row"]]}
+
+    split = Split({"row": np.arange(n)}, y)
+    return split, base, run, ran
+
+
+def test_looks_and_levels():
+    rule = SequentialRule(0.95, 0.01)
+    assert rule.looks(300) == (300,)
+    assert rule.looks(32000) == (2000, 4000, 8000, 16000, 32000)
+    assert rule.looks(1999) == (999, 1999)
+    levels = rule.levels(5)
+    assert sum(1 - c for c in levels) == pytest.approx(0.05)  # alpha is spent, not more
+    assert 1 - levels[-1] == pytest.approx(0.04)  # 80% of it at the last look
+    assert rule.levels(1) == (0.95,)
+
+
+def test_a_clearly_bad_plan_stops_at_the_first_look():
+    split, base, run, ran = _fake(32000, error_rate=0.05, seed=1)
+    res = sequential_drop(agreement("logits"), split, base, run, SequentialRule(0.95, 0.01))
+    assert res.decision == OUT and res.samples == 2000 and res.looks == 1 and ran == [2000]
+    assert res.bound.lower > 0.01
+
+
+def test_a_perfect_plan_is_certified_early_when_the_budget_allows():
+    split, base, run, ran = _fake(32000, error_rate=0.0, seed=2)
+    res = sequential_drop(agreement("logits"), split, base, run, SequentialRule(0.95, 0.01))
+    # 0 disagreements on 2,000 samples: bound 1 - 0.0025^(1/2000) ~ 0.003 <= 1%
+    assert res.decision == IN and res.samples == 2000 and ran == [2000]
+    assert res.bound.upper == pytest.approx(cp_upper(0, 2000, 0.05 * 0.2 / 4))
+    assert res.bound.confidence == 0.95 and "look 1 of 5" in res.bound.method
+
+
+def test_a_plan_at_the_boundary_sees_the_whole_split():
+    split, base, run, ran = _fake(32000, error_rate=0.01, seed=3)
+    res = sequential_drop(agreement("logits"), split, base, run, SequentialRule(0.95, 0.01))
+    assert res.samples == 32000 and res.looks == 5 and sum(ran) == 32000
+    assert res.decision in (UNDECIDED, OUT)  # true drop = budget: never certified in here
+    # the outputs come back in look order, each sample once
+    assert sorted(res.indices.tolist()) == list(range(32000))
+
+
+def test_certificates_hold_under_the_stopping_rule():
+    """Simulated: plans whose true drop is just above the budget must be certified "in" at
+    most alpha of the time, whatever look it happens at."""
+    certified = 0
+    trials = 300
+    for t in range(trials):
+        split, base, run, _ = _fake(4000, error_rate=0.012, seed=100 + t)
+        res = sequential_drop(agreement("logits"), split, base, run,
+                              SequentialRule(0.95, 0.0095, min_look=250, seed=t))
+        certified += res.decision == IN
+    assert certified / trials <= 0.05 + 0.03  # 0.05 plus Monte-Carlo slack
+
+
+def test_without_a_certificate_the_search_sees_the_point_estimate():
+    split, base, run, _ = _fake(600, error_rate=0.02, seed=4)
+    res = sequential_drop(accuracy("logits"), split, base, run, SequentialRule(0.95, 0.5))
+    assert res.decision == IN and res.samples == 600  # one look: the whole split
+    assert res.bound.drop == pytest.approx(res.baseline_metric - res.metric)
+
+
+def test_agreement_and_kl_against_hand_computations():
+    ref = {"y": np.array([[2.0, 0.0], [0.0, 1.0], [1.0, 0.0]])}
+    out = {"y": np.array([[1.0, 0.0], [1.0, 0.0], [1.0, 0.5]])}
+    assert agreement()(out, ref) == pytest.approx(2 / 3)
+    assert agreement()(ref, ref) == 1.0
+    p = np.exp(ref["y"]) / np.exp(ref["y"]).sum(1, keepdims=True)
+    q = np.exp(out["y"]) / np.exp(out["y"]).sum(1, keepdims=True)
+    assert kl_divergence()(out, ref) == pytest.approx(np.mean(np.sum(p * np.log(p / q), 1)))
+    assert kl_divergence()(ref, ref) == pytest.approx(0.0, abs=1e-12)
+    # fidelity drops: bounded on disagreements alone, at the full alpha (3.0/n with none)
+    b = drop_bound(agreement(), ref, ref, None, 0.95)
+    assert b.worse == 0 and b.upper == pytest.approx(cp_upper(0, 3, 0.05))
+    b = drop_bound(agreement(), ref, out, None, 0.95)
+    assert b.worse == 1 and b.drop == pytest.approx(1 / 3) and b.lower > 0
+    assert best_case_upper(30000, 0.95, reference=True) < 1e-4 < best_case_upper(30000, 0.95)
+
+
+def test_samples_needed_is_the_smallest_that_certifies():
+    for allowed, ref in ((1e-4, True), (1e-3, False), (0.01, False)):
+        n = samples_needed(allowed, 0.95, reference=ref)
+        assert best_case_upper(n, 0.95, reference=ref) <= allowed
+        assert best_case_upper(n - 1, 0.95, reference=ref) > allowed
+    assert 29000 < samples_needed(1e-4, 0.95, reference=True) < 31000  # the rule of three
+    with pytest.raises(ValueError):
+        samples_needed(0.0, 0.95)
+
+
+def _task(fidelity: Split | None) -> Task:
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return Split({"x": rng.random((n, 2), dtype=np.float32)}, rng.integers(0, 2, n))
+
+    return Task(name="t", model_path=None, calibration=split(8), search=split(10),
+                holdout=split(12), metric=accuracy("y"), fidelity=fidelity)
+
+
+def test_with_metric_uses_the_fidelity_split_and_drops_labels():
+    lazy = Split({"seed": np.arange(100)}, None,
+                 transform=lambda d: {"x": np.repeat(d["seed"][:, None], 2, 1).astype(np.float32)},
+                 transform_id="test-v1")
+    task = _task(lazy).with_metric("agreement")
+    assert task.metric.name == "agreement" and task.metric.reference
+    assert len(task.search) == 40 and len(task.holdout) == 60  # the holdout gets the larger part
+    assert task.search.labels is None and task.holdout.labels is None
+    assert task.holdout.head(1).inputs["x"].tolist() == [[40.0, 40.0]]
+    assert task.latency_feed()["x"].shape == (1, 2)
+    plain = _task(None).with_metric("agreement")
+    assert len(plain.search) == 10 and plain.search.labels is None
+    assert _task(None).with_metric(None).metric.name == "accuracy"
+    with pytest.raises(TaskError, match="unknown metric 'f1'.*agreement, kl"):
+        _task(None).with_metric("f1")
+
+
+def test_lazy_splits_transform_per_batch_and_key_caches_by_transform():
+    def double(d):
+        return {"x": (2 * d["a"]).astype(np.float32)[:, None]}
+
+    s = Split({"a": np.arange(10)}, None, transform=double, transform_id="double-v1")
+    batches = [feed["x"][:, 0].tolist() for feed, _ in s.batches(4)]
+    assert batches == [[0, 2, 4, 6], [8, 10, 12, 14], [16, 18]]
+    assert s.take(np.array([7, 1])).head(2).inputs["x"][:, 0].tolist() == [14, 2]
+    assert s.part(8).head(5).inputs["x"][:, 0].tolist() == [16, 18]
+    other = Split({"a": np.arange(10)}, None, transform=double, transform_id="double-v2")
+    assert s.digest != other.digest != Split({"a": np.arange(10)}).digest
+
+
+def test_a_relative_budget_on_kl_is_refused():
+    from trt_mpq.pipeline.search import SearchConfig, resolvable
+    from trt_mpq.search import Budget
+
+    task = _task(None).with_metric("kl")
+    with pytest.raises(ConfigError, match="absolute one"):
+        resolvable(task, SearchConfig(budget=Budget.parse("1%")))
+    resolvable(task, SearchConfig(budget=Budget.parse("0.01")))
+
+
+def test_resolvability_before_any_run():
+    from trt_mpq.pipeline.search import SearchConfig, resolvable
+    from trt_mpq.search import Budget
+
+    task = _task(None)  # a 12-sample holdout
+    with pytest.raises(ConfigError, match=r"12 samples.*needs about \d+ holdout samples"):
+        resolvable(task, SearchConfig(budget=Budget.parse("1%")))
+    resolvable(task, SearchConfig(budget=Budget.parse("1%"), confidence=None))  # off: allowed
+    resolvable(task, SearchConfig(budget=Budget.parse("0.5")))  # absolute, above 0.27
