@@ -7,7 +7,8 @@ and caches everything under `<cache>/zoo/<name>/`; later uses load the cache. Bu
 The builders share `cache` (entry directories, atomic builds), `splits` (split indices and
 splits.npz), `datasets` (VADER sentences, scikit-image photos), `images` (resizing, photo views,
 bilinear upsampling), `export` (the torch twin: ONNX export, inference, checks), `heads`
-(scikit-learn linear heads) and `text` (tokenising, the sentence classifier). None of these
+(scikit-learn linear heads), `text` (tokenising, the sentence classifier) and `fidelity` (the
+seeded digit views, photo crops and sentence perturbations of the fidelity splits). None of these
 imports torch at module level: an entry whose cache is built loads it with numpy alone.
 """
 

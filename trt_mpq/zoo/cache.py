@@ -4,10 +4,13 @@ Cache layout of one entry: `<cache>/zoo/<name>/v1/` holding `model.onnx`, `split
 `meta.json` (plus whatever the entry needs to rebuild its torch twin). `cached_build` builds into
 a temporary directory beside it and renames it into place at the end, so an interrupted build
 leaves no half-written cache (only a `.v1.building-*` directory, swept by a later build).
+Data derived from a build at load time (the fidelity splits) may be kept beside it in files
+written by `cached_arrays`; a rebuild replaces the directory and so drops them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import logging
@@ -17,6 +20,7 @@ import secrets
 import shutil
 import tempfile
 import time
+import zipfile
 from collections.abc import Callable, Iterable
 from importlib import metadata
 from pathlib import Path
@@ -163,3 +167,42 @@ def require_built(cache_dir: Path, name: str) -> tuple[Path, dict]:
         raise TaskError(f"zoo model {name!r} is not built under {d}; build it first "
                         f"(`trt-mpq zoo {name}` or trt_mpq.zoo.load_task({name!r}, cache_dir))")
     return d, meta
+
+
+KEY_ARRAY = "#key"
+
+
+def cached_arrays(path: Path, key: str,
+                  make: Callable[[], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Arrays kept in `path` (an uncompressed .npz beside a build) under `key`.
+
+    For data derived from a build at load time that is too slow to remake on every load (e.g.
+    a tokenised fidelity split): `make()` runs, and its arrays are saved, when the file is
+    missing, unreadable or was saved under another key (put a version in `key`, and whatever
+    the arrays depend on). The file is written to a temporary name and renamed into place, so a
+    reader never sees half of it; a directory that cannot be written only costs the saving.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            if KEY_ARRAY in z.files and str(z[KEY_ARRAY]) == key:
+                return {k: z[k] for k in z.files if k != KEY_ARRAY}
+            logger.info("remaking %s (it was made for another version)", path)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        logger.info("remaking %s (cannot read it: %s)", path, e)
+    arrays = make()
+    if KEY_ARRAY in arrays:
+        raise ValueError(f"{KEY_ARRAY!r} is reserved for the key")
+    # a unique name in the same directory (opened like any file, so it follows the umask)
+    tmp = path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp"
+    try:
+        with open(tmp, "xb") as f:
+            np.savez(f, **arrays, **{KEY_ARRAY: np.array(key)})
+        os.replace(tmp, path)
+    except OSError as e:
+        logger.warning("cannot save %s (%s); it is remade on every load", path, e)
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+    return arrays

@@ -1,5 +1,6 @@
-"""The zoo's data sources: VADER's movie-review sentences (fetched once from the vaderSentiment
-sdist) and the photos bundled with scikit-image (no network).
+"""The zoo's data sources: VADER's human-rated sentences (fetched once from the vaderSentiment
+sdist: the movie-review snippets, and all four domains for fidelity splits) and the photos
+bundled with scikit-image (no network).
 """
 
 from __future__ import annotations
@@ -30,10 +31,16 @@ VADER_VERSION = "3.3.2"
 VADER_SDIST = f"vaderSentiment-{VADER_VERSION}.tar.gz"
 VADER_SHA256 = "5d7c06e027fc8b99238edb0d53d970cf97066ef97654009890b83703849632f9"
 VADER_INNER = f"vaderSentiment-{VADER_VERSION}/additional_resources/hutto_ICWSM_2014.tar.gz"
+VADER_DOMAINS = ("tweets", "nytEditorialSnippets", "amazonReviewSnippets", "movieReviewSnippets")
 VADER_MEMBER = "hutto_ICWSM_2014/movieReviewSnippets_GroundTruth.txt"
 VADER_CITATION = ("VADER data: C.J. Hutto and E. Gilbert, 'VADER: A Parsimonious Rule-based Model "
                   "for Sentiment Analysis of Social Media Text', ICWSM 2014 (MIT licence); "
                   "movie-review snippets with mean human ratings -4..+4")
+
+
+def vader_member(domain: str) -> str:
+    """The ground-truth file of one of `VADER_DOMAINS` inside the nested tarball."""
+    return f"hutto_ICWSM_2014/{domain}_GroundTruth.txt"
 
 
 def _sha256(path: Path) -> str:
@@ -84,11 +91,12 @@ def fetch_vader_sdist(cache_dir: Path, *, timeout_s: float = 600) -> Path:
     return dest
 
 
-def parse_vader_ground_truth(text: str) -> tuple[list[str], np.ndarray, np.ndarray]:
+def parse_vader_ground_truth(text: str, *, keep_neutral: bool = False
+                             ) -> tuple[list[str], np.ndarray, np.ndarray]:
     """Parse a VADER *_GroundTruth.txt (id TAB mean-rating TAB sentence, CRLF lines).
 
     Returns (sentences, labels int64 = rating > 0, ratings float64); ratings of exactly 0 are
-    dropped (no polarity).
+    dropped (no polarity) unless `keep_neutral` (for uses that need no labels).
     """
     sentences, ratings = [], []
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -103,7 +111,7 @@ def parse_vader_ground_truth(text: str) -> tuple[list[str], np.ndarray, np.ndarr
         except ValueError:
             raise TaskError(f"VADER ground truth line {line_no} has a non-numeric rating "
                             f"{parts[1]!r}") from None
-        if rating == 0.0:
+        if rating == 0.0 and not keep_neutral:
             continue
         sentences.append(parts[2].strip())
         ratings.append(rating)
@@ -111,23 +119,38 @@ def parse_vader_ground_truth(text: str) -> tuple[list[str], np.ndarray, np.ndarr
     return sentences, (r > 0).astype(np.int64), r
 
 
-def read_vader_movie_reviews(sdist: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """Sentences, labels and ratings of the movie-review snippets inside the VADER sdist."""
+def _read_vader_members(sdist: Path, members: list[str]) -> dict[str, str]:
+    """{member: text} of ground-truth files inside the nested tarball of the VADER sdist."""
     try:
         with tarfile.open(sdist, "r:gz") as outer:
             f = outer.extractfile(VADER_INNER)
             if f is None:
                 raise KeyError(VADER_INNER)
             inner_bytes = f.read()
+        out = {}
         with tarfile.open(fileobj=io.BytesIO(inner_bytes), mode="r:gz") as inner:
-            g = inner.extractfile(VADER_MEMBER)
-            if g is None:
-                raise KeyError(VADER_MEMBER)
-            raw = g.read()
-    except (OSError, tarfile.TarError, KeyError, EOFError) as e:
-        raise TaskError(f"cannot read {VADER_MEMBER} inside {VADER_INNER} of {sdist} ({e}); "
-                        "delete the file and build again to re-fetch it") from None
-    return parse_vader_ground_truth(raw.decode("utf-8"))
+            for member in members:
+                g = inner.extractfile(member)
+                if g is None:
+                    raise KeyError(member)
+                out[member] = g.read().decode("utf-8")
+    except (OSError, tarfile.TarError, KeyError, EOFError, UnicodeDecodeError) as e:
+        raise TaskError(f"cannot read {', '.join(members)} inside {VADER_INNER} of {sdist} "
+                        f"({e}); delete the file and build again to re-fetch it") from None
+    return out
+
+
+def read_vader_movie_reviews(sdist: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Sentences, labels and ratings of the movie-review snippets inside the VADER sdist."""
+    return parse_vader_ground_truth(_read_vader_members(sdist, [VADER_MEMBER])[VADER_MEMBER])
+
+
+def read_vader_domains(sdist: Path, *, keep_neutral: bool = True) -> dict[str, list[str]]:
+    """{domain: sentences} of all four `VADER_DOMAINS` inside the VADER sdist (23,703
+    sentences; with `keep_neutral` False, 23,320 without those rated exactly 0)."""
+    texts = _read_vader_members(sdist, [vader_member(d) for d in VADER_DOMAINS])
+    return {d: parse_vader_ground_truth(texts[vader_member(d)], keep_neutral=keep_neutral)[0]
+            for d in VADER_DOMAINS}
 
 
 def load_vader(cache_dir: Path) -> tuple[list[str], np.ndarray, np.ndarray]:

@@ -12,6 +12,16 @@ logits with FP32 on views of the photos bundled with scikit-image.
 Digits (8x8, 0..16): scaled to 0..255, bilinear-upsampled to 224x224, grey repeated to 3
 channels. One seeded permutation of the 1,797 digits: probe-train 700, calibration 128,
 search 500, holdout 469. The cache keeps the 8x8 digits; the 224x224 inputs are rebuilt on load.
+
+Fidelity split (for `--metric agreement` / `kl`, which compare probe logits with FP32's): 50,000
+seeded views, half of them views of the 1,669 digits outside the calibration split (as for the
+digit models: shift up to 2/32 of the side, rotation up to 12 degrees, scale 0.9-1.1, noise sd
+up to 0.1; `digits_to_input` otherwise) and half random resized crops with flips of the
+scikit-image photos (as `images.random_views` draws them, from the photos with their shorter
+side shrunk to 256; `photos_to_input` otherwise), in random order. Sized so that one FP32
+ONNX Runtime pass takes 3-4 minutes on 2 CPU cores. It is lazy: `fidelity-views.npz`
+beside the build keeps the view parameters and the shrunk photos (made on first load), and each
+batch's inputs are drawn when used.
 """
 
 from __future__ import annotations
@@ -25,7 +35,13 @@ import numpy as np
 
 from trt_mpq.errors import TaskError
 from trt_mpq.task import ExtraCheck, Split, Task, accuracy
-from trt_mpq.zoo.cache import cached_build, json_safe, package_versions, require_built
+from trt_mpq.zoo.cache import (
+    cached_arrays,
+    cached_build,
+    json_safe,
+    package_versions,
+    require_built,
+)
 from trt_mpq.zoo.datasets import load_photos
 from trt_mpq.zoo.export import (
     check_export,
@@ -35,9 +51,29 @@ from trt_mpq.zoo.export import (
     torch_outputs,
     torch_seeded,
 )
+from trt_mpq.zoo.fidelity import (
+    arrays_digest,
+    crop_resize,
+    digit_views,
+    photo_boxes,
+    seeded_noise,
+    upsample,
+    warp_views,
+)
 from trt_mpq.zoo.heads import lr_head_weights
-from trt_mpq.zoo.images import photo_views, top1_agreement, upsample_bilinear
-from trt_mpq.zoo.splits import SPLIT_NAMES, load_splits, save_splits, split_indices
+from trt_mpq.zoo.images import (
+    photo_views,
+    resize_shorter_side,
+    top1_agreement,
+    upsample_bilinear,
+)
+from trt_mpq.zoo.splits import (
+    SPLIT_NAMES,
+    load_split_indices,
+    load_splits,
+    save_splits,
+    split_indices,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,6 +84,16 @@ FEATURES = 1280
 BATCH = 64
 SPLIT_SIZES = (("probe_train", 700), ("calibration", 128), ("search", 500), ("holdout", None))
 OUTPUTS = ("probe_logits", "imagenet_logits")
+#: one FP32 ONNX Runtime pass (batch 32) over it took 3.3 min on 2 CPU cores (3.3 ms a sample
+#: in the model, 0.7 ms making its input); its 30,000-sample holdout part can certify a 0.01 %
+#: agreement drop
+FIDELITY_SIZE = 50_000
+FIDELITY_PHOTO_SHARE = 0.5
+FIDELITY_SEED = 1
+FIDELITY_VERSION = "efficientnet-views-v1"  # the transform and the stored form
+FIDELITY_FILE = "fidelity-views.npz"
+PHOTO_SHORT_SIDE = 256  # photos are shrunk to this shorter side (as photo_views) before cropping
+DIGIT, PHOTO = 0, 1  # the "kind" of a fidelity sample
 DESCRIPTION = ("EfficientNet-Lite0 (ImageNet weights) + linear probe on scikit-learn digits at "
                "224x224; also top-1 agreement with FP32 on scikit-image photos")
 
@@ -73,6 +119,86 @@ def photos_to_input(views: np.ndarray) -> np.ndarray:
 
 def _transform(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"input": digits_to_input(stored["digits8"])}
+
+
+def digit_views_to_input(digits8: np.ndarray, view: np.ndarray,
+                         noise_seed: np.ndarray) -> np.ndarray:
+    """Stored digit views -> float32 (N, 1, 224, 224): `digits_to_input`'s pixels, warped by
+    each view (shifts in 8x8-digit pixels, 28 input pixels each), then (p - 127) / 128 plus the
+    view's seeded noise, clipped to the input range of pixels 0..255."""
+    p = warp_views(upsample(digits8.astype(np.float32) * (255.0 / 16.0), SIZE), view, SIZE / 8)
+    p -= 127.0
+    p /= 128.0
+    p += seeded_noise(noise_seed, SIZE, view[:, 4])
+    np.clip(p, -127.0 / 128.0, 128.0 / 128.0, out=p)
+    return p[:, None]
+
+
+def fidelity_transform(photos: list[np.ndarray]):
+    """The fidelity split's transform: a batch of stored views -> {"input": float32 (N, 3,
+    224, 224)}, digit views by `digit_views_to_input` and photo crops of `photos` (the shrunk
+    photos the crop boxes refer to) by `crop_resize` + `photos_to_input`."""
+
+    def view_inputs(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        digit = stored["kind"] == DIGIT
+        out = np.empty((len(digit), 3, SIZE, SIZE), dtype=np.float32)
+        if digit.any():
+            out[digit] = digit_views_to_input(stored["digits8"][digit], stored["view"][digit],
+                                              stored["noise_seed"][digit])
+        if not digit.all():
+            crops = [crop_resize(photos[p], box, flip, SIZE) for p, box, flip in
+                     zip(stored["source"][~digit], stored["box"][~digit], stored["flip"][~digit])]
+            out[~digit] = photos_to_input(np.stack(crops))
+        return {"input": out}
+
+    return view_inputs
+
+
+def fidelity_views(images8: np.ndarray, calibration: np.ndarray, photos: list[np.ndarray],
+                   count: int, seed: int) -> dict[str, np.ndarray]:
+    """The stored form of `count` views (a `FIDELITY_PHOTO_SHARE` of them photo crops, the rest
+    digit views of `images8` outside `calibration`), in seeded random order: "kind" (`DIGIT`
+    or `PHOTO`), "source" (the digit's or the photo's index), the digit views' "digits8",
+    "view" and "noise_seed" and the photo crops' "box" and "flip" (zeros where unused)."""
+    rng = np.random.default_rng(seed)
+    n_photo = round(count * FIDELITY_PHOTO_SHARE)
+    n_digit = count - n_photo
+    dv = digit_views(images8, None, calibration, n_digit, rng)
+    pb = photo_boxes([p.shape[:2] for p in photos], n_photo, rng)
+    stored = {"kind": np.repeat(np.array([DIGIT, PHOTO], np.uint8), [n_digit, n_photo]),
+              "source": np.concatenate([dv["source"], pb["source"]])}
+    for part, keys, rows in ((dv, ("digits8", "view", "noise_seed"), slice(0, n_digit)),
+                             (pb, ("box", "flip"), slice(n_digit, count))):
+        for k in keys:
+            stored[k] = np.zeros((count, *part[k].shape[1:]), part[k].dtype)
+            stored[k][rows] = part[k]
+    order = rng.permutation(count)
+    return {k: v[order] for k, v in stored.items()}
+
+
+def fidelity_split(d: Path) -> Split:
+    """The fidelity split of the build in `d`: its views and the shrunk photos are made from a
+    fixed seed on first load and kept in `FIDELITY_FILE` beside the build (making them takes a
+    few seconds: scikit-learn, scikit-image, resizing the photos)."""
+    calibration = load_split_indices(d / "splits.npz")["calibration"]
+    key = (f"{FIDELITY_VERSION} n={FIDELITY_SIZE} photos={FIDELITY_PHOTO_SHARE} "
+           f"seed={FIDELITY_SEED} calibration={arrays_digest([calibration])}")
+
+    def make() -> dict[str, np.ndarray]:
+        from sklearn.datasets import load_digits
+
+        images8 = np.rint(load_digits().images).astype(np.uint8)
+        photos = [resize_shorter_side(p, PHOTO_SHORT_SIDE) for p in load_photos().values()]
+        stored = fidelity_views(images8, calibration, photos, FIDELITY_SIZE, FIDELITY_SEED)
+        return {**{f"split/{k}": v for k, v in stored.items()},
+                **{f"photo/{i}": p for i, p in enumerate(photos)}}
+
+    arrays = cached_arrays(d / FIDELITY_FILE, key, make)
+    stored = {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("split/")}
+    photos = [arrays[f"photo/{i}"] for i in range(sum(k.startswith("photo/") for k in arrays))]
+    # the crop boxes refer to the photos: their pixels go into the split's digest
+    return Split(stored, None, transform=fidelity_transform(photos),
+                 transform_id=f"{FIDELITY_VERSION}:{arrays_digest(photos)}")
 
 
 _PROBE_CLASS = None
@@ -187,6 +313,7 @@ def _build(tmp: Path, progress: bool | None) -> dict:
 def build(cache_dir: Path, progress: bool | None = None) -> Task:
     d, meta = cached_build(cache_dir, NAME, lambda tmp: _build(tmp, progress))
     splits = load_splits(d / "splits.npz", _transform)
+    fidelity = fidelity_split(d)
     with np.load(d / "photos.npz", allow_pickle=False) as z:
         photos = Split({"input": photos_to_input(z["views"])}, None)
     base = meta.get("baseline", {}).get("fp32_torch")
@@ -201,8 +328,13 @@ def build(cache_dir: Path, progress: bool | None = None) -> Task:
                "regression fitted on 700 digits outside every split"
                + (f"; FP32 search accuracy {base:.4f}" if base is not None else ""),
                f"photo_top1_agreement: {len(photos)} views of {len(meta['photos']['names'])} "
-               "scikit-image photos, ImageNet top-1 agreement with FP32"),
-        torch_model=f"{__name__}:make_torch_model")
+               "scikit-image photos, ImageNet top-1 agreement with FP32",
+               (f"fidelity split: {len(fidelity):,} seeded views, half of them of the "
+                "scikit-learn digits outside the calibration split (shift <= 2/32 of the side, "
+                "rotation <= 12 degrees, scale 0.9-1.1, Gaussian noise sd <= 0.1), half random "
+                "resized crops with flips of the scikit-image photos (the fidelity metrics "
+                "read the probe logits on both)")),
+        torch_model=f"{__name__}:make_torch_model", fidelity=fidelity)
 
 
 def make_torch_model(cache_dir: Path):
