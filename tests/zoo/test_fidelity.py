@@ -4,9 +4,7 @@ resnet-digits fidelity split (zoo: shares the session's resnet-digits build)."""
 
 from __future__ import annotations
 
-import io
 import logging
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -211,14 +209,7 @@ def test_efficientnet_fidelity_views_and_transform():
 # Sentences: VADER's four domains and the perturbations (no torch)
 
 
-def _tar_gz(members: dict[str, bytes]) -> bytes:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w:gz") as tf:
-        for name, data in members.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tf.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+from test_zoo import _tar_gz  # noqa: E402 - one fake-sdist helper for both files
 
 
 SENTENCES = {

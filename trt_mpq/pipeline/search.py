@@ -251,7 +251,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         baseline_metric = evaluator.baseline.metric
         budget = config.budget
         resolution = holdout_resolution(ws, config, baseline_metric)
-        search_rule, holdout_rule = rules(ws, config, baseline_metric)
+        search_rule, holdout_rule = rules(config, baseline_metric)
         evaluator.rule = search_rule if config.adaptive else None
         decision = search_decision(ws, config, search_rule)
         allowed = budget.allowed_drop(baseline_metric)
@@ -359,7 +359,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                       len(ws.task.holdout)))} if holdout_rule else None})
 
 
-def rules(ws: Workspace, config: SearchConfig, baseline_metric: float
+def rules(config: SearchConfig, baseline_metric: float
           ) -> tuple[SequentialRule | None, SequentialRule | None]:
     """The sequential rules of the search and holdout splits (None when --confidence off)."""
     if config.confidence is None:
@@ -396,9 +396,7 @@ def resolvable(task, config: SearchConfig, baseline_metric: float | None = None)
         return
     base = 1.0 if baseline_metric is None else baseline_metric
     allowed = config.budget.allowed_drop(base)
-    rule = SequentialRule(config.confidence, max(allowed, 1e-300))
-    if not config.adaptive:
-        rule = replace(rule, max_looks=1)
+    _, rule = rules(config, base)
     n = len(task.holdout)
     floor = rule.best_case_upper(n, metric.reference)
     if floor <= allowed:
@@ -425,7 +423,7 @@ def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: flo
     if config.confidence is None or not ws.task.metric.binary:
         return None
     resolvable(ws.task, config, baseline_metric)
-    _, rule = rules(ws, config, baseline_metric)
+    _, rule = rules(config, baseline_metric)
     n = len(ws.task.holdout)
     return {"holdout_n": n, "confidence": config.confidence,
             "best_case_upper": rule.best_case_upper(n, ws.task.metric.reference),
