@@ -15,15 +15,25 @@ Rows (what each established tool does, reimplemented on our measured pipeline):
                      the accuracy holds: Model Optimizer's AutoQuantize
   (f) random         random order + bisection, median over 5 seeds
   (g) deps           hessian+deps ranking + bisection: the paper's method
-  (h) ours           hessian+deps per unit of *measured* latency gain + bisection, refinement
+  (h) ours-v1        hessian+deps per unit of *measured* latency gain + bisection, refinement
                      and a prefix sweep; the fastest measured in-budget plan
-Columns per budget (1%, 0.1%, 0.01% relative): the chosen plan's measured latency ratio (the
-fastest in-budget plan the method evaluated) and its holdout drop; per method: evaluations, wall
-time (its own sensitivity cost + the recorded time of every evaluation it needed), and the area
-of the (ratio, drop) region its measured points dominate (larger is better, see
-trt_mpq.search.area_under_frontier). Every latency is interleaved with the FP32 baseline in one
-process; evaluations are shared through one store per model (a plan two methods propose is
-measured once, and both are charged for it).
+  (i) ours           the `boundary` strategy (`trt-mpq search --strategy boundary`): an integer
+                     program on a latency model with precision-boundary costs, refitted on every
+                     measured plan, every precision a group's op supports as an option
+Budgets are certified as `trt-mpq search` certifies them: plans are judged in budget on the
+search split by their 95% upper bound where the split can certify the budget (else the point
+estimate), evaluated adaptively (looks at n/16 .. n), and a method's answer is the fastest of its
+in-budget plans faster than FP32 whose holdout drop is *certified* (upper bound within budget;
+up to 3 tried). Each budget is judged by the task's own metric where its holdout can certify it
+(`trt_mpq.pipeline.search.resolvable`), else by top-1 agreement with FP32 on the task's fidelity
+split; 0.01% always by agreement.
+Columns per budget (1%, 0.1%, 0.01% relative): the answer's measured latency ratio, the upper
+bound of its holdout drop and the holdout samples that certified it; per method: evaluations,
+wall time (its own sensitivity and profiling cost + the recorded time of every evaluation it
+needed), and the area of the (ratio, drop) region its measured points dominate (larger is
+better, see trt_mpq.search.area_under_frontier). Every latency is interleaved with the FP32
+baseline in one process; evaluations are shared through one store per model and metric (a plan
+two methods propose is measured once, and both are charged for it).
 """
 
 from __future__ import annotations
@@ -39,10 +49,12 @@ from pathlib import Path
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 BUDGETS = ("1%", "0.1%", "0.01%")
-METHODS = ("uniform", "graph-order", "aimet", "hawq", "autoquantize", "random", "deps", "ours")
+METHODS = ("uniform", "graph-order", "aimet", "hawq", "autoquantize", "random", "deps", "ours-v1",
+           "ours")
+CONFIDENCE = 0.95
 
 
-def _workspace(name: str, cache: Path):
+def _workspace(name: str, cache: Path, metric: str | None = None):
     from trt_mpq.pipeline.workspace import Workspace
 
     if name == "tiny":  # the test fixture: a small CNN on digits (trained here, seconds)
@@ -55,14 +67,16 @@ def _workspace(name: str, cache: Path):
         if not path.exists():
             digits_task.train_and_export(path, epochs=6)
         os.environ[digits_task.TWIN_ENV] = str(path.with_suffix(".pt"))
-        return Workspace.open(str(path), "digits_task:make_task", cache, progress=False)
-    return Workspace.open(name, None, cache, progress=False)
+        return Workspace.open(str(path), "digits_task:make_task", cache, progress=False,
+                              metric=metric)
+    return Workspace.open(name, None, cache, progress=False, metric=metric)
 
 
 class Runner:
     """One model: workspace, calibration, baseline, shared evaluation store."""
 
-    def __init__(self, name: str, cache: Path, out: Path, repeats: int) -> None:
+    def __init__(self, name: str, cache: Path, out: Path, repeats: int,
+                 metric: str | None = None) -> None:
         from trt_mpq.backends import get_backend
         from trt_mpq.calib import CalibConfig
         from trt_mpq.measure import MeasureConfig
@@ -70,7 +84,8 @@ class Runner:
         from trt_mpq.pipeline.search import low_precisions
         from trt_mpq.store import Store
 
-        self.ws = _workspace(name, cache)
+        self.ws = _workspace(name, cache, metric)
+        self.metric = self.ws.task.metric.name
         self.backend = get_backend("ort-cpu")
         self.ranges = self.ws.calibrate(CalibConfig())
         self.low = low_precisions(self.ws, self.backend, None)
@@ -87,6 +102,23 @@ class Runner:
         from trt_mpq.qdq import BASELINE
 
         self.base = BASELINE[self.backend.dialect]
+        self.holdout_rule = None
+        self._gains: dict = {}  # low plan digest -> (Gains, seconds its profile took)
+        self._formats = None  # (per-option numbers, seconds), for `ours`
+
+    def use_budget(self, budget):
+        """Judge plans against `budget` as `trt-mpq search` does: the search split's adaptive
+        rule, bound or point decision; returns the accept function."""
+        from trt_mpq.pipeline.search import SearchConfig, rules, search_decision
+
+        config = SearchConfig(budget=budget, confidence=CONFIDENCE)
+        search_rule, self.holdout_rule = rules(config, self.baseline_metric)
+        self.evaluator.rule = search_rule
+        decision = search_decision(self.ws, config, search_rule)
+        allowed = budget.allowed_drop(self.baseline_metric)
+        if decision == "bound":
+            return lambda e: e.ok and e.drop_upper is not None and e.drop_upper <= allowed + 1e-12
+        return lambda e: e.ok and budget.accepts(e.drop, self.baseline_metric)
 
     def close(self) -> None:
         self.evaluator.__exit__(None, None, None)
@@ -100,29 +132,48 @@ class Runner:
                                     SensitivityConfig(), self.store)
 
     def gains(self):
+        """The default low precisions' per-group profile and what it cost when first made (a
+        method using it is charged that cost, whichever method made it)."""
         from trt_mpq.pipeline import analysis
 
-        return analysis.latency_gains(self.ws, self.backend, self.ranges, self.low, self.store)
+        if "low" not in self._gains:
+            t = time.perf_counter()
+            out = analysis.latency_gains(self.ws, self.backend, self.ranges, self.low, self.store)
+            self._gains["low"] = (out, time.perf_counter() - t)
+        return self._gains["low"]
 
-    def holdout_drop(self, plan) -> float:
-        """Holdout drop of a plan (ONNX Runtime, same graph and runtime as its evaluation)."""
+    def formats(self, config, sensitivity: bool = True) -> tuple[dict, float]:
+        """Every other precision's per-group sensitivity and profile (`format_options`), and
+        what computing them cost."""
+        from trt_mpq.pipeline.search import format_options
+
+        if self._formats is None:
+            t = time.perf_counter()
+            numbers = format_options(self.ws, self.backend, self.ranges, self.low, config,
+                                     self.store, None, sensitivity)
+            self._formats = (numbers, time.perf_counter() - t)
+        return self._formats
+
+    def certify(self, plan, budget) -> dict:
+        """The plan's holdout drop, certified adaptively under the current budget's rule (ONNX
+        Runtime, same graph and runtime as its evaluation): in budget, relative drop, its upper
+        bound, samples used."""
+        from trt_mpq.measure.sequential import IN, sequential_drop
         from trt_mpq.sensitivity.simulator import make_simulator
-        from trt_mpq.search import drop_of
 
-        key = f"holdout:{plan.digest}"
+        key = f"certify:{plan.digest}:{budget.max_drop}:{budget.relative}:{CONFIDENCE}"
         if (cached := self.store.get_blob(key)) is not None:
             return cached
         task = self.ws.task
         sim = make_simulator(self.ws.model, self.ws.groups, self.ranges, self.backend.dialect,
-                             self.ws.task.eval_batch)
-        base = self.store.get_blob("holdout:baseline")
-        if base is None:
-            base = task.metric(sim(self.evaluator.baseline_plan, task.holdout), task.holdout.labels)
-            self.store.put_blob("holdout:baseline", base)
-        value = task.metric(sim(plan, task.holdout), task.holdout.labels)
-        rel = drop_of(value, base, task.metric.higher_is_better)[1]
-        self.store.put_blob(key, rel)
-        return rel
+                             task.eval_batch)
+        base = self.evaluator.reference_outputs(task.holdout, "holdout")
+        seq = sequential_drop(task.metric, task.holdout, base, lambda part: sim(plan, part),
+                              self.holdout_rule)
+        out = {"in": seq.decision == IN, "drop": seq.bound.rel_drop,
+               "upper": seq.bound.rel_upper, "samples": seq.samples, "n": len(task.holdout)}
+        self.store.put_blob(key, out)
+        return out
 
 
 def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
@@ -138,7 +189,7 @@ def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
     )
     from trt_mpq.sensitivity import ordering
 
-    accept = lambda e: e.ok and budget.accepts(e.drop, r.baseline_metric)  # noqa: E731
+    accept = r.use_budget(budget)
     base = BASELINE[r.backend.dialect]
     sens_s = 0.0
 
@@ -165,11 +216,15 @@ def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
         evs = bisect(ordering.order(r.names, scores("hessian")))
     elif method == "deps":
         evs = bisect(ordering.order(r.names, scores("hessian+deps")))
-    elif method == "ours":
-        gains = r.gains()
+    elif method == "ours-v1":
+        gains, cost = r.gains()
         order = ordering.order(r.names, scores("hessian+deps"), gains.gain)
         evs = bisect(order, extra=(lambda pp, bis: Around(pp, lambda: bis.best_k, width=2),
                                    lambda pp, bis: PrefixSweep(pp, 6)))
+        sens_s += cost
+    elif method == "ours":
+        evs, cost = run_ours(r, accept, scores)
+        sens_s += cost
     elif method == "autoquantize":
         params = {g.name: g.params for g in r.ws.groups}
         ilp = IlpSearch(r.names, r.low, base, accept, objective="bits", params=params,
@@ -188,20 +243,58 @@ def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
     return _summary(r, evs, accept, sens_s, budget)
 
 
+def run_ours(r: Runner, accept, scores) -> tuple[list, float]:
+    """The boundary strategy as `trt-mpq search --strategy boundary` builds it: the default
+    sensitivity metric, every precision each group's op supports as an option (one sensitivity
+    run and one profile per precision), plans timed slower than the fastest in-budget one so far
+    skip their accuracy pass. Returns the evaluations and the analysis cost (sensitivity of every
+    precision and the profiles)."""
+    from trt_mpq.model.groups import group_edges
+    from trt_mpq.pipeline.search import SearchConfig
+    from trt_mpq.search import Budget, SearchInputs, drive, strategy_spec
+
+    config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
+    sens = scores(config.sensitivity)  # charged by scores()
+    gains, gains_s = r.gains()
+    formats, formats_s = r.formats(config)
+    numbers = {(g, p): (sens[g], gains.gain_ratio[g]) for g, p in r.low.items()} | formats
+    inputs = SearchInputs(groups=tuple(r.names), order=tuple(r.names), low=r.low, base=r.base,
+                          accept=accept, sensitivity=sens, gain=gains.gain,
+                          edges=tuple(group_edges(r.ws.model, r.ws.groups)), options=numbers)
+    strategies = strategy_spec("boundary").build(config.strategy_config, inputs)
+    best: list[float] = []
+
+    def gated(plan, label):
+        return r.evaluator.evaluate(plan, label,
+                                    gate=best[0] * (1 + config.gate_margin) if best else None)
+
+    def seen(ev) -> None:
+        if accept(ev) and ev.latency_ratio < 1.0:
+            best[:] = [min([ev.latency_ratio, *best])]
+
+    evs = drive(strategies, r.evaluator.evaluate, seen, gated)
+    return evs, gains_s + formats_s
+
+
 def _summary(r: Runner, evs, accept, sens_s: float, budget) -> dict:
     """The method's answer: like `trt-mpq search`, the fastest in-budget plan faster than the
-    baseline that also holds the budget on the holdout split (up to 3 tried), else none."""
+    baseline whose holdout drop is certified within the budget (up to 3 tried), else none."""
     from trt_mpq.search import area_under_frontier, frontier, ranked_in_budget
 
     best, hold = None, None
     for e in [e for e in ranked_in_budget(evs, accept) if e.plan.groups_at(r.base)
               != e.plan.groups and e.latency_ratio < 1.0][:3]:
-        drop = r.holdout_drop(e.plan)  # relative
-        base = r.store.get_blob("holdout:baseline")
-        if budget.accepts(drop * abs(base) if base else drop, base or 0.0):  # any budget kind
-            best, hold = e, drop
+        cert = r.certify(e.plan, budget)
+        if cert["in"]:
+            best, hold = e, cert
             break
-    return {"ratio": best.latency_ratio if best else None, "holdout_drop": hold,
+    return {"ratio": best.latency_ratio if best else None,
+            "holdout_drop": hold["drop"] if hold else None,
+            "holdout_upper": hold["upper"] if hold else None,
+            "holdout_samples": hold["samples"] if hold else None,
+            "holdout_n": hold["n"] if hold else None, "metric": r.metric,
+            "search_samples": [e.samples for e in evs if e.samples is not None],
+            "search_n": len(r.ws.task.search),
             "plan": best.plan.counts() if best else None,
             "evaluations": len(evs), "sensitivity_s": sens_s,
             "eval_wall": {e.plan.digest: e.wall_s for e in evs},
@@ -222,40 +315,91 @@ def _median_of(r: Runner, runs, accept, budget) -> dict:
 
 
 def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
+    from trt_mpq.errors import ConfigError
+    from trt_mpq.pipeline.search import SearchConfig, resolvable
     from trt_mpq.search import Budget
+    from trt_mpq.search.latency_model import model_report, standard_error
 
-    r = Runner(name, cache, runs / f"compare-{name}", repeats)
+    runners: dict[str, Runner] = {}
+    sens_caches: dict[str, dict] = {}
+
+    def runner(metric: str | None) -> Runner:
+        key = metric or "own"
+        if key not in runners:
+            runners[key] = Runner(name, cache, runs / f"compare-{name}" / key, repeats, metric)
+            sens_caches[key] = {}
+        return runners[key]
+
+    def metric_for(text: str) -> str | None:
+        """The task's own metric where its holdout can certify the budget, else agreement."""
+        if text == "0.01%":
+            return "agreement"
+        r = runner(None)
+        try:
+            resolvable(r.ws.task, SearchConfig(budget=Budget.parse(text), confidence=CONFIDENCE),
+                       r.baseline_metric)
+            return None
+        except ConfigError:
+            return "agreement"
+
     t0 = time.perf_counter()
-    rows = {}
-    sens_cache: dict = {}
+    rows: dict = {m: {} for m in methods}
+    metrics: dict[str, str] = {}
     try:
-        for method in methods:
-            rows[method] = {}
-            for text in BUDGETS:
-                rows[method][text] = run_method(r, method, Budget.parse(text), sens_cache)
-                print(f"{name} {method} {text}: {json.dumps(_short(rows[method][text]))}",
-                      file=sys.stderr, flush=True)
+        for text in BUDGETS:
+            metric = metric_for(text)
+            r = runner(metric)
+            metrics[text] = r.metric
+            for method in methods:
+                rows[method][text] = run_method(r, method, Budget.parse(text),
+                                                sens_caches[metric or "own"])
+                print(f"{name} {method} {text} ({r.metric}): "
+                      f"{json.dumps(_short(rows[method][text]))}", file=sys.stderr, flush=True)
+        own = runner(None)
         quality = {}
         try:
             from trt_mpq.pipeline import analysis
             from trt_mpq.sensitivity import ordering
 
-            ref = analysis.reference_drop(r.ws, r.ranges, r.backend.dialect, r.low, r.store)
+            sens_cache = sens_caches["own"]
+            ref = analysis.reference_drop(own.ws, own.ranges, own.backend.dialect, own.low,
+                                          own.store)
             orders = {m: dict(s.scores) for m, s in sens_cache.items()}  # ties stay ties
             if "hessian+deps" in sens_cache:
                 orders["hessian+deps (latency-aware)"] = ordering.order(
-                    r.names, sens_cache["hessian+deps"].scores, r.gains().gain)
+                    own.names, sens_cache["hessian+deps"].scores, own.gains()[0].gain)
             quality = ordering.order_quality(orders, ref.scores)
         except Exception as e:  # the comparison stands without it
             quality = {"error": str(e)}
-        result = {"model": name, "weights": r.ws.task.weights, "groups": len(r.names),
-                  "baseline_metric": r.baseline_metric, "rows": rows,
+        # the latency models on every plan any method measured (all metrics' stores)
+        gains = own.gains()[0]
+        prior = {(g, p): gains.gain_ratio[g] for g, p in own.low.items()}
+        if own._formats is not None:
+            prior |= {o: v[1] for o, v in own._formats[0].items()}
+        measured = {e.plan.digest: (e.plan, e.latency_ratio, standard_error(e.ratio_ci))
+                    for r in runners.values() for e in r.store.all()
+                    if e.latency_ratio is not None}
+        from trt_mpq.model.groups import group_edges
+
+        latency_model = model_report(own.names, group_edges(own.ws.model, own.ws.groups),
+                                     own.base, prior, list(measured.values()))
+        latency_model.pop("points")
+        shares = [e.samples / len(r.ws.task.search) for r in runners.values()
+                  for e in r.store.all() if e.samples]
+        result = {"model": name, "weights": own.ws.task.weights, "groups": len(own.names),
+                  "baseline_metric": own.baseline_metric, "rows": rows, "metrics": metrics,
+                  "baseline_metrics": {k: r.baseline_metric for k, r in runners.items()},
                   "sensitivity_cost": {m: {"seconds": s.seconds, "passes": s.passes}
-                                       for m, s in sens_cache.items()},
-                  "order_quality": quality, "wall_s": time.perf_counter() - t0,
-                  "unique_evaluations": len(r.store), "date": time.strftime("%Y-%m-%d")}
+                                       for m, s in sens_caches["own"].items()},
+                  "order_quality": quality, "latency_model": latency_model,
+                  # adaptive evaluation: the mean share of the search split an evaluation used
+                  "mean_sample_share": statistics.mean(shares) if shares else None,
+                  "wall_s": time.perf_counter() - t0,
+                  "unique_evaluations": sum(len(r.store) for r in runners.values()),
+                  "date": time.strftime("%Y-%m-%d")}
     finally:
-        r.close()
+        for r in runners.values():
+            r.close()
     (runs / f"compare-{name}" / "compare.json").write_text(json.dumps(result, indent=1))
     plot(result, runs / f"compare-{name}" / "frontier.png")
     return result
@@ -277,15 +421,35 @@ def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: in
             pp = PrefixPlans(order, {g: r.low[g] for g in order}, r.base)
             return drive([PrefixSweep(pp, points)], r.evaluator.evaluate)
 
-        g0 = time.perf_counter()
-        gains = r.gains()
-        gains_s = time.perf_counter() - g0
+        gains, gains_s = r.gains()
         families = {
             "uniform": [r.evaluator.evaluate(Plan.of(r.low), "uniform")],
             "graph-order sweep": sweep(list(reversed(r.names))),
             "latency-aware sweep": sweep(ordering.order(r.names, {g: 0.0 for g in r.names},
                                                         gains.gain)),
         }
+        # several formats per group: each format alone (uniform where its op allows), and the
+        # boundary strategy choosing per group among all of them, accuracy ignored
+        from trt_mpq.model.groups import group_edges
+        from trt_mpq.pipeline.search import SearchConfig
+        from trt_mpq.search import Budget, SearchInputs, strategy_spec
+
+        config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
+        formats, formats_s = r.formats(config, sensitivity=False)
+        for p in sorted({p for _, p in formats}, key=lambda p: p.value):
+            low = {g: (p if (g, p) in formats else r.low[g]) for g in r.names}
+            families[f"uniform {p.value}"] = [r.evaluator.evaluate(Plan.of(low),
+                                                                   f"uniform {p.value}")]
+        zero = {g: 0.0 for g in r.names}
+        numbers = {(g, p): (0.0, gains.gain_ratio[g]) for g, p in r.low.items()} | {
+            o: (0.0, v[1]) for o, v in formats.items()}
+        inputs = SearchInputs(groups=tuple(r.names), order=tuple(r.names), low=r.low,
+                              base=r.base, accept=lambda e: e.ok, sensitivity=zero,
+                              gain=gains.gain, edges=tuple(group_edges(r.ws.model, r.ws.groups)),
+                              options=numbers)
+        families["boundary, all formats"] = drive(
+            strategy_spec("boundary").build(config.strategy_config, inputs),
+            r.evaluator.evaluate)
         rows = {}
         for family, evs in families.items():
             ok = [e for e in evs if e.ok and e.latency_ratio is not None]
@@ -294,7 +458,8 @@ def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: in
                             "plan": best.plan.counts() if best else None,
                             "evaluations": len(evs),
                             "wall_s": sum(e.wall_s for e in evs)
-                            + (gains_s if family.startswith("latency") else 0.0)}
+                            + (gains_s if family.startswith(("latency", "boundary")) else 0.0)
+                            + (formats_s if family.startswith("boundary") else 0.0)}
             print(f"{name} latency-only {family}: {json.dumps(_short(rows[family]))}",
                   file=sys.stderr, flush=True)
         result = {"model": name, "weights": r.ws.task.weights, "groups": len(r.names),
@@ -310,7 +475,8 @@ def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: in
 
 
 def _short(row: dict) -> dict:
-    return {k: row[k] for k in ("ratio", "holdout_drop", "evaluations") if k in row}
+    return {k: row[k] for k in ("ratio", "holdout_drop", "holdout_upper", "holdout_samples",
+                                "evaluations") if k in row}
 
 
 def plot(result: dict, path: Path) -> None:
@@ -344,22 +510,32 @@ def table(results: list[dict]) -> str:
     cpu = machine_info()["cpu"]
     lines = [f"Backend `ort-cpu` (ONNX Runtime {onnxruntime.__version__}), {cpu}; "
              f"run on {time.strftime('%Y-%m-%d')} with `python benchmarks/compare_methods.py`. "
-             "Each cell: latency ratio of the method's fastest in-budget measured plan / its "
-             "holdout drop (relative); `-` = no quantized plan in budget.", ""]
+             "Each cell: latency ratio of the method's answer (its fastest in-budget measured plan "
+             "faster than FP32 whose holdout drop is certified) / the 95% upper bound of that "
+             "drop (relative) / the holdout samples that certified it; `-` = no quantized plan "
+             "certified within budget. Every cell is certified.", ""]
     latency = [res for res in results if res.get("latency_only")]
     for res in [res for res in results if not res.get("latency_only")]:
         lines += [f"### {res['model']} ({res['weights']} weights, {res['groups']} groups, "
                   f"baseline {res['baseline_metric']:.4f}; {res['unique_evaluations']} distinct "
                   "plans measured)", "",
-                  "| method | " + " | ".join(f"budget {b}" for b in BUDGETS) +
+                  "| method | " + " | ".join(
+                      f"budget {b} ({res.get('metrics', {}).get(b, 'own metric')})"
+                      for b in BUDGETS) +
                   " | evaluations (1% / 0.1% / 0.01%) | wall s | area under frontier |",
                   "|---|" + "---|" * (len(BUDGETS) + 3)]
         for method, by_budget in res["rows"].items():
             cells = []
             for b in BUDGETS:
                 row = by_budget[b]
-                cells.append("-" if row["ratio"] is None else
-                             f"{row['ratio']:.3f} / {100 * row['holdout_drop']:+.2f}%")
+                if row["ratio"] is None:
+                    cells.append("-")
+                elif row.get("holdout_upper") is None:  # a result from before certification
+                    cells.append(f"{row['ratio']:.3f} / {100 * row['holdout_drop']:+.2f}% "
+                                 "(point estimate)")
+                else:
+                    cells.append(f"{row['ratio']:.3f} / <= {100 * row['holdout_upper']:+.2f}% / "
+                                 f"{row['holdout_samples']}")
             evs = " / ".join(f"{by_budget[b]['evaluations']:g}" for b in BUDGETS)
             # its sensitivity once, plus every distinct plan it needed at any budget
             walls = {d: w for b in BUDGETS for d, w in by_budget[b]["eval_wall"].items()}
@@ -373,6 +549,16 @@ def table(results: list[dict]) -> str:
                       "on the search split (Spearman / Kendall): " + "; ".join(
                           f"{m} {v['spearman']:+.2f} / {v['kendall']:+.2f}" for m, v in q.items()
                           if v["spearman"] is not None)]
+        model = res.get("latency_model")
+        if model and model.get("median_abs_error") is not None:
+            lines += ["", f"Latency model on the {model['plans']} distinct plans measured "
+                      f"(leave-one-out, % of FP32 latency): median error "
+                      f"{100 * model['median_abs_error']:.1f}% with precision-boundary costs, "
+                      f"{100 * model['additive_median_abs_error']:.1f}% additive (per-group "
+                      "gains alone)."]
+        if res.get("mean_sample_share") is not None:
+            lines += ["", "Adaptive evaluation: an evaluation used "
+                      f"{100 * res['mean_sample_share']:.0f}% of its search split on average."]
         cost = res.get("sensitivity_cost", {})
         if cost:
             lines += ["", "Sensitivity cost: " + "; ".join(

@@ -71,3 +71,37 @@ def test_search_runs_end_to_end(exports, attention, method, tmp_path):
     ranges = json.loads(next((tmp_path / "cache" / "calibration").glob("*.json")).read_text())
     assert ranges["method"] == method
     assert all(np.isfinite(v).all() for v in ranges["ranges"].values())
+
+
+def test_boundary_search_chooses_among_formats_per_group(exports, tmp_path):
+    """`--strategy boundary` with `--precision auto`: every MatMul may be int8, dynamic int8 or
+    int4 weight-only; the plans it proposes mix them, build, run the precisions planned, and the
+    latency models are reported."""
+    model = exports["eager"]
+    out = tmp_path / "out"
+    r = subprocess.run([sys.executable, "-m", "trt_mpq", "search", str(model), "--task",
+                        "bert_task:make_task", "--max-drop", "10%", "--strategy", "boundary",
+                        "--max-evaluations", "8", "--out", str(out),
+                        *FAST[:FAST.index("--sweep")], *FAST[FAST.index("--sweep") + 2:]],
+                       env=_env(model, tmp_path / "cache"), capture_output=True, text=True,
+                       timeout=600)
+    assert "Traceback" not in r.stderr, r.stderr[-3000:]
+    result = json.loads((out / "result.json").read_text())
+    assert r.returncode == (0 if result["budget_met"] else 1), r.stderr[-3000:]
+    assert result["strategy"] == "boundary"
+    model_report = result["latency_model"]
+    options = model_report["options"]
+    groups = len(result["low_precisions"])
+    assert options["int8"] == groups  # every group's op takes static int8
+    assert 0 < options["int8-dynamic"] == options["int4w"] < groups  # MatMuls only, not the Gemm
+    search = model_report["search"]
+    evaluations = json.loads((out / "pareto.json").read_text())["evaluations"]
+    assert {e["status"] for e in evaluations} <= {"ok", "slower"}, evaluations
+    assert 1 <= len(search["predictions"]) == len(evaluations) - 1 <= 8  # all but the baseline
+    assert all(p["measured"] > 0 and p["predicted"] > 0 for p in search["predictions"])
+    # the all-lowered plan and the probes use the default (dynamic int8 for MatMul) precision
+    labels = [p["label"] for p in search["predictions"]]
+    assert labels[:3] == ["boundary all-lowered", "boundary probe: alternate groups",
+                          "boundary probe: first half"]
+    assert model_report["plans"] >= 3 and model_report["median_abs_error"] is not None
+    assert "Latency model on the" in (out / "report.md").read_text()

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import onnx
 
 from trt_mpq.errors import ModelError
+from trt_mpq.graph import GRAPH_INPUT, GRAPH_OUTPUT, Edge
 
 QUANTIZABLE_OPS = ("Conv", "Gemm", "MatMul")
 
@@ -161,3 +162,88 @@ def _macs(op_type: str, wshape: tuple[int, ...], out_shape: tuple[int | str, ...
 
 def group_index(groups: list[Group]) -> dict[str, Group]:
     return {g.name: g for g in groups}
+
+
+def group_edges(model: onnx.ModelProto, groups: list[Group]) -> list[Edge]:
+    """The group graph: an edge wherever a path of glue ops leads from one group's output (or a
+    graph input) to another group's activation input (or a graph output). Paths stop at group
+    ops, so an edge never skips over a group. Sorted by (src, dst) in graph order."""
+    inits = {i.name for i in model.graph.initializer}
+    shapes: dict[str, tuple[int | str, ...]] = {}
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+        value_infos = list(inferred.graph.value_info)
+    except Exception:  # sizes only weigh edges; unknown ones count as 1
+        value_infos = list(model.graph.value_info)
+    for vi in value_infos + list(model.graph.input) + list(model.graph.output):
+        shapes.setdefault(vi.name, _shape_of(vi))
+    consumers: dict[str, list[onnx.NodeProto]] = {}
+    for node in model.graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+    op_group = {op.name: g.name for g in groups for op in g.ops}
+    op_input = {op.name: op.input for g in groups for op in g.ops}
+    outputs = {o.name for o in model.graph.output}
+
+    def size(tensor: str) -> int:
+        return math.prod(_known(shapes.get(tensor, ())[1:])) if shapes.get(tensor) else 1
+
+    # a join: a glue op where streams computed by different groups meet (a residual Add, a
+    # Concat); attention's score and context MatMuls, whose inputs come from one group (its
+    # query/key/value projections), are not joins. ONNX nodes are in topological order.
+    producers: dict[str, frozenset[str]] = {}
+    joins: set[str] = set()
+    for node in model.graph.node:
+        group = op_group.get(node.name)
+        if group is not None:
+            for out in node.output:
+                producers[out] = frozenset({group})
+            continue
+        ins = [producers[t] for t in node.input if t in producers]
+        if len(set(ins)) >= 2:
+            joins.add(node.name)
+        merged = frozenset().union(*ins) if ins else None
+        if merged:
+            for out in node.output:
+                producers[out] = merged
+
+    def reach(start: str) -> dict[str, int]:
+        """Groups (and GRAPH_OUTPUT) reached from `start` through glue, with the tensor size.
+        A path crosses at most one join: past it the stream is shared with other groups, and
+        its next join's edges are that join's own (a residual stream does not connect every
+        block to every later block)."""
+        found: dict[str, int] = {}
+        seen, todo = {start: 0}, [(start, 0)]
+        while todo:
+            t, crossed = todo.pop()
+            if t in outputs:
+                found.setdefault(GRAPH_OUTPUT, size(t))
+            for node in consumers.get(t, []):
+                group = op_group.get(node.name)
+                if group is not None:
+                    if op_input[node.name] == t:  # its activation, not a weight or bias
+                        found.setdefault(group, size(t))
+                    continue
+                n = crossed + (node.name in joins)
+                if n > 1:
+                    continue
+                for out in node.output:
+                    if out and seen.get(out, 2) > n:
+                        seen[out] = n
+                        todo.append((out, n))
+        return found
+
+    pos = {g.name: i for i, g in enumerate(groups)} | {GRAPH_INPUT: -1,
+                                                       GRAPH_OUTPUT: len(groups)}
+    edges: dict[tuple[str, str], int] = {}
+    for i in model.graph.input:
+        if i.name not in inits:
+            for dst, n in reach(i.name).items():
+                edges[(GRAPH_INPUT, dst)] = max(edges.get((GRAPH_INPUT, dst), 0), n)
+    for g in groups:
+        for op in g.ops:
+            for dst, n in reach(op.output).items():
+                if dst != g.name:
+                    edges[(g.name, dst)] = max(edges.get((g.name, dst), 0), n)
+    return [Edge(s, d, n) for (s, d), n in sorted(edges.items(),
+                                                  key=lambda kv: (pos[kv[0][0]], pos[kv[0][1]]))]

@@ -127,6 +127,13 @@ class Gains:
     def gain(self) -> dict[str, float]:
         return {g: self.base_ms[g] - self.low_ms[g] for g in self.base_ms}
 
+    @property
+    def gain_ratio(self) -> dict[str, float]:
+        """Each group's gain in units of the baseline's profiled time (every kernel, the ones
+        no group owns included): the latency model's prior."""
+        total = sum(self.base_ms.values()) + self.other_base_ms
+        return {g: v / total if total > 0 else 0.0 for g, v in self.gain.items()}
+
     def to_json_dict(self) -> dict:
         return {"base_ms": dict(self.base_ms), "low_ms": dict(self.low_ms),
                 "other_base_ms": self.other_base_ms, "other_low_ms": self.other_low_ms,

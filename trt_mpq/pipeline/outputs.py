@@ -100,9 +100,11 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "final_timing": outcome.final_timing,
         "wall_s": setup_s + outcome.wall_s,  # the whole command, from start to outputs
         "phases": {"setup_s": setup_s, **outcome.phases},
+        "strategy": config.strategy,
         "sensitivity": {**outcome.sensitivity.to_json_dict(), "order": outcome.order,
                         "ordering": config.order},
         "latency_gains": outcome.gains.to_json_dict() if outcome.gains else None,
+        "latency_model": outcome.latency_model,
         "low_precisions": {g: p.value for g, p in outcome.low.items()},
         "tried_on_holdout": [_confirmation_dict(c) for c in outcome.tried],
         "versions": versions(),

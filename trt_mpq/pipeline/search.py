@@ -9,6 +9,7 @@ on the holdout, the next fastest in-budget plans are tried (up to `confirm_candi
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -33,9 +34,10 @@ from trt_mpq.measure.stats import DropBound, samples_needed
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.artifacts import install_artifact
 from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
+from trt_mpq.model.groups import group_edges
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan, Precision
-from trt_mpq.qdq import BASELINE, default_low_precision, materialize
+from trt_mpq.qdq import BASELINE, SUPPORTED, default_low_precision, materialize
 from trt_mpq.search import (
     Budget,
     Evaluation,
@@ -48,6 +50,7 @@ from trt_mpq.search import (
     ranked_in_budget,
     strategy_spec,
 )
+from trt_mpq.search.latency_model import model_report, standard_error
 from trt_mpq.sensitivity import SensitivityConfig, SensitivityResult, ordering
 from trt_mpq.sensitivity.ordering import ORDERS
 from trt_mpq.store import Store
@@ -197,6 +200,7 @@ class SearchOutcome:
     decision: str = "point"  # how the search judged plans in budget on the search split
     final_timing: dict | None = None  # how precise the finalists' joint re-measurement got
     adaptive: dict | None = None  # the sequential rules of the search and holdout splits
+    latency_model: dict | None = None  # the boundary-aware latency model on the measured plans
 
     @property
     def budget_met(self) -> bool:
@@ -221,6 +225,35 @@ def low_precisions(ws: Workspace, backend: Backend,
         raise PlanError(f"{precision.value} is the baseline precision of {dialect.value}; "
                         "choose a lower one")
     return low
+
+
+def format_options(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, Precision],
+                   config: SearchConfig, store: Store, shared, sensitivity: bool = True) -> dict:
+    """(group, precision) -> (sensitivity, profiled gain in ratio units) for every lower
+    precision a group's op supports on the backend besides its default `low` one (`--precision
+    auto` with a strategy that chooses per group): one sensitivity run (unless `sensitivity` is
+    False: 0) and one profile per precision, each over the groups it applies to."""
+    dialect = backend.dialect
+    out: dict = {}
+    for p in sorted(SUPPORTED[dialect], key=lambda p: p.value):
+        if p.is_float or p is BASELINE[dialect]:
+            continue
+        low_p = {g.name: (p if p.applies_to(g.op_type) else low[g.name]) for g in ws.groups}
+        changed = [g for g in low_p if low_p[g] is not low[g]]
+        if not changed:
+            continue
+        try:
+            backend.check_plan(Plan.of(low_p), ws.groups)
+        except PlanError as e:
+            log.info("%s is not a per-group option here: %s", p.value, e)
+            continue
+        scores = analysis.sensitivity(ws, ranges, dialect, low_p, config.sensitivity,
+                                      config.sens_config, store, config.torch_model,
+                                      shared=shared).scores if sensitivity else {}
+        gains = analysis.latency_gains(ws, backend, ranges, low_p, store)
+        log.info("%s is an option for %d group(s)", p.value, len(changed))
+        out.update({(g, p): (scores.get(g, 0.0), gains.gain_ratio[g]) for g in changed})
+    return out
 
 
 def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> None:
@@ -278,9 +311,17 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             gains = analysis.latency_gains(ws, backend, ranges, low, store)
             phases["latency_profile_s"] = time.perf_counter() - t
         order = ordering.order(ws.group_names(), sens.scores, gains.gain if gains else None)
+        edges = tuple(group_edges(ws.model, ws.groups)) if gains else None
+        numbers = {(g, p): (sens.scores[g], gains.gain_ratio[g]) for g, p in low.items()} \
+            if gains else None
+        if numbers is not None and config.strategy_spec.needs_graph and config.precision is None:
+            t = time.perf_counter()
+            numbers.update(format_options(ws, backend, ranges, low, config, store, shared))
+            phases["formats_s"] = time.perf_counter() - t
+        prior = {o: v[1] for o, v in numbers.items()} if numbers else None
         inputs = SearchInputs(groups=tuple(ws.group_names()), order=tuple(order), low=low,
                               base=BASELINE[dialect], accept=accept, sensitivity=sens.scores,
-                              gain=gains.gain if gains else None)
+                              gain=gains.gain if gains else None, edges=edges, options=numbers)
         strategies = config.strategy_spec.build(config.strategy_config, inputs)
 
         t = time.perf_counter()
@@ -343,6 +384,16 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             remeasure)
         phases["confirm_s"] = time.perf_counter() - t
         fresh, cached = evaluator.fresh, evaluator.cached
+    model = None
+    if gains:  # how well a boundary-aware latency model explains what was measured
+        model = model_report(inputs.groups, edges, inputs.base, prior,
+                             [(e.plan, e.latency_ratio, standard_error(e.ratio_ci))
+                              for e in evaluations])
+        model["options"] = {p.value: sum(1 for _, q in prior if q is p)
+                            for p in sorted({q for _, q in prior}, key=lambda p: p.value)}
+        searches = [st for st in strategies if hasattr(st, "report")]
+        if searches:
+            model["search"] = searches[0].report()
     shutil.rmtree(workdir, ignore_errors=True)
     return SearchOutcome(
         baseline_plan=evaluator.baseline_plan, baseline_metric=baseline_metric,
@@ -351,7 +402,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         tried=tried, fresh=fresh, cached=cached, wall_s=time.perf_counter() - t_start,
         phases=phases, gains=gains,
         shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses},
-        timing=timing, resolution=resolution, decision=decision,
+        timing=timing, resolution=resolution, decision=decision, latency_model=model,
         final_timing=final_timing or None,
         adaptive={"search": search_rule.to_json_dict() | {"looks": list(search_rule.looks(
                       len(ws.task.search)))} if evaluator.rule else None,

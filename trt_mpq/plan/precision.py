@@ -11,7 +11,9 @@
   that differs from the plan's;
 - `fake_quant`: ``"module:function"`` of the torch fake quantizer the Hessian / Fisher metrics
   use (imported on use; torch is never imported here);
-- `label` for reports, `aliases` the parser accepts, `unavailable` per dialect with the reason.
+- `label` for reports, `aliases` the parser accepts, `unavailable` per dialect with the reason;
+- `activations`: the activation type at the group's edges (precision boundaries, see
+  `edge_type`).
 
 Adding a precision: a member of `Precision`, its `PrecisionSpec` in `SPECS`, and one pass per
 dialect that can materialize it (`trt_mpq/qdq/<dialect>.py`, its `PASSES`).
@@ -79,21 +81,25 @@ class PrecisionSpec:
     fake_quant: str = ""  # "module:function"; "" = no weight perturbation modelled
     aliases: tuple[str, ...] = ()
     unavailable: Mapping[str, str] = field(default_factory=dict)  # dialect -> why not
+    #: the type its activations have where they enter and leave the group; two groups joined
+    #: by an edge with different types meet at a precision boundary (a conversion). None: float
+    #: in, float out, like the baseline it replaces (dynamic int8, weight-only int4)
+    activations: str | None = None
 
 
 _TWIN = "trt_mpq.sensitivity.torch_twin"
 
 SPECS: dict[Precision, PrecisionSpec] = {
     Precision.FP32: PrecisionSpec(
-        bits=32, label="FP32", is_float=True, aliases=("float32",),
+        bits=32, label="FP32", activations="fp32", is_float=True, aliases=("float32",),
         census={ONNXRUNTIME: frozenset({"float:float"}), TENSORRT: frozenset({"fp32"})},
         fake_quant=f"{_TWIN}:fq_identity"),
     Precision.FP16: PrecisionSpec(
-        bits=16, label="FP16", is_float=True, aliases=("float16", "half"),
+        bits=16, label="FP16", activations="fp16", is_float=True, aliases=("float16", "half"),
         census={ONNXRUNTIME: frozenset({"float:float16"}), TENSORRT: frozenset({"fp16"})},
         fake_quant=f"{_TWIN}:fq_fp16"),
     Precision.INT8: PrecisionSpec(
-        bits=8, label="INT8",
+        bits=8, label="INT8", activations="int8",
         census={ONNXRUNTIME: frozenset({"QLinearConv", "QGemm", "QLinearMatMul",
                                         "NhwcQLinearConv"}),
                 TENSORRT: frozenset({"int8"})},
@@ -107,7 +113,7 @@ SPECS: dict[Precision, PrecisionSpec] = {
         unavailable={"tensorrt": "TensorRT has no dynamic int8 quantization; use int8 (static)",
                      "tensorrt-weak": "TensorRT has no dynamic int8 quantization"}),
     Precision.FP8: PrecisionSpec(
-        bits=8, label="FP8 (E4M3)", aliases=("fp8-e4m3",),
+        bits=8, label="FP8 (E4M3)", activations="fp8", aliases=("fp8-e4m3",),
         census={TENSORRT: frozenset({"fp8"})},
         fake_quant=f"{_TWIN}:fq_fp8",
         unavailable={"ort-cpu": "ONNX Runtime's CPU provider has no FP8 kernels",
@@ -119,6 +125,12 @@ SPECS: dict[Precision, PrecisionSpec] = {
         fake_quant=f"{_TWIN}:fq_int4_blocks",
         unavailable={"tensorrt-weak": "int4 weights need explicit DQ: use strong typing"}),
 }
+
+
+def edge_type(precision: Precision, base: Precision) -> str:
+    """The activation type at the edges of a group run at `precision` in a plan whose baseline
+    precision is `base`: where two neighbouring groups' types differ, a precision boundary."""
+    return precision.spec.activations or base.spec.activations or base.value
 
 
 def _census_index() -> dict[tuple[str, str], Precision]:
@@ -153,4 +165,4 @@ def executed_word(family: str, word: str) -> str:
 
 
 __all__ = ["Precision", "PrecisionSpec", "SPECS", "ONNXRUNTIME", "TENSORRT", "from_census",
-           "census_words", "executed_word"]
+           "census_words", "edge_type", "executed_word"]

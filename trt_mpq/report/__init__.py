@@ -131,6 +131,35 @@ def _f(x, nd=4) -> str:
     return "n/a" if x is None else f"{x:.{nd}f}"
 
 
+def _how(strategy: str) -> str:
+    return {
+        "bisection": "groups were lowered in this order (least sensitive first), bisecting on "
+                     "how many to lower, then sweeping more prefixes.",
+        "frontier": "evenly spaced prefixes of this order (least sensitive first) were measured.",
+        "boundary": "each plan came from an integer program minimizing the predicted latency "
+                    "(per-group gains and precision-boundary costs, refitted on every measured "
+                    "plan) under a sensitivity budget bisected on measured accuracy.",
+    }.get(strategy, f"plans were proposed by the `{strategy}` strategy.")
+
+
+def _latency_model_lines(model: Mapping | None) -> list[str]:
+    if not model or model.get("median_abs_error") is None:
+        return []
+    fit = model["fit"]
+    out = ["", f"Latency model on the {model['plans']} measured plans (leave-one-out): median "
+               f"error {100 * model['median_abs_error']:.1f}% of the baseline latency with "
+               f"precision-boundary costs ({model['edges']} edges; learned cost per boundary "
+               f"{100 * fit['c_edge']:.2f}% + {100 * fit['c_size']:.2f}% x relative tensor "
+               f"size), {100 * model['additive_median_abs_error']:.1f}% with per-group gains "
+               "alone (additive)."]
+    search = model.get("search")
+    if search and search.get("median_abs_error") is not None:
+        out[-1] += (f" As the search saw it (each plan predicted before it was measured): "
+                    f"{100 * search['median_abs_error']:.1f}% vs "
+                    f"{100 * search['additive_median_abs_error']:.1f}% additive.")
+    return out
+
+
 def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
     b = result["baseline"]
     best = result.get("best")
@@ -237,8 +266,8 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
     s = result["sensitivity"]
     lines += ["", "## How it was found", "",
               f"Sensitivity metric `{s['metric']}` ({s['passes']} passes over {s['samples']} "
-              f"samples, {s['seconds']:.1f} s); groups were lowered in this order (least "
-              f"sensitive first), bisecting on how many to lower, then sweeping more prefixes.",
+              f"samples, {s['seconds']:.1f} s); " + _how(result.get("strategy", "bisection")),
+              *_latency_model_lines(result.get("latency_model")),
               "", "![frontier](pareto.png)", "",
               "| # | how | status | metric | drop | latency ratio | frontier | in budget |",
               "|---|---|---|---|---|---|---|---|"]

@@ -14,6 +14,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from trt_mpq.graph import Edge
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.results import Evaluation
 
@@ -81,6 +82,11 @@ class SearchInputs:
     accept: Accept  # status ok and within the accuracy budget on the search split
     sensitivity: Mapping[str, float]  # per-group sensitivity scores (lower: lowered first)
     gain: Mapping[str, float] | None = None  # measured latency gain per group (needs_gains)
+    #: the group graph (needs_graph): edges between groups through glue ops
+    edges: tuple[Edge, ...] | None = None
+    #: (group, precision) -> (sensitivity, profiled gain in ratio units) for every precision a
+    #: group may take (needs_graph); by default each group's `low` precision only
+    options: Mapping[tuple[str, Precision], tuple[float, float]] | None = None
 
     @property
     def prefixes(self) -> PrefixPlans:
@@ -96,6 +102,7 @@ class StrategySpec:
     config: type  # frozen dataclass with defaults; validates itself in __post_init__
     build: Callable[[Any, SearchInputs], list[Strategy]]  # run one after another by `drive`
     needs_gains: bool = False  # measured per-group latency gains (`SearchInputs.gain`)
+    needs_graph: bool = False  # the group graph and per-option numbers (`edges`, `options`)
 
 
 def drive(strategies: Sequence[Strategy], evaluate: Evaluate,

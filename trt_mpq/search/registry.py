@@ -17,6 +17,7 @@ from trt_mpq.search.base import StrategySpec
 #: name -> "module:attribute" of its StrategySpec
 STRATEGIES: dict[str, str] = {
     "bisection": "trt_mpq.search.strategies:BISECTION",
+    "boundary": "trt_mpq.search.boundary:SPEC",
     "frontier": "trt_mpq.search.strategies:FRONTIER",
     "greedy": "trt_mpq.search.greedy:SPEC",
     "ilp": "trt_mpq.search.ilp:SPEC",

@@ -1,0 +1,347 @@
+"""`boundary`: search with a latency model that sees precision boundaries.
+
+Each step solves an integer program exactly (HiGHS through `scipy.optimize.milp`):
+
+    minimize   predicted ratio = 1 - sum_o gain[o] x[o] + sum_e cost[e] z[e]
+    subject to sum_o sens[o] x[o] <= t                  (the accuracy side, t bisected)
+               sum_{f} x[g, f] <= 1                      (one precision per group)
+               z[e] >= y[a, k] - y[b, k], y[b, k] - y[a, k]   for every edge e = (a, b) and
+                                                          activation type k
+               x binary, 0 <= z <= 1
+
+where an option o = (group g, precision f) lowers g to f, y[g, k] is 1 when g's activations are
+of type k (its precision's `edge_type`; the baseline's for an unlowered group and for the
+graph's inputs and outputs), so z[e] = 1 exactly where the plan switches type across edge e and
+pays that edge's boundary cost (`LatencyModel`, refitted on every measured plan). Prefix plans,
+contiguous int8 regions with few switches, and plans that leave a group float because it is
+slower lowered are all feasible points; the program picks among them by predicted latency.
+
+The search: the all-lowered plan first (if it is in budget, t has no limit), two latency probes
+that teach the model what boundaries cost (alternate groups lowered: many boundaries; the first
+half lowered: one), then t bisected geometrically on *measured* accuracy like the `ilp` strategy
+(tighten where the plan was out of budget, loosen where it held), refitting the latency model
+after every measurement. Once the bisection has nothing left to resolve, the program is solved
+again at the largest t known in budget with the refitted model, every measured plan excluded;
+its plan is measured while the model predicts it faster than the fastest measured in-budget plan
+(by `improve`), and refitted on it: the search ends when the budget boundary and the best
+predicted plan agree. At most `max_evaluations` plans in all.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from trt_mpq.errors import ConfigError
+from trt_mpq.graph import GRAPH_INPUT, GRAPH_OUTPUT, Edge
+from trt_mpq.options import flag
+from trt_mpq.plan import Plan, Precision
+from trt_mpq.plan.precision import edge_type
+from trt_mpq.results import Evaluation
+from trt_mpq.search.base import Accept, Proposal, SearchInputs, Strategy, StrategySpec
+from trt_mpq.search.latency_model import LatencyModel, Option, standard_error
+
+
+def solve_program(model: LatencyModel, sensitivity: Mapping[Option, float], t: float, *,
+                  exclude: Iterable[Plan] = (), time_limit: float | None = 10.0,
+                  tie_break: float = 1e-6) -> Plan | None:
+    """The plan with the least predicted latency whose summed sensitivity is <= t, other than
+    the plans in `exclude`; None if the program has no proven optimum (infeasible, time limit).
+    Ties are broken toward less sensitivity, then fewer lowered groups (`tie_break` per option,
+    in ratio units: far below any measurable gain)."""
+    import numpy as np
+    from scipy.optimize import Bounds, LinearConstraint, milp
+
+    options = model.options
+    n, m = len(options), len(model.edges)
+    if n == 0:
+        return Plan.of({g: model.base for g in model.groups})
+    fit = model.fit_
+    base_kind = edge_type(model.base, model.base)
+    kinds = sorted({base_kind} | {edge_type(p, model.base) for _, p in options})
+    by_group: dict[str, list[int]] = {}
+    for i, (g, _) in enumerate(options):
+        by_group.setdefault(g, []).append(i)
+    sens = np.array([max(float(sensitivity[o]), 0.0) for o in options])
+    s_scale = float(sens.max()) or 1.0
+    c = np.zeros(n + m)
+    for i, o in enumerate(options):
+        c[i] = -fit.gain[o] + tie_break * (1.0 + sens[i] / s_scale)
+    for j, e in enumerate(model.edges):
+        c[n + j] = max(model.edge_cost(e), 0.0)
+    rows: list[np.ndarray] = []
+    lo: list[float] = []
+    hi: list[float] = []
+
+    def add(row: np.ndarray, lower: float, upper: float) -> None:
+        rows.append(row)
+        lo.append(lower)
+        hi.append(upper)
+
+    row = np.zeros(n + m)
+    row[:n] = sens / s_scale
+    add(row, -np.inf, t / s_scale + 1e-9)
+    for idx in by_group.values():
+        row = np.zeros(n + m)
+        row[idx] = 1.0
+        add(row, -np.inf, 1.0)
+
+    def indicator(end: str, k: str) -> tuple[float, dict[int, float]]:
+        """y[end, k] as constant + sum coef * x."""
+        if end in (GRAPH_INPUT, GRAPH_OUTPUT):
+            return (1.0 if k == base_kind else 0.0), {}
+        const = 1.0 if k == base_kind else 0.0
+        coef: dict[int, float] = {}
+        for i in by_group.get(end, []):
+            v = (1.0 if edge_type(options[i][1], model.base) == k else 0.0) - const
+            if v:
+                coef[i] = v
+        return const, coef
+
+    if model.boundaries:
+        for j, e in enumerate(model.edges):
+            if c[n + j] <= 0:
+                continue
+            for k in kinds:
+                ca, xa = indicator(e.src, k)
+                cb, xb = indicator(e.dst, k)
+                for sign in (1.0, -1.0):  # z >= sign * (y_a - y_b)
+                    row = np.zeros(n + m)
+                    row[n + j] = 1.0
+                    for i, v in xa.items():
+                        row[i] -= sign * v
+                    for i, v in xb.items():
+                        row[i] += sign * v
+                    add(row, sign * (ca - cb), np.inf)
+    index = {o: i for i, o in enumerate(options)}
+    for plan in exclude:  # no-good cuts
+        chosen = {index[(g, plan[g])] for g in model.groups if plan[g] is not model.base
+                  and (g, plan[g]) in index}
+        row = np.zeros(n + m)
+        row[:n] = -1.0
+        row[list(chosen)] = 1.0
+        add(row, -np.inf, len(chosen) - 1.0)
+    integrality = np.concatenate([np.ones(n), np.zeros(m)])
+    opts: dict = {"mip_rel_gap": 0.0}
+    if time_limit is not None:
+        opts["time_limit"] = float(time_limit)
+    try:
+        res = milp(c, integrality=integrality, bounds=Bounds(0, 1),
+                   constraints=LinearConstraint(np.array(rows), np.array(lo), np.array(hi)),
+                   options=opts)
+    except (ValueError, TypeError, ArithmeticError, RuntimeError):
+        return None
+    if res.status != 0 or res.x is None:
+        return None
+    x = [int(round(v)) for v in res.x[:n]]
+    if sum(sens[i] for i in range(n) if x[i]) > t * (1 + 1e-6) + 1e-9 * s_scale:
+        return None
+    chosen = {options[i][0]: options[i][1] for i in range(n) if x[i]}
+    return Plan.of({g: chosen.get(g, model.base) for g in model.groups})
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """What the models said of a plan before it was measured, and what it measured."""
+
+    label: str
+    plan: Plan
+    predicted: float  # boundary model, as fitted before this measurement
+    additive: float  # additive model (no boundary term), as fitted before
+    measured: float | None
+
+
+class BoundarySearch(Strategy):
+    """See the module docstring. `sensitivity` maps every option (group, precision) to its
+    estimated accuracy cost (>= 0 is used); `prior_gain` every option to its profiled latency
+    gain in ratio units; `low` is each group's default lowered precision (the all-lowered plan
+    and the probes use it)."""
+
+    name = "boundary"
+
+    def __init__(self, groups: Sequence[str], edges: Iterable[Edge], base: Precision,
+                 low: Mapping[str, Precision], accept: Accept, *,
+                 sensitivity: Mapping[Option, float], prior_gain: Mapping[Option, float],
+                 max_evaluations: int = 12, probes: bool = True, rtol: float = 1e-3,
+                 improve: float = 0.005, time_limit: float | None = 10.0) -> None:
+        super().__init__()
+        self.groups = tuple(groups)
+        edges = tuple(edges)
+        if set(sensitivity) != set(prior_gain):
+            raise ValueError("sensitivity and prior gains must name the same options")
+        for g in self.groups:
+            if (g, low[g]) not in prior_gain:
+                raise ValueError(f"group {g}'s default low precision is not one of its options")
+        if max_evaluations < 1:
+            raise ValueError("max_evaluations must be >= 1")
+        self.base = base
+        self.low = dict(low)
+        self.accept = accept
+        self.sensitivity = {o: max(float(v), 0.0) for o, v in sensitivity.items()}
+        if any(not math.isfinite(v) for v in self.sensitivity.values()):
+            raise ValueError("sensitivities must be finite")
+        self.model = LatencyModel(self.groups, edges, base, prior_gain)
+        self.additive = LatencyModel(self.groups, edges, base, prior_gain, boundaries=False)
+        self.max_evaluations = max_evaluations
+        self.rtol = rtol
+        self.improve = improve  # a refit plan must be predicted this much faster to be measured
+        self.time_limit = time_limit
+        self.base_plan = Plan.uniform(self.groups, base)
+        self.low_plan = Plan.of(self.low)
+        # the accuracy side: the all-lowered plan's t (each group at its default low precision)
+        # or more, whichever option sum is largest
+        self.t_max = sum(max(v for (g2, _), v in self.sensitivity.items() if g2 == g)
+                         for g in self.groups) if self.sensitivity else 0.0
+        positive = [v for v in self.sensitivity.values() if v > 0]
+        self._floor = min(positive) / 2 if positive else None
+        self.lo, self.hi = 0.0, self.t_max
+        self.data: list[tuple[Plan, float]] = []
+        self.seen: dict[str, Evaluation] = {}
+        self.predictions: list[Prediction] = []
+        self.best: Evaluation | None = None
+        self.solver_failures = 0
+        self._queue: list[tuple[Plan, str, float | None, bool]] = [
+            (self.low_plan, "boundary all-lowered", None, False)]
+        if probes and len(self.groups) >= 4:
+            alt = {g: (self.low[g] if i % 2 == 0 else base) for i, g in enumerate(self.groups)}
+            half = {g: (self.low[g] if i < len(self.groups) // 2 else base)
+                    for i, g in enumerate(self.groups)}
+            self._queue += [(Plan.of(alt), "boundary probe: alternate groups", None, True),
+                            (Plan.of(half), "boundary probe: first half", None, True)]
+        self._pending: tuple[Plan, str, float | None, bool] | None = None
+        self._converging = False
+        self.done = not self.groups
+
+    # -- ask/tell ---------------------------------------------------------------------------------
+    def ask(self) -> list[Proposal]:
+        if self.done or self.evaluations >= self.max_evaluations:
+            self.done = True
+            return []
+        if self._pending is None:
+            self._pending = self._next()
+            if self._pending is None:
+                self.done = True
+                return []
+        plan, label, _, latency_only = self._pending
+        self.latency_first = latency_only  # `drive` reads it per ask
+        self.predictions.append(Prediction(label, plan, self.model.predict(plan),
+                                           self.additive.predict(plan), None))
+        return [(plan, label)]
+
+    def tell(self, plan: Plan, evaluation: Evaluation) -> None:
+        if self._pending is None or plan != self._pending[0]:
+            raise ValueError("tell() got a plan this strategy did not ask for")
+        _, _, t, _ = self._pending
+        self._pending = None
+        self.evaluations += 1
+        self.seen[plan.digest] = evaluation
+        last = self.predictions[-1]
+        self.predictions[-1] = Prediction(last.label, last.plan, last.predicted, last.additive,
+                                          evaluation.latency_ratio)
+        if evaluation.latency_ratio is not None and math.isfinite(evaluation.latency_ratio):
+            self.data.append((plan, evaluation.latency_ratio,
+                              standard_error(evaluation.ratio_ci)))
+            self.model.fit(self.data)
+            self.additive.fit(self.data)
+        ok = self._in_budget(evaluation)
+        if ok and (self.best is None or evaluation.latency_ratio < self.best.latency_ratio):
+            self.best = evaluation
+        if plan == self.low_plan:
+            if ok:
+                self.lo = self.hi = self.t_max
+        if t is not None:
+            self._settle(t, ok)
+
+    # -- internals --------------------------------------------------------------------------------
+    def _in_budget(self, e: Evaluation) -> bool:
+        return (e.ok and e.latency_ratio is not None and math.isfinite(e.latency_ratio)
+                and bool(self.accept(e)))
+
+    def _settle(self, t: float, in_budget: bool) -> None:
+        if in_budget:
+            self.lo = max(self.lo, t)
+        else:
+            self.hi = min(self.hi, t)
+
+    def _solve(self, t: float, exclude: Sequence[Plan] = ()) -> Plan | None:
+        plan = solve_program(self.model, self.sensitivity, t, exclude=exclude,
+                             time_limit=self.time_limit)
+        if plan is None:
+            self.solver_failures += 1
+        return plan
+
+    def _next(self) -> tuple[Plan, str, float | None, bool] | None:
+        while self._queue:
+            item = self._queue.pop(0)
+            if item[0].digest not in self.seen:
+                return item
+        for _ in range(10_000):  # each pass narrows [lo, hi] or excludes a plan; ends long before
+            low_end = self.lo if self.lo > 0 else self._floor
+            if not self._converging and low_end is not None and self.hi > low_end * (1 + self.rtol):
+                t = math.sqrt(low_end * self.hi)
+                plan = self._solve(t)
+                if plan is None:
+                    self.hi = t
+                    continue
+                if plan == self.base_plan:
+                    self._settle(t, True)
+                    continue
+                if (known := self.seen.get(plan.digest)) is not None:
+                    self._settle(t, self._in_budget(known))
+                    continue
+                return plan, f"boundary t={t:.4g}", t, False
+            # the accuracy side is settled: the best plan the refitted model predicts at the
+            # largest t known in budget, among those not measured yet, if it is predicted
+            # faster than the fastest measured in-budget plan
+            self._converging = True
+            plan = self._solve(self.lo, exclude=[e.plan for e in self.seen.values()])
+            if plan is None or plan == self.base_plan:
+                return None
+            best = self.best.latency_ratio if self.best is not None else 1.0
+            if self.model.predict(plan) >= best - self.improve:
+                return None  # agreement: nothing unmeasured is predicted faster
+            return plan, f"boundary refit t={self.lo:.4g}", None, False
+        return None
+
+    def report(self) -> dict:
+        """The models' predictions (made before each measurement) against the measurements."""
+        from trt_mpq.search.latency_model import median_abs
+
+        rows = [p for p in self.predictions if p.measured is not None]
+        return {
+            "fit": self.model.fit_.to_json_dict(),
+            "predictions": [{"label": p.label, "plan": p.plan.digest, "predicted": p.predicted,
+                             "additive": p.additive, "measured": p.measured} for p in rows],
+            "median_abs_error": median_abs([p.predicted - p.measured for p in rows]),
+            "additive_median_abs_error": median_abs([p.additive - p.measured for p in rows]),
+            "solver_failures": self.solver_failures,
+        }
+
+
+@dataclass(frozen=True)
+class BoundaryConfig:
+    max_evaluations: int = field(default=12, metadata=flag(
+        "--max-evaluations", "boundary: plans measured at most (probes included)"))
+    probes: bool = field(default=True, metadata=flag(
+        "--probes", "boundary: measure two latency probes (alternate groups, first half "
+                    "lowered) that show the model what boundaries cost"))
+
+    def __post_init__(self) -> None:
+        if self.max_evaluations < 1:
+            raise ConfigError("--max-evaluations must be >= 1")
+
+
+def _boundary(config: BoundaryConfig, inputs: SearchInputs) -> list[Strategy]:
+    assert inputs.edges is not None and inputs.options is not None, \
+        "the boundary strategy needs the group graph and per-option gains"
+    return [BoundarySearch(inputs.groups, inputs.edges, inputs.base, inputs.low, inputs.accept,
+                           sensitivity={o: v[0] for o, v in inputs.options.items()},
+                           prior_gain={o: v[1] for o, v in inputs.options.items()},
+                           max_evaluations=config.max_evaluations, probes=config.probes)]
+
+
+SPEC = StrategySpec(
+    name="boundary", config=BoundaryConfig, build=_boundary, needs_gains=True, needs_graph=True,
+    description="integer program on a latency model with precision-boundary costs, refitted "
+                "on every measured plan; its accuracy budget bisected on measured accuracy")
