@@ -251,3 +251,22 @@ def test_probes_are_latency_first_and_failures_count_out_of_budget():
     assert all(not lf for label, lf in seen if "probe" not in label)
     assert len(evs) <= 7
     assert search.best is not None and search.best.drop <= 0.35
+
+
+@pytest.mark.parametrize("per_group,skips", [(-0.05, False), (0.0005, True)])
+def test_plans_predicted_no_faster_than_known_are_not_measured(per_group, skips):
+    """int8 slower than float everywhere (a tiny CNN on a CPU), or faster by less than the
+    noise: after the all-lowered plan and the probes nothing is predicted faster than the
+    baseline by `improve`, so nothing more is measured (the program keeps everything float, or
+    its plan is skipped)."""
+    names, edges = _chain(6)
+    gain = {(g, I8): per_group for g in names}
+    sens = {(g, I8): 0.1 * (i + 1) for i, g in enumerate(names)}
+    fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.0)
+    accept = lambda e: e.ok and e.drop <= 0.5  # noqa: E731
+    search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
+                            sensitivity=sens, prior_gain=gain, max_evaluations=12)
+    evs = drive([search], fake)
+    assert [e.label for e in evs] == ["boundary all-lowered", "boundary probe: alternate groups",
+                                      "boundary probe: first half"]
+    assert (search.skipped > 0) == skips

@@ -20,7 +20,8 @@ The search: the all-lowered plan first (if it is in budget, t has no limit), two
 that teach the model what boundaries cost (alternate groups lowered: many boundaries; the first
 half lowered: one), then t bisected geometrically on *measured* accuracy like the `ilp` strategy
 (tighten where the plan was out of budget, loosen where it held), refitting the latency model
-after every measurement. Once the bisection has nothing left to resolve, the program is solved
+after every measurement; a bisection plan the model predicts no faster than the fastest measured
+in-budget plan (or the baseline) is not measured, and t moves up past it. Once the bisection has nothing left to resolve, the program is solved
 again at the largest t known in budget with the refitted model, every measured plan excluded;
 its plan is measured while the model predicts it faster than the fastest measured in-budget plan
 (by `improve`), and refitted on it: the search ends when the budget boundary and the best
@@ -201,6 +202,7 @@ class BoundarySearch(Strategy):
         self.predictions: list[Prediction] = []
         self.best: Evaluation | None = None
         self.solver_failures = 0
+        self.skipped = 0  # bisection steps whose plan was predicted no faster than the best
         self._queue: list[tuple[Plan, str, float | None, bool]] = [
             (self.low_plan, "boundary all-lowered", None, False)]
         if probes and len(self.groups) >= 4:
@@ -290,6 +292,14 @@ class BoundarySearch(Strategy):
                 if (known := self.seen.get(plan.digest)) is not None:
                     self._settle(t, self._in_budget(known))
                     continue
+                best = self.best.latency_ratio if self.best is not None else 1.0
+                if self.model.predict(plan) >= best - self.improve:
+                    # predicted no faster than what is known: measuring it cannot improve the
+                    # answer, so look at larger t (more lowered) without spending a measurement;
+                    # whatever this t holds is measured before it counts (the refit phase)
+                    self.skipped += 1
+                    self._settle(t, True)
+                    continue
                 return plan, f"boundary t={t:.4g}", t, False
             # the accuracy side is settled: the best plan the refitted model predicts at the
             # largest t known in budget, among those not measured yet, if it is predicted
@@ -315,7 +325,7 @@ class BoundarySearch(Strategy):
                              "additive": p.additive, "measured": p.measured} for p in rows],
             "median_abs_error": median_abs([p.predicted - p.measured for p in rows]),
             "additive_median_abs_error": median_abs([p.additive - p.measured for p in rows]),
-            "solver_failures": self.solver_failures,
+            "solver_failures": self.solver_failures, "skipped": self.skipped,
         }
 
 
