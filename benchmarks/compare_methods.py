@@ -97,7 +97,11 @@ class Runner:
         self.store = Store(out / "store.sqlite", context)
         self.evaluator = Evaluator(self.ws, self.backend, self.ranges, measure, self.store,
                                    out / ".work").__enter__()
-        self.baseline_metric = self.evaluator.baseline.metric
+        self.baseline_metric = self.evaluator.baseline.metric  # on the search split
+        task = self.ws.task
+        self.holdout_outputs = self.evaluator.reference_outputs(task.holdout, "holdout")
+        self.holdout_metric = task.metric(self.holdout_outputs, task.metric.target(
+            task.holdout.labels, self.holdout_outputs))
         self.names = self.ws.group_names()
         from trt_mpq.qdq import BASELINE
 
@@ -112,7 +116,8 @@ class Runner:
         from trt_mpq.pipeline.search import SearchConfig, rules, search_decision
 
         config = SearchConfig(budget=budget, confidence=CONFIDENCE)
-        search_rule, self.holdout_rule = rules(config, self.baseline_metric)
+        search_rule, _ = rules(config, self.baseline_metric)
+        _, self.holdout_rule = rules(config, self.holdout_metric)
         self.evaluator.rule = search_rule
         decision = search_decision(self.ws, config, search_rule)
         allowed = budget.allowed_drop(self.baseline_metric)
@@ -167,9 +172,8 @@ class Runner:
         task = self.ws.task
         sim = make_simulator(self.ws.model, self.ws.groups, self.ranges, self.backend.dialect,
                              task.eval_batch)
-        base = self.evaluator.reference_outputs(task.holdout, "holdout")
-        seq = sequential_drop(task.metric, task.holdout, base, lambda part: sim(plan, part),
-                              self.holdout_rule)
+        seq = sequential_drop(task.metric, task.holdout, self.holdout_outputs,
+                              lambda part: sim(plan, part), self.holdout_rule)
         out = {"in": seq.decision == IN, "drop": seq.bound.rel_drop,
                "upper": seq.bound.rel_upper, "samples": seq.samples, "n": len(task.holdout)}
         self.store.put_blob(key, out)
@@ -337,7 +341,7 @@ def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
         r = runner(None)
         try:
             resolvable(r.ws.task, SearchConfig(budget=Budget.parse(text), confidence=CONFIDENCE),
-                       r.baseline_metric)
+                       r.holdout_metric)
             return None
         except ConfigError:
             return "agreement"

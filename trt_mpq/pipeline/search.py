@@ -283,8 +283,12 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
     with Evaluator(ws, backend, ranges, measure, store, workdir, shared=shared) as evaluator:
         baseline_metric = evaluator.baseline.metric
         budget = config.budget
-        resolution = holdout_resolution(ws, config, baseline_metric)
-        search_rule, holdout_rule = rules(config, baseline_metric)
+        # a relative budget is a share of the baseline's metric on the split that judges: the
+        # search split's while searching, the holdout's when certifying the answer
+        holdout_base, base_holdout_outputs = _holdout_baseline(ws, evaluator)
+        resolution = holdout_resolution(ws, config, holdout_base)
+        search_rule, _ = rules(config, baseline_metric)
+        _, holdout_rule = rules(config, holdout_base)
         evaluator.rule = search_rule if config.adaptive else None
         decision = search_decision(ws, config, search_rule)
         allowed = budget.allowed_drop(baseline_metric)
@@ -362,7 +366,6 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             bar.close()
 
         t = time.perf_counter()
-        holdout_base, base_holdout_outputs = _holdout_baseline(ws, evaluator)
         final = replace(evaluator.measure,
                         repeats=evaluator.measure.repeats * config.final_repeats_factor,
                         max_seconds=evaluator.measure.max_seconds * config.final_repeats_factor)

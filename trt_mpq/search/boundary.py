@@ -190,8 +190,9 @@ class BoundarySearch(Strategy):
         self.time_limit = time_limit
         self.base_plan = Plan.uniform(self.groups, base)
         self.low_plan = Plan.of(self.low)
-        # the accuracy side: the all-lowered plan's t (each group at its default low precision)
-        # or more, whichever option sum is largest
+        # the accuracy side: t of the all-lowered plan (each group at its default low
+        # precision), and the largest t any plan has (each group at its most sensitive option)
+        self.t_low = sum(self.sensitivity[(g, self.low[g])] for g in self.groups)
         self.t_max = sum(max(v for (g2, _), v in self.sensitivity.items() if g2 == g)
                          for g in self.groups) if self.sensitivity else 0.0
         positive = [v for v in self.sensitivity.values() if v > 0]
@@ -249,9 +250,8 @@ class BoundarySearch(Strategy):
         ok = self._in_budget(evaluation)
         if ok and (self.best is None or evaluation.latency_ratio < self.best.latency_ratio):
             self.best = evaluation
-        if plan == self.low_plan:
-            if ok:
-                self.lo = self.hi = self.t_max
+        if plan == self.low_plan:  # in budget: with one format per group, t has no limit
+            self._settle(self.t_low, ok)
         if t is not None:
             self._settle(t, ok)
 
