@@ -202,6 +202,9 @@ def test_strategy_finds_the_region_plan_prefix_plans_cannot_reach():
     evs = drive([search], fake)
     assert search.best is not None and search.best.plan == optimum
     assert len(evs) <= 12
+    # at half the sensitivity budget no plan is predicted faster than FP32 here (two lowered
+    # groups do not pay for their two boundaries): no fallback is measured
+    assert not [e for e in evs if "fallback" in e.label]
     assert search.model.fit_.c_edge == pytest.approx(0.06, abs=0.02)  # learned from measurements
     report = search.report()
     assert len(report["predictions"]) == len(evs)
@@ -225,8 +228,9 @@ def test_strategy_keeps_a_group_float_that_is_slower_lowered():
     accept = lambda e: e.ok and e.drop <= 1.0  # noqa: E731
     search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
                             sensitivity=sens, prior_gain=gain, max_evaluations=12)
-    drive([search], fake)
+    evs = drive([search], fake)
     assert search.best.plan.groups_at(F32) == ("g5",)
+    assert not [e for e in evs if "fallback" in e.label]  # no accuracy boundary: none needed
 
 
 def test_probes_are_latency_first_and_failures_count_out_of_budget():
@@ -270,3 +274,21 @@ def test_plans_predicted_no_faster_than_known_are_not_measured(per_group, skips)
     assert [e.label for e in evs] == ["boundary all-lowered", "boundary probe: alternate groups",
                                       "boundary probe: first half"]
     assert (search.skipped > 0) == skips
+
+
+def test_safer_fallback_plans_follow_an_accuracy_boundary():
+    """The holdout may refuse the plans the search split let through: after an accuracy
+    boundary, the best predicted plans at half and a quarter of the sensitivity budget are
+    measured too, while they are predicted faster than the baseline."""
+    names, edges = _chain(8)
+    gain = {(g, I8): 0.05 for g in names}
+    sens = {(g, I8): 0.1 for g in names}
+    fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.0)
+    accept = lambda e: e.ok and e.drop <= 0.45  # noqa: E731
+    search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
+                            sensitivity=sens, prior_gain=gain, max_evaluations=12)
+    evs = drive([search], fake)
+    fallbacks = [e for e in evs if e.label.startswith("boundary fallback")]
+    assert len(fallbacks) == 2 and len(evs) <= 12
+    assert [len(e.plan.groups_at(I8)) for e in fallbacks] == [2, 1]  # t = 0.4 -> 0.2 -> 0.1
+    assert search.best.plan.groups_at(I8) and len(search.best.plan.groups_at(I8)) == 4
