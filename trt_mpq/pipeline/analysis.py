@@ -155,8 +155,10 @@ def latency_gains(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[
             return Gains.from_json_dict(cached)
     profile = getattr(backend, "profile_groups", None)
     if profile is None:
-        raise ConfigError(f"latency-aware ordering needs a per-layer profile, which {backend.name}"
-                          " does not give yet (ort-cpu does); use --order sensitivity")
+        raise ConfigError(f"measured per-group latency gains (--order latency-aware, --strategy "
+                          f"ilp or boundary) need a per-layer profile, which {backend.name} does "
+                          "not give yet (ort-cpu does); use --order sensitivity with the "
+                          "bisection, frontier or greedy strategy")
     names = ws.group_names()
     feed = ws.task.latency_feed()
     base_plan = Plan.uniform(names, BASELINE[backend.dialect])
