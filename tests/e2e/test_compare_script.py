@@ -35,7 +35,12 @@ def test_compare_methods_on_a_tiny_model(tmp_path):
             assert row["metric"] == result["metrics"][budget]
             assert all(1 <= n <= row["search_n"] for n in row["search_samples"])
             if row["ratio"] is not None:  # an answer is certified within its budget
-                assert 0 < row["ratio"] < 1.0, (method, budget, row["ratio"])
+                # chosen because it measured faster than FP32 during the search; then re-measured
+                # with every other answer and FP32 side by side (on a tiny CNN int8 and FP32 are
+                # close, so the re-measured ratio may land on either side of 1)
+                assert 0 < row["search_ratio"] < 1.0, (method, budget, row)
+                lo, hi = row["ratio_ci"]
+                assert 0 < lo <= row["ratio"] <= hi, (method, budget, row)
                 assert row["holdout_drop"] <= row["holdout_upper"] \
                     <= float(budget.rstrip("%")) / 100 + 1e-12, (method, budget, row)
                 assert 1 <= row["holdout_samples"] <= row["holdout_n"]
