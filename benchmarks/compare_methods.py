@@ -39,6 +39,7 @@ two methods propose is measured once, and both are charged for it).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import random
 import statistics
@@ -109,7 +110,7 @@ class Runner:
         self.holdout_rule = None
         self.answers: dict = {}  # digest -> Evaluation of every plan a method answered with
         self._gains: dict = {}  # low plan digest -> (Gains, seconds its profile took)
-        self._formats = None  # (per-option numbers, seconds), for `ours`
+        self._formats: dict = {}  # with sensitivity? -> (per-option numbers, seconds)
 
     def use_budget(self, budget):
         """Judge plans against `budget` as `trt-mpq search` does: the search split's adaptive
@@ -153,12 +154,35 @@ class Runner:
         what computing them cost."""
         from trt_mpq.pipeline.search import format_options
 
-        if self._formats is None:
+        if sensitivity not in self._formats:
             t = time.perf_counter()
             numbers = format_options(self.ws, self.backend, self.ranges, self.low, config,
                                      self.store, None, sensitivity)
-            self._formats = (numbers, time.perf_counter() - t)
-        return self._formats
+            self._formats[sensitivity] = (numbers, time.perf_counter() - t)
+        return self._formats[sensitivity]
+
+    @functools.cached_property
+    def edges(self) -> tuple:
+        from trt_mpq.model.groups import group_edges
+
+        return tuple(group_edges(self.ws.model, self.ws.groups))
+
+    def boundary(self, config, accept, sens: dict | None) -> tuple[list, float]:
+        """The boundary strategy as `trt-mpq search --strategy boundary` builds it, every
+        precision each group's op supports an option (`sens` None: accuracy ignored, every
+        sensitivity 0), and the cost of its profiles and per-precision sensitivities."""
+        from trt_mpq.search import SearchInputs, strategy_spec
+
+        gains, gains_s = self.gains()
+        formats, formats_s = self.formats(config, sensitivity=sens is not None)
+        sens = sens if sens is not None else {g: 0.0 for g in self.names}
+        inputs = SearchInputs(
+            groups=tuple(self.names), order=tuple(self.names), low=self.low, base=self.base,
+            accept=accept, sensitivity=sens, gain=gains.gain, edges=self.edges,
+            options={(g, p): (sens[g], gains.gain_ratio[g]) for g, p in self.low.items()}
+            | formats)
+        return strategy_spec("boundary").build(config.strategy_config, inputs), \
+            gains_s + formats_s
 
     def certify(self, plan, budget) -> dict:
         """The plan's holdout drop, certified adaptively under the current budget's rule (ONNX
@@ -254,19 +278,11 @@ def run_ours(r: Runner, accept, scores) -> tuple[list, float]:
     run and one profile per precision), plans timed slower than the fastest in-budget one so far
     skip their accuracy pass. Returns the evaluations and the analysis cost (sensitivity of every
     precision and the profiles)."""
-    from trt_mpq.model.groups import group_edges
     from trt_mpq.pipeline.search import SearchConfig
-    from trt_mpq.search import Budget, SearchInputs, drive, strategy_spec
+    from trt_mpq.search import Budget, drive
 
     config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
-    sens = scores(config.sensitivity)  # charged by scores()
-    gains, gains_s = r.gains()
-    formats, formats_s = r.formats(config)
-    numbers = {(g, p): (sens[g], gains.gain_ratio[g]) for g, p in r.low.items()} | formats
-    inputs = SearchInputs(groups=tuple(r.names), order=tuple(r.names), low=r.low, base=r.base,
-                          accept=accept, sensitivity=sens, gain=gains.gain,
-                          edges=tuple(group_edges(r.ws.model, r.ws.groups)), options=numbers)
-    strategies = strategy_spec("boundary").build(config.strategy_config, inputs)
+    strategies, cost = r.boundary(config, accept, scores(config.sensitivity))  # sens: scores()
     best: list[float] = []
 
     def gated(plan, label):
@@ -278,7 +294,7 @@ def run_ours(r: Runner, accept, scores) -> tuple[list, float]:
             best[:] = [min([ev.latency_ratio, *best])]
 
     evs = drive(strategies, r.evaluator.evaluate, seen, gated)
-    return evs, gains_s + formats_s
+    return evs, cost
 
 
 def _summary(r: Runner, evs, accept, sens_s: float, budget) -> dict:
@@ -383,15 +399,13 @@ def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
         # the latency models on every plan any method measured (all metrics' stores)
         gains = own.gains()[0]
         prior = {(g, p): gains.gain_ratio[g] for g, p in own.low.items()}
-        if own._formats is not None:
-            prior |= {o: v[1] for o, v in own._formats[0].items()}
+        for numbers, _ in own._formats.values():
+            prior |= {o: v[1] for o, v in numbers.items()}
         measured = {e.plan.digest: (e.plan, e.latency_ratio, standard_error(e.ratio_ci))
                     for r in runners.values() for e in r.store.all()
                     if e.latency_ratio is not None}
-        from trt_mpq.model.groups import group_edges
-
-        latency_model = model_report(own.names, group_edges(own.ws.model, own.ws.groups),
-                                     own.base, prior, list(measured.values()))
+        latency_model = model_report(own.names, own.edges, own.base, prior,
+                                     list(measured.values()))
         latency_model.pop("points")
         shares = [e.samples / len(r.ws.task.search) for r in runners.values()
                   for e in r.store.all() if e.samples]
@@ -469,26 +483,17 @@ def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: in
         }
         # several formats per group: each format alone (uniform where its op allows), and the
         # boundary strategy choosing per group among all of them, accuracy ignored
-        from trt_mpq.model.groups import group_edges
         from trt_mpq.pipeline.search import SearchConfig
-        from trt_mpq.search import Budget, SearchInputs, strategy_spec
+        from trt_mpq.search import Budget
 
         config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
+        strategies, _ = r.boundary(config, lambda e: e.ok, None)
         formats, formats_s = r.formats(config, sensitivity=False)
         for p in sorted({p for _, p in formats}, key=lambda p: p.value):
             low = {g: (p if (g, p) in formats else r.low[g]) for g in r.names}
             families[f"uniform {p.value}"] = [r.evaluator.evaluate(Plan.of(low),
                                                                    f"uniform {p.value}")]
-        zero = {g: 0.0 for g in r.names}
-        numbers = {(g, p): (0.0, gains.gain_ratio[g]) for g, p in r.low.items()} | {
-            o: (0.0, v[1]) for o, v in formats.items()}
-        inputs = SearchInputs(groups=tuple(r.names), order=tuple(r.names), low=r.low,
-                              base=r.base, accept=lambda e: e.ok, sensitivity=zero,
-                              gain=gains.gain, edges=tuple(group_edges(r.ws.model, r.ws.groups)),
-                              options=numbers)
-        families["boundary, all formats"] = drive(
-            strategy_spec("boundary").build(config.strategy_config, inputs),
-            r.evaluator.evaluate)
+        families["boundary, all formats"] = drive(strategies, r.evaluator.evaluate)
         rows = {}
         for family, evs in families.items():
             ok = [e for e in evs if e.ok and e.latency_ratio is not None]

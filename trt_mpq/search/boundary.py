@@ -45,7 +45,13 @@ from trt_mpq.plan import Plan, Precision
 from trt_mpq.plan.precision import edge_type
 from trt_mpq.results import Evaluation
 from trt_mpq.search.base import Accept, Proposal, SearchInputs, Strategy, StrategySpec
-from trt_mpq.search.latency_model import LatencyModel, Option, standard_error
+from trt_mpq.search.latency_model import (
+    LatencyModel,
+    Measured,
+    Option,
+    median_abs,
+    standard_error,
+)
 
 
 def solve_program(model: LatencyModel, sensitivity: Mapping[Option, float], t: float, *,
@@ -205,7 +211,7 @@ class BoundarySearch(Strategy):
         positive = [v for v in self.sensitivity.values() if v > 0]
         self._floor = min(positive) / 2 if positive else None
         self.lo, self.hi = 0.0, self.t_max
-        self.data: list[tuple[Plan, float]] = []
+        self.data: list[Measured] = []
         self.seen: dict[str, Evaluation] = {}
         self.predictions: list[Prediction] = []
         self.best: Evaluation | None = None
@@ -342,8 +348,6 @@ class BoundarySearch(Strategy):
 
     def report(self) -> dict:
         """The models' predictions (made before each measurement) against the measurements."""
-        from trt_mpq.search.latency_model import median_abs
-
         rows = [p for p in self.predictions if p.measured is not None]
         return {
             "fit": self.model.fit_.to_json_dict(),
