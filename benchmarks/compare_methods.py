@@ -115,17 +115,12 @@ class Runner:
     def use_budget(self, budget):
         """Judge plans against `budget` as `trt-mpq search` does: the search split's adaptive
         rule, bound or point decision; returns the accept function."""
-        from trt_mpq.pipeline.search import SearchConfig, rules, search_decision
+        from trt_mpq.pipeline.search import SearchConfig, judge, rules
 
         config = SearchConfig(budget=budget, confidence=CONFIDENCE)
-        search_rule, _ = rules(config, self.baseline_metric)
         _, self.holdout_rule = rules(config, self.holdout_metric)
-        self.evaluator.rule = search_rule
-        decision = search_decision(self.ws, config, search_rule)
-        allowed = budget.allowed_drop(self.baseline_metric)
-        if decision == "bound":
-            return lambda e: e.ok and e.drop_upper is not None and e.drop_upper <= allowed + 1e-12
-        return lambda e: e.ok and budget.accepts(e.drop, self.baseline_metric)
+        self.evaluator.rule, _, accept = judge(self.ws, config, self.baseline_metric)
+        return accept
 
     def close(self) -> None:
         self.evaluator.__exit__(None, None, None)

@@ -4,6 +4,8 @@ under stopping by simulation, and the metrics against hand computations."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -38,9 +40,9 @@ def _fake(n: int, error_rate: float, seed: int):
 def test_looks_and_levels():
     rule = SequentialRule(0.95, 0.01)
     assert rule.looks(300) == (300,)
-    assert rule.looks(32000) == (2000, 4000, 8000, 16000, 32000)
-    assert rule.looks(1999) == (999, 1999)
-    levels = rule.levels(5)
+    assert rule.looks(32000) == (250, 500, 1000, 2000, 4000, 8000, 16000, 32000)
+    assert rule.looks(1999) == (499, 999, 1999)
+    levels = rule.levels(8)
     assert sum(1 - c for c in levels) == pytest.approx(0.05)  # alpha is spent, not more
     assert 1 - levels[-1] == pytest.approx(0.04)  # 80% of it at the last look
     assert rule.levels(1) == (0.95,)
@@ -49,26 +51,92 @@ def test_looks_and_levels():
 def test_a_clearly_bad_plan_stops_at_the_first_look():
     split, base, run, ran = _fake(32000, error_rate=0.05, seed=1)
     res = sequential_drop(agreement("logits"), split, base, run, SequentialRule(0.95, 0.01))
-    assert res.decision == OUT and res.samples == 2000 and res.looks == 1 and ran == [2000]
-    assert res.bound.lower > 0.01
+    assert res.decision == OUT and res.samples == 250 and res.looks == 1 and ran == [250]
+    assert res.bound.lower > 0.01 and "futility" not in res.bound.method
 
 
 def test_a_perfect_plan_is_certified_early_when_the_budget_allows():
     split, base, run, ran = _fake(32000, error_rate=0.0, seed=2)
     res = sequential_drop(agreement("logits"), split, base, run, SequentialRule(0.95, 0.01))
-    # 0 disagreements on 2,000 samples: bound 1 - 0.0025^(1/2000) ~ 0.003 <= 1%
-    assert res.decision == IN and res.samples == 2000 and ran == [2000]
-    assert res.bound.upper == pytest.approx(cp_upper(0, 2000, 0.05 * 0.2 / 4))
-    assert res.bound.confidence == 0.95 and "look 1 of 5" in res.bound.method
+    # 0 disagreements on 1,000 samples: bound 1 - (0.05 * 0.2 / 7)^(1/1000) ~ 0.0065 <= 1%
+    # (on 500 it is 0.013: not yet)
+    assert res.decision == IN and res.samples == 1000 and ran == [250, 250, 500]
+    assert res.bound.upper == pytest.approx(cp_upper(0, 1000, 0.05 * 0.2 / 7))
+    assert res.bound.confidence == 0.95 and "look 3 of 8" in res.bound.method
 
 
 def test_a_plan_at_the_boundary_sees_the_whole_split():
     split, base, run, ran = _fake(32000, error_rate=0.01, seed=3)
     res = sequential_drop(agreement("logits"), split, base, run, SequentialRule(0.95, 0.01))
-    assert res.samples == 32000 and res.looks == 5 and sum(ran) == 32000
+    assert res.samples == 32000 and res.looks == 8 and sum(ran) == 32000
     assert res.decision in (UNDECIDED, OUT)  # true drop = budget: never certified in here
     # the outputs come back in look order, each sample once
     assert sorted(res.indices.tolist()) == list(range(32000))
+
+
+RATE = 2.5e-4
+
+
+def test_futility_stops_a_fidelity_plan_that_can_no_longer_pass():
+    """A budget of 1e-4 on 32,000 samples judged by the point estimate lets at most 3
+    disagreements through; a plan with a true rate of 2.5e-4 (8 expected) is stopped at the
+    first look that has seen 4, before its lower bound could say "out"."""
+    rule = SequentialRule(0.95, 1e-4, point=True)
+    split, base, run, ran = _fake(32000, error_rate=RATE, seed=8)
+    res = sequential_drop(agreement("logits"), split, base, run, rule)
+    assert res.decision == OUT and res.samples < 32000 and sum(ran) == res.samples
+    assert res.bound.worse >= 4 and "stopped for futility" in res.bound.method
+    assert res.bound.lower <= 1e-4  # the bound alone would have gone on
+    assert res.bound.drop > 1e-4  # so the search rejects it on what it saw
+    # the look before had seen at most 3: the plan could still have passed then
+    prev = rule.looks(32000)[res.looks - 2]
+    seen = base["logits"][res.indices[:prev]].argmax(1) != res.outputs["logits"][:prev].argmax(1)
+    assert seen.sum() <= 3
+    # judged by the bound, no plan can pass 1e-4 on 32,000 (best case 1.006e-4): the first
+    # look already knows
+    ran.clear()
+    res = sequential_drop(agreement("logits"), split, base, run, SequentialRule(0.95, 1e-4))
+    assert res.decision == OUT and ran == [250] and "futility" in res.bound.method
+    # a plan with no disagreement is never stopped for futility
+    split, base, run, ran = _fake(32000, error_rate=0.0, seed=6)
+    res = sequential_drop(agreement("logits"), split, base, run, rule)
+    assert res.decision == UNDECIDED and res.samples == 32000
+
+
+def test_no_futility_stop_for_a_metric_whose_drop_can_shrink():
+    """On accuracy a plan can be right where the baseline is wrong, so later samples can pull
+    the drop back down: only the bounds decide."""
+    rng = np.random.default_rng(7)
+    n = 32000
+    y = rng.integers(0, N_CLASSES, n)
+    base_y = np.where(rng.random(n) < 0.1, (y + 1) % N_CLASSES, y)  # baseline 90% right
+    plan_y = np.where(rng.random(n) < 0.002, (y + 2) % N_CLASSES, base_y)
+    base = {"logits": np.eye(N_CLASSES)[base_y]}
+    split = Split({"row": np.arange(n)}, y)
+    res = sequential_drop(accuracy("logits"), split, base,
+                          lambda part: {"logits": np.eye(N_CLASSES)[plan_y[part.inputs["row"]]]},
+                          SequentialRule(0.95, 1e-4, point=True))
+    assert "futility" not in res.bound.method
+
+
+def test_a_stored_evaluation_stopped_for_futility_counts_as_decided():
+    """On --resume the evaluator re-measures a stored plan that stopped early only when the
+    current rule cannot decide it; a futility stop under the same rule is decided."""
+    from types import SimpleNamespace
+
+    from trt_mpq.pipeline.evaluator import Evaluator
+    from trt_mpq.results import Evaluation, Status
+
+    task = SimpleNamespace(search=range(32000), metric=agreement("logits"),
+                           latency_feed=lambda: {})
+    ev = Evaluator(SimpleNamespace(task=task), None, None, None, None, "/nonexistent",
+                   rule=SequentialRule(0.95, 1e-4, point=True))
+    stopped = Evaluation(plan=None, status=Status.OK, metric=1 - 5 / 8000, drop=5 / 8000,
+                         samples=8000, drop_upper=1.5e-3, drop_lower=3e-5)
+    assert not ev._undecided(stopped)
+    assert ev._undecided(replace(stopped, drop=2 / 8000))  # 2 of 8,000: could still pass
+    ev.rule = SequentialRule(0.95, 1e-3, point=True)  # a looser budget: 5 no longer decides
+    assert ev._undecided(stopped)
 
 
 def test_certificates_hold_under_the_stopping_rule():
@@ -86,7 +154,8 @@ def test_certificates_hold_under_the_stopping_rule():
 
 def test_without_a_certificate_the_search_sees_the_point_estimate():
     split, base, run, _ = _fake(600, error_rate=0.02, seed=4)
-    res = sequential_drop(accuracy("logits"), split, base, run, SequentialRule(0.95, 0.5))
+    res = sequential_drop(accuracy("logits"), split, base, run,
+                          SequentialRule(0.95, 0.5, min_look=500))
     assert res.decision == IN and res.samples == 600  # one look: the whole split
     assert res.bound.drop == pytest.approx(res.baseline_metric - res.metric)
 

@@ -2,14 +2,21 @@
 as soon as the paired confidence bounds decide, so that large splits stay cheap.
 
 The looks are a fixed schedule fixed before any data is seen: the whole split, halved until a
-look would hold fewer than `min_look` samples (at most `max_looks` looks), e.g. 2,000, 4,000,
-8,000, 16,000, 32,000 samples of a 32,000-sample split. Look k uses the first n_k samples of one
+look would hold fewer than `min_look` samples (at most `max_looks` looks), e.g. 250, 500, ...,
+16,000, 32,000 samples of a 32,000-sample split (8 looks). Look k uses the first n_k samples of one
 seeded permutation of the split (a split sorted by class would otherwise make early looks
 unrepresentative). At each look the paired bound of `trt_mpq.measure.stats` is computed at that
 look's level and the evaluation stops when
 
 - the upper bound is within the allowed drop: "in", certified;
 - the lower bound is above it: "out", clearly over budget;
+
+- futile (a fidelity metric only): no later look could let the plan through, so it is "out".
+  The baseline agrees with itself on every sample, so the disagreements counted so far can only
+  grow: when even a plan with no further disagreement would end over budget (its upper bound
+  at the last look, or, when the search judges by the point estimate (`point`), its drop on the
+  whole split), looking further cannot change the decision. Futility stops only ever say "out",
+  so they cannot make a certificate wrong.
 
 and otherwise goes on to the next look. After the last look an undecided plan is "undecided":
 its point estimate is what the search sees, and it is not certified.
@@ -30,7 +37,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from trt_mpq.measure.accuracy import drop_bound
-from trt_mpq.measure.stats import DropBound, best_case_upper
+from trt_mpq.measure.stats import DropBound, best_case_upper, cp_upper
 from trt_mpq.task import Metric, Split
 
 IN, OUT, UNDECIDED = "in", "out", "undecided"
@@ -40,10 +47,11 @@ IN, OUT, UNDECIDED = "in", "out", "undecided"
 class SequentialRule:
     confidence: float  # overall one-sided level of the certificate
     allowed: float  # the budget as an absolute drop
-    min_look: int = 500  # the smallest look
-    max_looks: int = 5
+    min_look: int = 250  # the smallest look
+    max_looks: int = 8
     final_share: float = 0.8  # share of alpha spent at the last look
     seed: int = 0  # of the permutation the looks follow
+    point: bool = False  # the search judges plans by their point estimate (futility stops)
 
     def __post_init__(self) -> None:
         if not 0.5 <= self.confidence < 1:
@@ -71,6 +79,14 @@ class SequentialRule:
         at the last look: a budget below it cannot be certified on that split."""
         return best_case_upper(n, self.levels(len(self.looks(n)))[-1], reference=reference)
 
+    def futile(self, worse: int, n: int) -> bool:
+        """For a fidelity metric with `worse` disagreements seen so far on an n-sample split:
+        True when no later look can let the plan through (module doc)."""
+        if self.point:
+            return worse / n > self.allowed + 1e-12
+        alpha_last = 1 - self.levels(len(self.looks(n)))[-1]
+        return cp_upper(worse, n, alpha_last) > self.allowed + 1e-12
+
     def order(self, n: int) -> np.ndarray:
         if len(self.looks(n)) == 1:
             return np.arange(n)
@@ -79,7 +95,7 @@ class SequentialRule:
     def to_json_dict(self) -> dict:
         return {"confidence": self.confidence, "allowed_drop": self.allowed,
                 "min_look": self.min_look, "max_looks": self.max_looks,
-                "final_share": self.final_share}
+                "final_share": self.final_share, "point": self.point}
 
 
 @dataclass(frozen=True)
@@ -114,17 +130,21 @@ def sequential_drop(metric: Metric, split: Split, base_outputs: dict[str, np.nda
         base = {name: v[idx] for name, v in base_outputs.items()}
         labels = None if split.labels is None else split.labels[idx]
         bound = drop_bound(metric, base, plan_out, labels, level)
+        stop = ""
         if bound.upper <= rule.allowed + 1e-12:
             decision = IN
         elif bound.lower is not None and bound.lower > rule.allowed + 1e-12:
             decision = OUT
+        elif m < n and metric.reference and bound.worse is not None and \
+                rule.futile(bound.worse, n):
+            decision, stop = OUT, "; stopped for futility"
         elif m == n:
             decision = UNDECIDED
         else:
             continue
         target = metric.target(labels, base)
         how = (f"; sequential: look {k} of {len(sizes)} ({m} of {n} samples), Bonferroni "
-               f"alpha spending ({rule.final_share:.0%} at the last look)"
+               f"alpha spending ({rule.final_share:.0%} at the last look){stop}"
                if len(sizes) > 1 else "")
         return SequentialResult(
             bound=replace(bound, confidence=rule.confidence, method=bound.method + how),

@@ -187,8 +187,11 @@ class Evaluator:
         if self.rule is None:
             return True
         upper, lower = ev.drop_upper, ev.drop_lower
+        metric = self.ws.task.metric
+        futile = metric.reference and metric.binary and ev.drop is not None and \
+            self.rule.futile(round(ev.drop * ev.samples), n)  # drop = disagreements / samples
         return not ((upper is not None and upper <= self.rule.allowed + 1e-12) or
-                    (lower is not None and lower > self.rule.allowed + 1e-12))
+                    (lower is not None and lower > self.rule.allowed + 1e-12) or futile)
 
     def _score(self, runner: Runner, label: str) -> dict:
         """The plan's metric on the search split: adaptively (`sequential_drop`) when the

@@ -9,7 +9,7 @@ on the holdout, the next fastest in-budget plans are tried (up to `confirm_candi
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -287,19 +287,9 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         # search split's while searching, the holdout's when certifying the answer
         holdout_base, base_holdout_outputs = _holdout_baseline(ws, evaluator)
         resolution = holdout_resolution(ws, config, holdout_base)
-        search_rule, _ = rules(config, baseline_metric)
         _, holdout_rule = rules(config, holdout_base)
+        search_rule, decision, accept = judge(ws, config, baseline_metric)
         evaluator.rule = search_rule if config.adaptive else None
-        decision = search_decision(ws, config, search_rule)
-        allowed = budget.allowed_drop(baseline_metric)
-
-        def accept(ev: Evaluation) -> bool:
-            if not ev.ok:
-                return False
-            if decision == "bound":
-                return ev.drop_upper is not None and ev.drop_upper <= allowed + 1e-12
-            return budget.accepts(ev.drop, baseline_metric)
-
         log.info("plans are judged in budget on the search split by %s",
                  "their upper confidence bound" if decision == "bound" else
                  "the point estimate of their drop (the holdout certifies the answer)"
@@ -421,6 +411,27 @@ def rules(config: SearchConfig, baseline_metric: float
     rule = SequentialRule(config.confidence, config.budget.allowed_drop(baseline_metric))
     holdout = rule if config.adaptive else replace(rule, max_looks=1)
     return rule, holdout
+
+
+def judge(ws: Workspace, config: SearchConfig, baseline_metric: float
+          ) -> tuple[SequentialRule | None, str, Callable[[Evaluation], bool]]:
+    """How the search split judges plans against the budget: its adaptive rule (None with
+    --confidence off; it knows whether the search judges by point estimates, for its futility
+    stops), the decision ("bound" or "point", `search_decision`) and the accept function."""
+    rule, _ = rules(config, baseline_metric)
+    decision = search_decision(ws, config, rule)
+    if rule is not None:
+        rule = replace(rule, point=decision == "point")
+    allowed = config.budget.allowed_drop(baseline_metric)
+
+    def accept(ev: Evaluation) -> bool:
+        if not ev.ok:
+            return False
+        if decision == "bound":
+            return ev.drop_upper is not None and ev.drop_upper <= allowed + 1e-12
+        return config.budget.accepts(ev.drop, baseline_metric)
+
+    return rule, decision, accept
 
 
 def search_decision(ws: Workspace, config: SearchConfig, rule: SequentialRule | None) -> str:
@@ -671,4 +682,4 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
-           "pick_answer", "check_timing", "resolvable", "rules", "search_decision"]
+           "pick_answer", "check_timing", "judge", "resolvable", "rules", "search_decision"]
