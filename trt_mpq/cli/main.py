@@ -245,6 +245,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="rewrite report.md and the plots of a finished search")
     p.add_argument("out", type=Path, metavar="DIR")
+
+    p = sub.add_parser("serve", help="run searches as a service: a JSON API, a job queue per "
+                                     "timing device and a live latency-accuracy page")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; any other needs --token)")
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--root", type=Path, default=None,
+                   help="where jobs, uploads and outputs are kept (default: <cache>/serve)")
+    p.add_argument("--cache-dir", default=None,
+                   help="the searches' cache (default: $TRT_MPQ_CACHE or ~/.cache/trt-mpq)")
+    p.add_argument("--tasks-dir", type=Path, default=None,
+                   help="folder of task modules (MODULE.py with a function returning a "
+                        "trt_mpq.task.Task) that uploaded models may name; without it only "
+                        "zoo models are taken")
+    p.add_argument("--token", default=None,
+                   help="every request must carry it (Authorization: Bearer TOKEN, or "
+                        "?token=TOKEN); default $TRT_MPQ_TOKEN; required off loopback")
+    p.add_argument("--max-upload-mb", type=float, default=512,
+                   help="largest ONNX upload (default 512 MB)")
+    p.add_argument("--gpus", type=int, default=1,
+                   help="GPUs that time TensorRT jobs, one job at a time each (cuda:0..N-1; "
+                        "default 1); CPU jobs have their own queue")
     return parser
 
 
@@ -613,10 +635,47 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_serve(args) -> int:
+    import ipaddress
+    import os
+
+    from trt_mpq.serve import ServeConfig, create_app
+
+    token = args.token or os.environ.get("TRT_MPQ_TOKEN") or None
+    host = args.host
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if not loopback and not token:
+        raise ConfigError(f"--host {host} is reachable from other machines: give --token (or "
+                          "set TRT_MPQ_TOKEN) so that every request must carry it")
+    if not 0 < args.port < 65536:
+        raise ConfigError(f"--port must be in 1..65535, got {args.port}")
+    if args.tasks_dir is not None and not args.tasks_dir.is_dir():
+        raise ConfigError(f"--tasks-dir {args.tasks_dir} is not a folder")
+    if args.max_upload_mb <= 0 or args.gpus < 0:
+        raise ConfigError("--max-upload-mb must be > 0 and --gpus >= 0")
+    cache = _cache_dir(args)
+    root = args.root or cache / "serve"
+    _check_writable(root, "--root", folder=True)
+    env = dict(os.environ, TRT_MPQ_CACHE=str(cache))
+    env.pop("TRT_MPQ_TOKEN", None)  # the searches have no use for it
+    config = ServeConfig(root=root, env=env, tasks_dir=args.tasks_dir, token=token,
+                         max_upload_bytes=int(args.max_upload_mb * 2**20), gpus=args.gpus)
+    import uvicorn
+
+    print(f"trt-mpq serve: http://{host}:{args.port}/{'?token=...' if token else ''} "
+          f"(jobs in {root}; Ctrl-C stops, running jobs resume at the next start)", flush=True)
+    uvicorn.run(create_app(config), host=host, port=args.port,
+                log_level="warning" if not args.verbose else "info")
+    return EXIT_OK
+
+
 COMMANDS = {"zoo": cmd_zoo, "inspect": cmd_inspect, "calibrate": cmd_calibrate,
             "evaluate": cmd_evaluate, "search": cmd_search, "build": cmd_build,
             "sensitivity": cmd_sensitivity,
-            "report": cmd_report}
+            "report": cmd_report, "serve": cmd_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

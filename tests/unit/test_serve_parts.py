@@ -1,0 +1,146 @@
+"""The service's parts without a server: request validation into the CLI's own search
+arguments, the job store's queue (one claim per job, recovery after a crash, cancel and
+resume), and the frontier the page draws."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import pytest
+
+from trt_mpq.serve.app import frontier
+from trt_mpq.serve.jobs import CANCELLED, DONE, FAILED, QUEUED, RUNNING, JobStore
+from trt_mpq.serve.spec import SpecError, validate
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+UPLOAD = "ab" * 32
+
+
+@pytest.fixture()
+def uploads(tmp_path):
+    d = tmp_path / "uploads"
+    d.mkdir()
+    (d / f"{UPLOAD}.onnx").write_bytes(b"x")
+    return d
+
+
+def test_a_zoo_job_becomes_the_clis_search_arguments(uploads):
+    spec, argv = validate({"model": "resnet-digits", "max_drop": "1%",
+                           "options": {"strategy": "boundary", "repeats": 20,
+                                       "runtime-options": False, "full-frontier": True,
+                                       "metric": "agreement"}}, uploads, None)
+    assert argv == ["resnet-digits", "--max-drop", "1%", "--backend", "ort-cpu",
+                    "--strategy", "boundary", "--repeats", "20", "--no-runtime-options",
+                    "--full-frontier", "--metric", "agreement"]
+    assert spec["model"] == "resnet-digits" and spec["backend"] == "ort-cpu"
+    # the CLI's own parser accepts exactly these
+    from trt_mpq.cli.main import build_parser
+
+    args = build_parser().parse_args(["search", *argv])
+    assert args.strategy == "boundary" and args.repeats == 20 and not args.runtime_options
+
+
+def test_an_upload_job_names_a_task_module_of_the_tasks_folder(uploads):
+    spec, argv = validate({"upload": UPLOAD, "task": "digits_task:make_task",
+                           "max_drop": 0.02}, uploads, FIXTURES)
+    assert argv[:3] == [str(uploads / f"{UPLOAD}.onnx"), "--task", "digits_task:make_task"]
+    assert spec["upload"] == UPLOAD and spec["max_drop"] == "0.02"
+
+
+@pytest.mark.parametrize("body, message", [
+    ([1, 2], "JSON object"),
+    ({"max_drop": "1%"}, "exactly one of"),
+    ({"model": "resnet-digits", "upload": UPLOAD, "max_drop": "1%"}, "exactly one of"),
+    ({"model": "no-such-model", "max_drop": "1%"}, "unknown model 'no-such-model'"),
+    ({"model": "resnet-digits"}, '"max_drop" is required'),
+    ({"model": "resnet-digits", "max_drop": "lots"}, "budget|max-drop|drop"),
+    ({"model": "resnet-digits", "max_drop": "1%", "backend": "cuda"}, "unknown backend"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"out": "/etc"}},
+     "set by the server"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"--torch": "os:system"}},
+     "set by the server"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"cache-dir": "/"}},
+     "set by the server"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"frobnicate": 1}},
+     "unknown search option"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"strategy": "magic"}},
+     "invalid choice"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"repeats": "many"}},
+     "invalid int value"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"repeats": [1]}}, "one value"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"probes": "yes"}}, "true or false"),
+    ({"model": "resnet-digits", "max_drop": "1%", "extra": 1}, "unknown field"),
+    ({"model": "resnet-digits", "max_drop": "1%", "task": "digits_task:make_task"},
+     "for an uploaded model"),
+    ({"upload": "../../etc/passwd", "task": "digits_task:make_task", "max_drop": "1%"},
+     "unknown upload"),
+    ({"upload": "cd" * 32, "task": "digits_task:make_task", "max_drop": "1%"}, "unknown upload"),
+    ({"upload": UPLOAD, "task": "../digits_task:make_task", "max_drop": "1%"}, "MODULE:FUNCTION"),
+    ({"upload": UPLOAD, "task": "os:system", "max_drop": "1%"}, "no task module 'os'"),
+    ({"upload": UPLOAD, "task": "digits_task", "max_drop": "1%"}, "MODULE:FUNCTION"),
+])
+def test_bad_requests_are_refused_with_what_to_send(uploads, body, message):
+    with pytest.raises(SpecError, match=message):
+        validate(body, uploads, FIXTURES)
+
+
+def test_uploads_need_a_tasks_folder(uploads):
+    with pytest.raises(SpecError, match="without --tasks-dir"):
+        validate({"upload": UPLOAD, "task": "digits_task:make_task", "max_drop": "1%"},
+                 uploads, None)
+
+
+def test_each_queued_job_is_claimed_once_per_device(tmp_path):
+    jobs = JobStore(tmp_path / "jobs.sqlite")
+    for i in range(30):
+        jobs.submit({"i": i}, ["m"], "cpu")
+    gpu = jobs.submit({"i": "g"}, ["m"], "cuda:0")
+    claimed: list[str] = []
+    lock = threading.Lock()
+
+    def worker():
+        while (job := jobs.claim("cpu")) is not None:
+            with lock:
+                claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(claimed) == len(set(claimed)) == 30  # none twice, none lost
+    assert jobs.get(gpu.id).state == QUEUED  # another device's queue
+    assert {j.state for j in jobs.all() if j.device == "cpu"} == {RUNNING}
+    assert [j.spec["i"] for j in jobs.all()][:3] == [0, 1, 2]  # kept in submission order
+
+
+def test_recovery_cancel_and_resume(tmp_path):
+    jobs = JobStore(tmp_path / "jobs.sqlite")
+    a, b = jobs.submit({}, [], "cpu"), jobs.submit({}, [], "cpu")
+    assert jobs.claim("cpu").id == a.id
+    # the server died with `a` running: a new server queues it again, first in line
+    again = JobStore(tmp_path / "jobs.sqlite")
+    assert again.recover() == [a.id]
+    job = again.claim("cpu")
+    assert job.id == a.id and job.attempts == 2 and "interrupted" not in job.message
+    # cancelling: a queued job at once, a running one is flagged for its worker
+    assert again.request_cancel(b.id).state == CANCELLED
+    assert again.request_cancel(a.id).cancel
+    again.finish(a.id, CANCELLED, 130, "cancelled")
+    assert again.requeue(a.id) and again.get(a.id).state == QUEUED
+    again.claim("cpu")
+    again.finish(a.id, DONE, 0, "budget met")
+    assert not again.requeue(a.id)  # a finished job stays finished
+    again.finish(b.id, FAILED, 2, "bad")
+    assert again.requeue(b.id)
+
+
+def test_the_frontier_keeps_plans_no_other_beats_on_both_axes():
+    pts = [{"seq": 1, "status": "ok", "ratio": 1.0, "drop": 0.0},
+           {"seq": 2, "status": "ok", "ratio": 0.6, "drop": 0.02},
+           {"seq": 3, "status": "ok", "ratio": 0.7, "drop": 0.03},  # beaten by 2
+           {"seq": 4, "status": "ok", "ratio": 0.8, "drop": 0.01},
+           {"seq": 5, "status": "build_failed", "ratio": None, "drop": None},
+           {"seq": 6, "status": "ok", "ratio": 0.6, "drop": 0.05}]  # same speed, worse
+    assert frontier(pts) == [2, 4, 1]
