@@ -336,3 +336,23 @@ def test_page_in_a_real_browser(server, digits_model, tmp_path):
         assert target.read_bytes() == (out / "model.onnx").read_bytes()
     finally:
         browser.quit()
+
+
+def test_cancel_saves_the_state_and_resume_goes_on(server, digits_model, cli_answer):
+    up = upload(server, digits_model)
+    _, job = server.request("POST", "/api/jobs", {"upload": up, "task": TASK,
+                                                 "max_drop": BUDGET, "options": OPTIONS})
+    server.wait(job["id"], evaluations=1)
+    status, now = server.request("POST", f"/api/jobs/{job['id']}/cancel")
+    assert status == 200 and now["state"] in ("running", "cancelled")
+    cancelled = server.wait(job["id"])
+    assert cancelled["state"] == "cancelled" and "saved" in cancelled["message"], cancelled
+    assert server.request("POST", f"/api/jobs/{job['id']}/cancel")[0] == 409  # finished
+    log = (server.root / "jobs" / job["id"] / "log.txt").read_text()
+    assert "interrupted" in log  # the search's own Ctrl-C path: its state is saved
+    status, again = server.request("POST", f"/api/jobs/{job['id']}/resume")
+    assert status == 200 and again["state"] == "queued"
+    done = server.wait(job["id"])
+    assert done["state"] == "done" and done["attempts"] == 2, done
+    assert answer(server.root / "jobs" / job["id"] / "out") == cli_answer
+    assert server.request("POST", f"/api/jobs/{job['id']}/resume")[0] == 409  # done stays done

@@ -1,0 +1,67 @@
+"""`trt-mpq serve` with a zoo model (zoo: shares the session's resnet-digits build): a job
+submitted through the API runs the CLI's own search and reaches the CLI's answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "e2e"))
+from test_serve import Server  # noqa: E402
+
+pytestmark = pytest.mark.zoo
+
+OPTIONS = {"metric": "agreement", "repeats": 20, "warmup": 3, "sweep": 2,
+           "runtime-options": False}
+
+
+def _result(out: Path) -> dict:
+    return json.loads((out / "result.json").read_text())
+
+
+def test_a_zoo_job_reaches_the_clis_answer(resnet_digits, tmp_path):
+    _, cache, _ = resnet_digits
+    out = tmp_path / "cli"
+    flags = [x for k, v in OPTIONS.items()
+             for x in ((f"--{k}", str(v)) if not isinstance(v, bool) else
+                       ((f"--{k}",) if v else (f"--no-{k}",)))]
+    r = subprocess.run([sys.executable, "-m", "trt_mpq", "search", "resnet-digits",
+                        "--max-drop", "1%", "--backend", "ort-cpu", "--out", str(out), "--no-progress",
+                        *flags],
+                       env=dict(os.environ, TRT_MPQ_CACHE=str(cache)), capture_output=True,
+                       text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    server = Server(tmp_path / "serve", cache).start()
+    try:
+        status, job = server.request("POST", "/api/jobs", {"model": "resnet-digits",
+                                                          "max_drop": "1%", "options": OPTIONS})
+        assert status == 201, job
+        job = server.wait(job["id"])
+        assert job["state"] == "done" and job["exit_code"] == 0, job
+    finally:
+        server.stop()
+    api_out = server.root / "jobs" / job["id"] / "out"
+    cli, api = _result(out), _result(api_out)
+    # the same search: the CLI's arguments, but for the folder (and the job's --no-progress)
+    assert set(api["command"]) - {str(api_out)} == set(cli["command"]) - {str(out)}
+    a, c = api["best"], cli["best"]
+    if a["plan_digest"] == c["plan_digest"]:
+        assert a["holdout_drop"] == c["holdout_drop"]  # same plan, same certified drop
+        return
+    # two answers timed within each other's noise (a 0.6 ms model on a shared CPU): each
+    # search measured the other's answer too, with the same accuracy, and the final ratios'
+    # intervals meet (within 0.05)
+    from trt_mpq.serve.app import evaluations
+
+    drops = [{e["plan_digest"]: e["drop"] for e in evaluations(d)} for d in (api_out, out)]
+    for digest in (a["plan_digest"], c["plan_digest"]):
+        assert digest in drops[0] and digest in drops[1]
+        assert drops[0][digest] == drops[1][digest]
+    lo = max(a["latency_ratio_ci"][0], c["latency_ratio_ci"][0])
+    hi = min(a["latency_ratio_ci"][1], c["latency_ratio_ci"][1])
+    assert lo <= hi + 0.05, (a["latency_ratio_ci"], c["latency_ratio_ci"])
