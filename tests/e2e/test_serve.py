@@ -120,6 +120,28 @@ def answer(out: Path) -> tuple[str, float]:
     return best["plan_digest"], best["holdout_drop"]
 
 
+def assert_same_answer(out: Path, ref: Path) -> None:
+    """The two searches agree: the same plan with the same certified holdout drop, or -- the
+    answer is the fastest certified plan, and on a sub-millisecond model two plans can time
+    within each other's noise -- two certified answers whose final latency intervals meet
+    (within 0.05), from searches that measured every plan they both ran for accuracy with the
+    same accuracy."""
+    from trt_mpq.serve.app import evaluations
+
+    a, b = (json.loads((d / "result.json").read_text())["best"] for d in (out, ref))
+    if a["plan_digest"] == b["plan_digest"]:
+        assert a["holdout_drop"] == b["holdout_drop"]
+        return
+    drops = [{e["plan_digest"]: e["drop"] for e in evaluations(d) if e["drop"] is not None}
+             for d in (out, ref)]
+    both = set(drops[0]) & set(drops[1])
+    assert both and all(drops[0][d] == drops[1][d] for d in both)
+    assert a["certified"] and b["certified"]
+    lo = max(a["latency_ratio_ci"][0], b["latency_ratio_ci"][0])
+    hi = min(a["latency_ratio_ci"][1], b["latency_ratio_ci"][1])
+    assert lo <= hi + 0.05, (a["latency_ratio_ci"], b["latency_ratio_ci"])
+
+
 @pytest.fixture(scope="module")
 def cli_answer(digits_model, tmp_path_factory, cache_dir):
     """The CLI search the service must agree with (same model, task, budget and options)."""
@@ -130,7 +152,7 @@ def cli_answer(digits_model, tmp_path_factory, cache_dir):
                         TASK, "--max-drop", BUDGET, "--out", str(out), "--no-progress", *flags],
                        env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    return answer(out)
+    return out
 
 
 def test_a_job_gives_the_clis_answer_and_its_files(server, digits_model, cli_answer):
@@ -141,16 +163,17 @@ def test_a_job_gives_the_clis_answer_and_its_files(server, digits_model, cli_ans
     job = server.wait(job["id"])
     assert job["state"] == "done" and job["exit_code"] == 0, job
     out = server.root / "jobs" / job["id"] / "out"
-    assert answer(out) == cli_answer
+    assert_same_answer(out, cli_answer)
+    best = answer(out)
     assert {"model.onnx", "plan.json", "result.json", "pareto.csv", "report.md"} <= \
         set(job["files"])
     status, data = server.request("GET", f"/api/jobs/{job['id']}/files/result.json")
-    assert status == 200 and data["best"]["plan_digest"] == cli_answer[0]
+    assert status == 200 and data["best"]["plan_digest"] == best[0]
     status, onnx_bytes = server.request("GET", f"/api/jobs/{job['id']}/files/model.onnx")
     assert status == 200 and onnx_bytes == (out / "model.onnx").read_bytes()
     status, plans = server.request("GET", f"/api/jobs/{job['id']}/plans")
     assert len(plans["plans"]) == job["evaluations"] >= 3 and plans["frontier"]
-    assert plans["answer"]["plan_digest"] == cli_answer[0]
+    assert plans["answer"]["plan_digest"] == best[0]
     assert [g for g, _ in plans["answer"]["groups"]]  # the strip, in graph order
     # the live stream replays every measured plan, then the end
     with urllib.request.urlopen(f"{server.base}/api/jobs/{job['id']}/events", timeout=30) as r:
@@ -187,7 +210,7 @@ def test_kill_9_mid_job_then_restart_resumes_to_the_same_answer(tmp_path, cache_
         starts = [ln for ln in log.splitlines() if ln.startswith("$ ")]
         assert len(starts) == 2 and "--resume" not in starts[0] and "--resume" in starts[1]
         out = server.root / "jobs" / job["id"] / "out"
-        assert answer(out) == cli_answer
+        assert_same_answer(out, cli_answer)
         res = json.loads((out / "result.json").read_text())
         assert res["cached_evaluations"] >= 2  # the measurements before the kill were reused
     finally:
@@ -354,5 +377,5 @@ def test_cancel_saves_the_state_and_resume_goes_on(server, digits_model, cli_ans
     assert status == 200 and again["state"] == "queued"
     done = server.wait(job["id"])
     assert done["state"] == "done" and done["attempts"] == 2, done
-    assert answer(server.root / "jobs" / job["id"] / "out") == cli_answer
+    assert_same_answer(server.root / "jobs" / job["id"] / "out", cli_answer)
     assert server.request("POST", f"/api/jobs/{job['id']}/resume")[0] == 409  # done stays done

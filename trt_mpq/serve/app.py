@@ -261,17 +261,18 @@ def create_app(config: ServeConfig, start_workers: bool = True) -> Starlette:
                              "max_upload_bytes": config.max_upload_bytes})
 
     async def upload(request: Request) -> Response:
-        length = request.headers.get("content-length")
-        if length is not None and length.isdigit() and int(length) > config.max_upload_bytes:
-            return _error(413, f"the upload is {int(length):,} bytes; this server takes at most "
-                               f"{config.max_upload_bytes:,} (--max-upload-mb)")
+        # an upload over the limit is read to its end and dropped (never kept in memory), so
+        # that the client, still sending, gets the 413 and its message, not a reset connection
         chunks, size = [], 0
         async for chunk in request.stream():
             size += len(chunk)
-            if size > config.max_upload_bytes:
-                return _error(413, f"the upload is over {config.max_upload_bytes:,} bytes, "
-                                   "this server's limit (--max-upload-mb)")
-            chunks.append(chunk)
+            if size <= config.max_upload_bytes:
+                chunks.append(chunk)
+            else:
+                chunks.clear()
+        if size > config.max_upload_bytes:
+            return _error(413, f"the upload is {size:,} bytes; this server takes at most "
+                               f"{config.max_upload_bytes:,} (--max-upload-mb)")
         data = b"".join(chunks)
         if not data:
             return _error(400, "send the .onnx file as the request body")
