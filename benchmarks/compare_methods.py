@@ -333,7 +333,8 @@ def _median_of(r: Runner, runs, accept, budget) -> dict:
     return out
 
 
-def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
+def compare(name: str, cache: Path, runs: Path, repeats: int, methods,
+            budgets=BUDGETS) -> dict:
     from trt_mpq.errors import ConfigError
     from trt_mpq.pipeline.search import SearchConfig, resolvable
     from trt_mpq.search import Budget
@@ -365,7 +366,7 @@ def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
     rows: dict = {m: {} for m in methods}
     metrics: dict[str, str] = {}
     try:
-        for text in BUDGETS:
+        for text in budgets:
             metric = metric_for(text)
             r = runner(metric)
             metrics[text] = r.metric
@@ -406,6 +407,7 @@ def compare(name: str, cache: Path, runs: Path, repeats: int, methods) -> dict:
                   for e in r.store.all() if e.samples]
         result = {"model": name, "weights": own.ws.task.weights, "groups": len(own.names),
                   "baseline_metric": own.baseline_metric, "rows": rows, "metrics": metrics,
+                  "budgets": list(budgets),
                   "baseline_metrics": {k: r.baseline_metric for k, r in runners.items()},
                   "sensitivity_cost": {m: {"seconds": s.seconds, "passes": s.passes}
                                        for m, s in sens_caches["own"].items()},
@@ -557,17 +559,18 @@ def table(results: list[dict]) -> str:
              "certified within budget. Every cell is certified.", ""]
     latency = [res for res in results if res.get("latency_only")]
     for res in [res for res in results if not res.get("latency_only")]:
+        budgets = res.get("budgets", BUDGETS)
         lines += [f"### {res['model']} ({res['weights']} weights, {res['groups']} groups, "
                   f"baseline {res['baseline_metric']:.4f}; {res['unique_evaluations']} distinct "
                   "plans measured)", "",
                   "| method | " + " | ".join(
                       f"budget {b} ({res.get('metrics', {}).get(b, 'own metric')})"
-                      for b in BUDGETS) +
-                  " | evaluations (1% / 0.1% / 0.01%) | wall s | area under frontier |",
-                  "|---|" + "---|" * (len(BUDGETS) + 3)]
+                      for b in budgets) +
+                  f" | evaluations ({' / '.join(budgets)}) | wall s | area under frontier |",
+                  "|---|" + "---|" * (len(budgets) + 3)]
         for method, by_budget in res["rows"].items():
             cells = []
-            for b in BUDGETS:
+            for b in budgets:
                 row = by_budget[b]
                 if row["ratio"] is None:
                     cells.append("-")
@@ -579,11 +582,11 @@ def table(results: list[dict]) -> str:
                           if row.get("ratio_ci") else "")
                     cells.append(f"{row['ratio']:.3f}{ci} / <= {100 * row['holdout_upper']:+.2f}%"
                                  f" / {row['holdout_samples']}")
-            evs = " / ".join(f"{by_budget[b]['evaluations']:g}" for b in BUDGETS)
+            evs = " / ".join(f"{by_budget[b]['evaluations']:g}" for b in budgets)
             # its sensitivity once, plus every distinct plan it needed at any budget
-            walls = {d: w for b in BUDGETS for d, w in by_budget[b]["eval_wall"].items()}
-            wall = max(by_budget[b]["sensitivity_s"] for b in BUDGETS) + sum(walls.values())
-            auf = max(by_budget[b]["auf"] for b in BUDGETS)
+            walls = {d: w for b in budgets for d, w in by_budget[b]["eval_wall"].items()}
+            wall = max(by_budget[b]["sensitivity_s"] for b in budgets) + sum(walls.values())
+            auf = max(by_budget[b]["auf"] for b in budgets)
             lines.append(f"| {method} | " + " | ".join(cells) + f" | {evs} | {wall:.0f} | "
                          f"{auf:.3f} |")
         q = res.get("order_quality", {})
@@ -657,6 +660,8 @@ def main() -> int:
     ap.add_argument("--latency-models", nargs="*", default=["resnet50", "bert-base"],
                     help="latency-only rows (random-weight models)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--budgets", nargs="+", default=list(BUDGETS),
+                    help="accuracy budgets (default: 1%% 0.1%% 0.01%%)")
     ap.add_argument("--fresh-table", action="store_true",
                     help="table only the models run now (default: also the default models' "
                          "saved results from earlier runs under --runs)")
@@ -668,7 +673,8 @@ def main() -> int:
     from trt_mpq.task import default_cache_dir
 
     cache = args.cache or default_cache_dir()
-    results = [compare(m, cache, args.runs, args.repeats, args.methods) for m in args.models]
+    results = [compare(m, cache, args.runs, args.repeats, args.methods, tuple(args.budgets))
+               for m in args.models]
     results += [compare_latency(m, cache, args.runs, args.repeats) for m in args.latency_models]
     if not args.fresh_table:
         results = _with_saved(results, args.runs, ap.get_default("models"),
