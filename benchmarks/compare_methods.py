@@ -334,7 +334,7 @@ def _median_of(r: Runner, runs, accept, budget) -> dict:
 
 
 def compare(name: str, cache: Path, runs: Path, repeats: int, methods,
-            budgets=BUDGETS) -> dict:
+            budgets=BUDGETS, metric: str = "auto") -> dict:
     from trt_mpq.errors import ConfigError
     from trt_mpq.pipeline.search import SearchConfig, resolvable
     from trt_mpq.search import Budget
@@ -351,8 +351,9 @@ def compare(name: str, cache: Path, runs: Path, repeats: int, methods,
         return runners[key]
 
     def metric_for(text: str) -> str | None:
-        """The task's own metric where its holdout can certify the budget, else agreement."""
-        if text == "0.01%":
+        """The task's own metric where its holdout can certify the budget, else agreement
+        (always agreement with `metric="agreement"`)."""
+        if text == "0.01%" or metric == "agreement":
             return "agreement"
         r = runner(None)
         try:
@@ -662,6 +663,9 @@ def main() -> int:
     ap.add_argument("--methods", nargs="+", default=list(METHODS))
     ap.add_argument("--budgets", nargs="+", default=list(BUDGETS),
                     help="accuracy budgets (default: 1%% 0.1%% 0.01%%)")
+    ap.add_argument("--metric", choices=["auto", "agreement"], default="auto",
+                    help="auto: the task's own metric where its holdout can certify the "
+                         "budget, else agreement (0.01%%: always agreement)")
     ap.add_argument("--fresh-table", action="store_true",
                     help="table only the models run now (default: also the default models' "
                          "saved results from earlier runs under --runs)")
@@ -673,8 +677,8 @@ def main() -> int:
     from trt_mpq.task import default_cache_dir
 
     cache = args.cache or default_cache_dir()
-    results = [compare(m, cache, args.runs, args.repeats, args.methods, tuple(args.budgets))
-               for m in args.models]
+    results = [compare(m, cache, args.runs, args.repeats, args.methods, tuple(args.budgets),
+                       args.metric) for m in args.models]
     results += [compare_latency(m, cache, args.runs, args.repeats) for m in args.latency_models]
     if not args.fresh_table:
         results = _with_saved(results, args.runs, ap.get_default("models"),

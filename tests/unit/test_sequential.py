@@ -246,3 +246,26 @@ def test_resolvability_before_any_run():
         resolvable(task, SearchConfig(budget=Budget.parse("1%")))
     resolvable(task, SearchConfig(budget=Budget.parse("1%"), confidence=None))  # off: allowed
     resolvable(task, SearchConfig(budget=Budget.parse("0.5")))  # absolute, above 0.27
+
+
+def test_auto_judges_by_the_bound_only_where_the_search_split_has_room():
+    """`auto` = the upper bound where even a plan that changes a few results can be certified
+    on the search split, else the point estimate (and the holdout certifies)."""
+    from types import SimpleNamespace
+
+    from trt_mpq.pipeline.search import SearchConfig, judge
+    from trt_mpq.search import Budget
+
+    def decision(n, metric, budget, base):
+        ws = SimpleNamespace(task=SimpleNamespace(search=range(n), metric=metric))
+        return judge(ws, SearchConfig(budget=Budget.parse(budget)), base)[1]
+
+    # efficientnet-lite0: 500 labelled samples, 1% of 0.92; a perfect plan's bound is 0.78%
+    assert decision(500, accuracy(), "1%", 0.92) == "point"
+    assert decision(2000, accuracy(), "1%", 0.769) == "bound"  # minilm: 0.20% vs 0.77%
+    assert decision(32000, agreement(), "1%", 1.0) == "bound"  # resnet-digits' views
+    assert decision(32000, agreement(), "0.01%", 1.0) == "point"  # cannot certify at all
+    assert decision(2000, kl_divergence(), "0.01", 0.0) == "point"  # not a 0/1 metric
+    rule = judge(SimpleNamespace(task=SimpleNamespace(search=range(500), metric=accuracy())),
+                 SearchConfig(budget=Budget.parse("1%")), 0.92)[0]
+    assert rule.point  # the search's rule knows, for its futility stops

@@ -200,7 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--search-decision", default="auto", choices=["auto", "point", "bound"],
                    help="how plans are judged in budget on the search split: point estimate, "
                         "upper bound, or auto (the bound where the search split can certify "
-                        "the budget, else the point estimate)")
+                        "the budget with room to spare, else the point estimate)")
     p.add_argument("--adaptive", action=argparse.BooleanOptionalAction, default=True,
                    help="evaluate plans on growing parts of large splits and stop as soon as "
                         "the confidence bounds decide (default: on)")
