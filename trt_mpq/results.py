@@ -121,6 +121,7 @@ class Evaluation:
     materialize_s: float = 0.0
     build_s: float = 0.0
     wall_s: float = 0.0
+    device: str = ""  # where it was measured, when not this process (a Ray worker's node)
     cached: bool = field(default=False, compare=False)
 
     @property
@@ -151,6 +152,7 @@ class Evaluation:
             "materialize_s": self.materialize_s,
             "build_s": self.build_s,
             "wall_s": self.wall_s,
+            "device": self.device,
         }
 
     @classmethod
@@ -175,6 +177,7 @@ class Evaluation:
             materialize_s=d.get("materialize_s", 0.0),
             build_s=d.get("build_s", 0.0),
             wall_s=d.get("wall_s", 0.0),
+            device=d.get("device", ""),
         )
 
 

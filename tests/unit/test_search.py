@@ -150,3 +150,56 @@ def test_drive_sends_latency_first_strategies_to_the_latency_first_evaluator():
     drive([bis, PrefixSweep(pp, 3)], evaluate, evaluate_latency_first=latency_first)
     assert gated and all(label.startswith("sweep") for label in gated)
     assert not Bisection.latency_first and PrefixSweep.latency_first and Around.latency_first
+
+
+def test_drive_in_batches_evaluates_and_tells_what_one_at_a_time_does():
+    """With `evaluate_batch` (a cluster), each ask's new plans go out together -- a sweep and
+    the points around the boundary are one batch each -- and the same plans are evaluated and
+    told as one at a time."""
+    def run(batched: bool):
+        evaluate, calls = fake_eval()
+        bis = Bisection(prefixes(), accept_for(0.02))
+        strategies = [bis, Around(prefixes(), lambda: bis.best_k, width=3),
+                      PrefixSweep(prefixes(), N)]
+        batches: list[list[int]] = []
+
+        def batch(proposals, latency_first):
+            batches.append([len(p.groups_at(P.INT8)) for p, _ in proposals])
+            return [evaluate(p, label) for p, label in reversed(proposals)][::-1]
+
+        evs = drive(strategies, evaluate, evaluate_batch=batch if batched else None)
+        return [len(e.plan.groups_at(P.INT8)) for e in evs], batches, bis.best_k
+
+    one, _, k1 = run(False)
+    many, batches, k2 = run(True)
+    assert sorted(one) == sorted(many) and k1 == k2 == largest_k(0.02)
+    assert max(len(b) for b in batches) >= 3  # the sweep and the refinement went out at once
+    assert sorted(k for b in batches for k in b) == sorted(many)  # nothing evaluated twice
+
+
+def test_ray_workers_get_the_search_arguments_without_the_drivers_own(tmp_path, monkeypatch):
+    pytest.importorskip("ray")
+    from types import SimpleNamespace
+
+    from trt_mpq.cli.main import _executor, build_parser
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("TRT_MPQ_CACHE", str(tmp_path / "cache"))
+    argv = ["-v", "search", "m.onnx", "--task", "t:f", "--max-drop", "1%", "--out", "x",
+            "--executor", "ray", "--ray-address=auto", "--resume", "--repeats", "7",
+            "--no-progress"]
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    ex = _executor(args, SimpleNamespace())
+    assert ex.address == "auto"
+    assert ex.spec.argv == [str(tmp_path / "m.onnx"), "--task", "t:f", "--max-drop", "1%",
+                            "--repeats", "7"]
+    assert ex.spec.env["TRT_MPQ_CACHE"] == str(tmp_path / "cache")
+    assert str(tmp_path) in ex.spec.env["PYTHONPATH"].split(":")
+    args = build_parser().parse_args(["search", "m.onnx", "--max-drop", "1%",
+                                      "--ray-address", "auto"])
+    args.argv = []
+    from trt_mpq.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="needs --executor ray"):
+        _executor(args, SimpleNamespace())

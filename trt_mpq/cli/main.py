@@ -211,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="... or for at most this long (default 120)")
     p.add_argument("--option-candidates", type=int, default=2,
                    help="how many of the fastest in-budget plans get runtime-option variants")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="where plans are evaluated: local (here, one after another; default) "
+                        "or ray (spread over a Ray cluster, one worker per node; needs "
+                        "pip install 'trt-mpq[ray]' and the cache folder on every node)")
+    p.add_argument("--ray-address", default=None,
+                   help="the Ray cluster to join (e.g. auto, or ray://HEAD:10001); default: "
+                        "start a local Ray")
     p.add_argument("--order", default="sensitivity",
                    help="sensitivity (least sensitive first, the papers) or latency-aware "
                         "(least sensitivity per unit of measured latency gain first)")
@@ -521,6 +528,43 @@ def _resolve_out(args, model_name: str, backend_name: str) -> Path:
     return out
 
 
+#: flags a Ray worker does not take (the driver's own: its folder, resume, the executor)
+_DRIVER_FLAGS = {"--out": 1, "--resume": 0, "--executor": 1, "--ray-address": 1, "-v": 0,
+                 "-vv": 0, "--verbose": 0, "-q": 0, "--quiet": 0, "--no-progress": 0}
+
+
+def _executor(args, ws):
+    """None (evaluate here) or a RayExecutor whose workers rebuild this search's workspace,
+    backend and measurement settings from the same arguments."""
+    if args.executor == "local":
+        if args.ray_address:
+            raise ConfigError("--ray-address needs --executor ray")
+        return None
+    import os
+
+    from trt_mpq.pipeline.executor import RayExecutor, WorkerSpec
+
+    argv, skip, command = [], 0, False
+    for a in args.argv:
+        if skip:
+            skip -= 1
+            continue
+        if a == "search" and not command:
+            command = True
+            continue
+        name = a.split("=", 1)[0]
+        if name in _DRIVER_FLAGS:
+            skip = _DRIVER_FLAGS[name] if "=" not in a else 0
+            continue
+        argv.append(a)
+    model = Path(args.model)
+    if model.suffix == ".onnx":  # a path the workers can open from anywhere
+        argv[argv.index(args.model)] = str(model.resolve())
+    path = os.pathsep.join(p for p in [os.environ.get("PYTHONPATH", ""), os.getcwd()] if p)
+    env = {"TRT_MPQ_CACHE": str(_cache_dir(args).resolve()), "PYTHONPATH": path}
+    return RayExecutor(WorkerSpec(argv=argv, env=env), args.ray_address)
+
+
 def cmd_search(args) -> int:
     from trt_mpq.pipeline.job import SearchInterrupted, search_job
     from trt_mpq.pipeline.search import SearchConfig, low_precisions, resolvable
@@ -555,9 +599,10 @@ def cmd_search(args) -> int:
     ranges = ws.calibrate(calib)
     setup_s = time.perf_counter() - t_start
     log.info("search %s on %s, budget %s -> %s", ws.task.name, backend.name, budget.describe(), out)
+    executor = _executor(args, ws)
     try:
         result = search_job(ws, backend, ranges, calib, measure, config, out,
-                            argv=sys.argv[1:], setup_s=setup_s)
+                            argv=sys.argv[1:], setup_s=setup_s, executor=executor)
     except SearchInterrupted as e:
         print(f"\ninterrupted: {e.saved} evaluation(s) are saved in {out}; continue with\n"
               f"  trt-mpq search {shlex.join(sys.argv[2:]) if len(sys.argv) > 2 else ''} "
@@ -680,8 +725,10 @@ COMMANDS = {"zoo": cmd_zoo, "inspect": cmd_inspect, "calibrate": cmd_calibrate,
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parser.parse_args(argv)
+        args.argv = argv  # as given (a Ray worker rebuilds the search from them)
     except SystemExit as e:  # argparse: usage error (2, message printed) or --help (0)
         return EXIT_USER if e.code else EXIT_OK
     if not args.command:

@@ -163,16 +163,35 @@ class Evaluator:
     def evaluate(self, plan: Plan, label: str = "", gate: float | None = None) -> Evaluation:
         """Measure `plan` (or take it from the store). With `gate`, a latency ratio: a plan
         timed slower than that is not run on the search split; its status says `slower`."""
-        if self.store is not None:
-            found = self.store.get(plan.digest)
-            if found is not None and self._undecided(found):
-                log.info("%s: measured on %d samples before, which do not decide it under "
-                         "this budget; measuring it again", label or plan.digest, found.samples)
-                found = None
-            if found is not None:
-                self.cached += 1
-                return replace(found, cached=True)
-        ev = self._measure(plan, label, gate)
+        found = self._stored(plan, label)
+        if found is not None:
+            return found
+        return self._keep(self._measure(plan, label, gate))
+
+    def evaluate_many(self, proposals: list[tuple[Plan, str]], gate: float | None,
+                      executor) -> list[Evaluation]:
+        """`evaluate` for several plans, those not in the store measured by `executor` (e.g.
+        `RayExecutor`: in parallel on its workers)."""
+        found = {p.digest: self._stored(p, label) for p, label in proposals}
+        todo = [(p, label, gate) for p, label in proposals if found[p.digest] is None]
+        if todo:  # each stored as it arrives: a driver stopped mid-batch keeps what finished
+            executor.evaluate(todo, lambda ev: found.__setitem__(ev.plan.digest, self._keep(ev)))
+        return [found[p.digest] for p, _ in proposals]
+
+    def _stored(self, plan: Plan, label: str) -> Evaluation | None:
+        if self.store is None:
+            return None
+        found = self.store.get(plan.digest)
+        if found is not None and self._undecided(found):
+            log.info("%s: measured on %d samples before, which do not decide it under "
+                     "this budget; measuring it again", label or plan.digest, found.samples)
+            return None
+        if found is not None:
+            self.cached += 1
+            return replace(found, cached=True)
+        return None
+
+    def _keep(self, ev: Evaluation) -> Evaluation:
         self.fresh += 1
         if self.store is not None:
             self.store.put(ev)

@@ -38,7 +38,7 @@ def store_context(ws: Workspace, backend: Backend, ranges: Ranges,
 
 def search_job(ws: Workspace, backend: Backend, ranges: Ranges, calib: CalibConfig,
                measure: MeasureConfig, config: SearchConfig, out: Path,
-               argv: list[str] | None = None, setup_s: float = 0.0) -> dict:
+               argv: list[str] | None = None, setup_s: float = 0.0, executor=None) -> dict:
     """Run the search into `out` (created if needed; an existing store there is resumed) and
     return result.json's content. Bad input found before anything was measured removes the
     folders this call created; an interrupt raises `SearchInterrupted` (the store keeps every
@@ -50,7 +50,7 @@ def search_job(ws: Workspace, backend: Backend, ranges: Ranges, calib: CalibConf
     out.mkdir(parents=True, exist_ok=True)
     with Store(out / STORE_FILE, store_context(ws, backend, ranges, measure)) as store:
         try:
-            outcome = run_search(ws, backend, ranges, measure, config, out, store)
+            outcome = run_search(ws, backend, ranges, measure, config, out, store, executor)
         except TrtMpqError:
             if created is not None and len(store) == 0:  # nothing measured: leave nothing
                 store.close()

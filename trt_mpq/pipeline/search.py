@@ -8,6 +8,7 @@ on the holdout, the next fastest in-budget plans are tried (up to `confirm_candi
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Mapping
 import shutil
@@ -271,7 +272,11 @@ def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> N
 
 
 def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: MeasureConfig,
-               config: SearchConfig, out_dir: Path, store: Store) -> SearchOutcome:
+               config: SearchConfig, out_dir: Path, store: Store,
+               executor=None) -> SearchOutcome:
+    """The search into `out_dir`; with `executor` (`pipeline.executor.RayExecutor`) the
+    strategies' batches are evaluated on its workers, the rest (baseline, final timing,
+    holdout) here."""
     from tqdm.auto import tqdm
 
     t_start = time.perf_counter()
@@ -337,12 +342,20 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             return evaluator.evaluate(plan, label, gate=gate)
 
         gated = None if config.full_frontier else latency_first
+        batch = None
+        if executor is not None:
+            executor.start(dataclasses.asdict(evaluator.rule) if evaluator.rule else None)
+
+            def batch(proposals: list, latency_first: bool) -> list[Evaluation]:
+                gate = best_ratio[0] * (1 + config.gate_margin) \
+                    if best_ratio and latency_first and not config.full_frontier else None
+                return evaluator.evaluate_many(proposals, gate, executor)
         try:
             baseline_ev = evaluator.evaluate(evaluator.baseline_plan, "baseline")
             on_eval(baseline_ev)
             timing = check_timing(evaluator, baseline_ev, config)
             evaluations = [baseline_ev] + [
-                e for e in drive(strategies, evaluator.evaluate, on_eval, gated)
+                e for e in drive(strategies, evaluator.evaluate, on_eval, gated, batch)
                 if e.plan != baseline_ev.plan]
             phases["search_s"] = time.perf_counter() - t
             if config.runtime_options and config.option_candidates:
@@ -350,10 +363,12 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                 space = _option_space(ws, backend, evaluator.ranges)
                 sweep = OptionSweep(evaluations, space, accept, config.option_candidates,
                                     exclude=evaluator.baseline_plan)
-                evaluations += drive([sweep], evaluator.evaluate, on_eval, gated)
+                evaluations += drive([sweep], evaluator.evaluate, on_eval, gated, batch)
                 phases["runtime_options_s"] = time.perf_counter() - t
         finally:
             bar.close()
+            if executor is not None:
+                executor.close()
 
         t = time.perf_counter()
         final = replace(evaluator.measure,

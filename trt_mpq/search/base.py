@@ -105,29 +105,47 @@ class StrategySpec:
     needs_graph: bool = False  # the group graph and per-option numbers (`edges`, `options`)
 
 
+#: evaluates several proposals at once (e.g. on a cluster); the flag: the proposing strategy is
+#: latency-first. Returns the evaluations in the order of the proposals.
+EvaluateBatch = Callable[[list[Proposal], bool], list[Evaluation]]
+
+
 def drive(strategies: Sequence[Strategy], evaluate: Evaluate,
           on_evaluation: Callable[[Evaluation], None] | None = None,
-          evaluate_latency_first: Evaluate | None = None) -> list[Evaluation]:
+          evaluate_latency_first: Evaluate | None = None,
+          evaluate_batch: EvaluateBatch | None = None) -> list[Evaluation]:
     """Run strategies one after another; each plan is evaluated once even if proposed twice.
     Proposals of a strategy whose `latency_first` is set go to `evaluate_latency_first` when it
     is given (an evaluation that may skip the accuracy pass of a plan measured slower than the
-    fastest in-budget plan so far: it cannot be the answer)."""
+    fastest in-budget plan so far: it cannot be the answer). With `evaluate_batch`, the new
+    plans of each `ask` are evaluated together (in parallel where it can), then told in order:
+    the same plans and the same tells as one at a time."""
     seen: dict[str, Evaluation] = {}
     out: list[Evaluation] = []
+
+    def record(ev: Evaluation) -> None:
+        seen[ev.plan.digest] = ev
+        out.append(ev)
+        if on_evaluation:
+            on_evaluation(ev)
+
     for strategy in strategies:
         while True:
             proposals = strategy.ask()
             if not proposals:
                 break
+            if evaluate_batch is not None:
+                new: dict[str, Proposal] = {}
+                for plan, label in proposals:
+                    if plan.digest not in seen:
+                        new.setdefault(plan.digest, (plan, label))
+                if new:
+                    for ev in evaluate_batch(list(new.values()), strategy.latency_first):
+                        record(ev)
             fn = (evaluate_latency_first if strategy.latency_first and evaluate_latency_first
                   else evaluate)
             for plan, label in proposals:
-                ev = seen.get(plan.digest)
-                if ev is None:
-                    ev = fn(plan, label)
-                    seen[plan.digest] = ev
-                    out.append(ev)
-                    if on_evaluation:
-                        on_evaluation(ev)
-                strategy.tell(plan, ev)
+                if plan.digest not in seen:
+                    record(fn(plan, label))
+                strategy.tell(plan, seen[plan.digest])
     return out

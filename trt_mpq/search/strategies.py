@@ -93,17 +93,21 @@ class PrefixSweep(Strategy):
         ks = sorted({min(n, max(0, round(i * n / points))) for i in range(1, points + 1)}) if points else []
         self._todo = [k for k in ks if k not in set(skip)]
 
-    def ask(self) -> list[Proposal]:
-        if not self._todo:
-            return []
-        k = self._todo[0]
-        return [(self.prefixes.plan(k), f"sweep k={k}/{self.prefixes.n}")]
+    def ask(self) -> list[Proposal]:  # the whole sweep at once: one batch
+        return [(self.prefixes.plan(k), f"sweep k={k}/{self.prefixes.n}") for k in self._todo]
 
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
-        k = self._todo.pop(0)
-        if plan != self.prefixes.plan(k):
-            raise ValueError("tell() got a plan this strategy did not ask for")
+        _told(self._todo, self.prefixes, plan)
         self.evaluations += 1
+
+
+def _told(todo: list[int], prefixes: PrefixPlans, plan: Plan) -> None:
+    """Strike the prefix `plan` is from the strategy's to-do list."""
+    for i, k in enumerate(todo):
+        if plan == prefixes.plan(k):
+            del todo[i]
+            return
+    raise ValueError("tell() got a plan this strategy did not ask for")
 
 
 class Around(Strategy):
@@ -125,15 +129,12 @@ class Around(Strategy):
             c = self._center()
             self._todo = [k for k in range(c - self._width, c + self._width + 1)
                           if 0 < k <= self.prefixes.n]
-        if not self._todo:
-            return []
-        k = self._todo[0]
-        return [(self.prefixes.plan(k), f"refine k={k}/{self.prefixes.n}")]
+        return [(self.prefixes.plan(k), f"refine k={k}/{self.prefixes.n}")
+                for k in self._todo]  # every point around the boundary: one batch
 
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
-        k = self._todo.pop(0)  # type: ignore[union-attr]
-        if plan != self.prefixes.plan(k):
-            raise ValueError("tell() got a plan this strategy did not ask for")
+        assert self._todo is not None
+        _told(self._todo, self.prefixes, plan)
         self.evaluations += 1
 
 

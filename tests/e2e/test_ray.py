@@ -1,0 +1,114 @@
+"""`trt-mpq search --executor ray` on real Ray: a local Ray, and a multi-node cluster on this
+machine (Ray's own `cluster_utils.Cluster`: a head and worker nodes, each a real raylet) from
+which a node is removed mid-search. The searches are of the digits CNN with a sweep-heavy
+strategy (`frontier`: one batch of evenly spaced prefixes), compared with `--executor local`."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+pytestmark = pytest.mark.zoo  # the model is trained with torch
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+FLAGS = ["--task", "digits_task:make_task", "--max-drop", "3%", "--strategy", "frontier",
+         "--sweep", "8", "--no-runtime-options", "--warmup", "3", "--no-progress"]
+
+
+def search(model: Path, out: Path, cache: Path, *extra: str, background=False):
+    argv = [sys.executable, "-m", "trt_mpq", "search", str(model), *FLAGS, "--out", str(out),
+            *extra]
+    env = dict(os.environ, PYTHONPATH=str(FIXTURES), TRT_MPQ_CACHE=str(cache),
+               RAY_DEDUP_LOGS="0")
+    if background:
+        return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True)
+    r = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    assert "Traceback" not in r.stderr, r.stderr[-4000:]
+    return r
+
+
+def stored(out: Path) -> list[dict]:
+    if not (out / "evaluations.sqlite").is_file():
+        return []
+    db = sqlite3.connect(f"file:{out / 'evaluations.sqlite'}?mode=ro", uri=True)
+    try:
+        return [json.loads(p) for (p,) in db.execute("SELECT payload FROM evaluations "
+                                                     "ORDER BY seq")]
+    except sqlite3.OperationalError:  # not created yet
+        return []
+    finally:
+        db.close()
+
+
+def same_plans_and_accuracies(ray_out: Path, local_out: Path) -> list[dict]:
+    """The Ray search evaluated the local search's plans, with the same accuracy wherever both
+    ran the accuracy pass (a plan timed slower than the best may skip it: timing is noisy)."""
+    ray_evs, local_evs = stored(ray_out), stored(local_out)
+    assert {e["plan_digest"] for e in ray_evs} == {e["plan_digest"] for e in local_evs}
+    local = {e["plan_digest"]: e["drop"] for e in local_evs}
+    both = [e for e in ray_evs if e["drop"] is not None and local[e["plan_digest"]] is not None]
+    assert len(both) >= 3
+    for e in both:
+        assert e["drop"] == local[e["plan_digest"]], e["label"]
+    return ray_evs
+
+
+@pytest.fixture(scope="module")
+def local_run(digits_model, tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("local") / "out"
+    search(digits_model, out, cache_dir)
+    return out
+
+
+def test_a_local_ray_gives_the_local_plans_and_accuracies(digits_model, local_run, tmp_path,
+                                                        cache_dir):
+    out = tmp_path / "ray"
+    search(digits_model, out, cache_dir, "--executor", "ray")
+    evs = same_plans_and_accuracies(out, local_run)
+    # every plan but the baseline (measured by the driver) was measured on a Ray worker
+    assert all(e["device"] for e in evs if e["label"] != "baseline")
+    res = json.loads((out / "result.json").read_text())
+    assert res["best"]["certified"] and res["command"][-2:] == ["--executor", "ray"]
+
+
+def test_a_cluster_spreads_a_batch_and_survives_a_node_removed_mid_search(
+        digits_model, local_run, tmp_path, cache_dir):
+    """A head and three worker nodes (one CPU each, so one worker each): the sweep's batch
+    runs on several nodes at once; a node removed while plans are in flight hands its plan to
+    another and the search finishes with the local search's plans and accuracies."""
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        nodes = [cluster.add_node(num_cpus=1) for _ in range(3)]
+        cluster.wait_for_nodes()
+        out = tmp_path / "cluster"
+        # more timed runs make each plan take long enough to be caught mid-flight
+        proc = search(digits_model, out, cache_dir, "--executor", "ray", "--ray-address",
+                      cluster.address, "--repeats", "200", background=True)
+        deadline = time.time() + 600
+        while time.time() < deadline and proc.poll() is None:
+            if any(e.get("device") for e in stored(out)):
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, proc.communicate()[1][-4000:]
+        cluster.remove_node(nodes[0])  # mid-batch: its worker dies with whatever it measured
+        stdout, stderr = proc.communicate(timeout=900)
+        assert proc.returncode == 0, stderr[-4000:]
+        assert "Traceback" not in stderr, stderr[-4000:]
+        evs = same_plans_and_accuracies(out, local_run)
+        devices = {e["device"] for e in evs if e["device"]}
+        assert len(devices) >= 3  # the batch was spread over the nodes
+        assert "died evaluating" in stderr  # the node's plan went to another worker
+    finally:
+        cluster.shutdown()
