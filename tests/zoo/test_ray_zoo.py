@@ -13,7 +13,9 @@ import sys
 import pytest
 
 pytest.importorskip("ray")
-pytestmark = pytest.mark.zoo
+# 8 raylets and 8 workers on a 2-core machine: minutes, so not in the default suite; run with
+#   python -m pytest -m slow tests/zoo/test_ray_zoo.py
+pytestmark = [pytest.mark.zoo, pytest.mark.slow]
 
 NODES = 8
 
