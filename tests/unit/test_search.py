@@ -179,7 +179,6 @@ def test_drive_in_batches_evaluates_and_tells_what_one_at_a_time_does():
 
 def test_ray_workers_get_the_search_arguments_without_the_drivers_own(tmp_path, monkeypatch):
     pytest.importorskip("ray")
-    from types import SimpleNamespace
 
     from trt_mpq.cli.main import _executor, build_parser
 
@@ -190,7 +189,7 @@ def test_ray_workers_get_the_search_arguments_without_the_drivers_own(tmp_path, 
             "--no-progress"]
     args = build_parser().parse_args(argv)
     args.argv = argv
-    ex = _executor(args, SimpleNamespace())
+    ex = _executor(args)
     assert ex.address == "auto"
     assert ex.spec.argv == [str(tmp_path / "m.onnx"), "--task", "t:f", "--max-drop", "1%",
                             "--repeats", "7"]
@@ -202,4 +201,4 @@ def test_ray_workers_get_the_search_arguments_without_the_drivers_own(tmp_path, 
     from trt_mpq.errors import ConfigError
 
     with pytest.raises(ConfigError, match="needs --executor ray"):
-        _executor(args, SimpleNamespace())
+        _executor(args)

@@ -533,7 +533,7 @@ _DRIVER_FLAGS = {"--out": 1, "--resume": 0, "--executor": 1, "--ray-address": 1,
                  "-vv": 0, "--verbose": 0, "-q": 0, "--quiet": 0, "--no-progress": 0}
 
 
-def _executor(args, ws):
+def _executor(args):
     """None (evaluate here) or a RayExecutor whose workers rebuild this search's workspace,
     backend and measurement settings from the same arguments."""
     if args.executor == "local":
@@ -595,11 +595,11 @@ def cmd_search(args) -> int:
     ws = _workspace(args)
     low_precisions(ws, backend, precision)  # refuse impossible precisions before work
     resolvable(ws.task, config)  # and budgets the holdout cannot certify
+    executor = _executor(args)  # and an executor that cannot run (Ray not installed)
     out = _resolve_out(args, ws.task.name, backend.name)
     ranges = ws.calibrate(calib)
     setup_s = time.perf_counter() - t_start
     log.info("search %s on %s, budget %s -> %s", ws.task.name, backend.name, budget.describe(), out)
-    executor = _executor(args, ws)
     try:
         result = search_job(ws, backend, ranges, calib, measure, config, out,
                             argv=sys.argv[1:], setup_s=setup_s, executor=executor)

@@ -335,11 +335,13 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             if accept(ev) and ev.plan != evaluator.baseline_plan and ev.latency_ratio < 1.0:
                 best_ratio[:] = [min([ev.latency_ratio, *best_ratio])]
 
-        def latency_first(plan: Plan, label: str) -> Evaluation:
+        def gate() -> float | None:
             """Skip the accuracy pass of a plan timed slower than the fastest in-budget one
             (beyond the noise margin): whatever its accuracy, it cannot be the answer."""
-            gate = best_ratio[0] * (1 + config.gate_margin) if best_ratio else None
-            return evaluator.evaluate(plan, label, gate=gate)
+            return best_ratio[0] * (1 + config.gate_margin) if best_ratio else None
+
+        def latency_first(plan: Plan, label: str) -> Evaluation:
+            return evaluator.evaluate(plan, label, gate=gate())
 
         gated = None if config.full_frontier else latency_first
         batch = None
@@ -347,9 +349,9 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             executor.start(dataclasses.asdict(evaluator.rule) if evaluator.rule else None)
 
             def batch(proposals: list, latency_first: bool) -> list[Evaluation]:
-                gate = best_ratio[0] * (1 + config.gate_margin) \
-                    if best_ratio and latency_first and not config.full_frontier else None
-                return evaluator.evaluate_many(proposals, gate, executor)
+                gated_now = latency_first and not config.full_frontier
+                return evaluator.evaluate_many(proposals, gate() if gated_now else None,
+                                               executor)
         try:
             baseline_ev = evaluator.evaluate(evaluator.baseline_plan, "baseline")
             on_eval(baseline_ev)

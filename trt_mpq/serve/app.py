@@ -165,9 +165,10 @@ class Service:
                 load[j.device] += 1
         return min(gpus, key=lambda d: (load[d], d))
 
-    def summary(self, job: Job) -> dict:
+    def summary(self, job: Job, evs: list[dict] | None = None) -> dict:
+        """The job as the API shows it (`evs`: its stored evaluations, when already read)."""
         out = job_dir(self.root, job.id) / "out"
-        evs = evaluations(out)
+        evs = evaluations(out) if evs is None else evs
         points = [point(e, i) for i, e in enumerate(evs, start=1)]
         ok = [p for p in points if p["status"] == "ok" and p["ratio"] is not None]
         result = _result(out) if job.state in FINISHED else None
@@ -345,7 +346,8 @@ def create_app(config: ServeConfig, start_workers: bool = True) -> Starlette:
 
         def look() -> tuple[Job, list[dict], dict]:
             now = service.jobs.get(job.id)
-            return now, evaluations(job_dir(service.root, job.id) / "out"), service.summary(now)
+            evs = evaluations(job_dir(service.root, job.id) / "out")
+            return now, evs, service.summary(now, evs)
 
         async def stream():
             sent, last = 0, None
