@@ -112,3 +112,84 @@ def test_a_cluster_spreads_a_batch_and_survives_a_node_removed_mid_search(
         assert "died evaluating" in stderr  # the node's plan went to another worker
     finally:
         cluster.shutdown()
+
+
+def test_a_worker_takes_the_drivers_calibration_and_refuses_other_data(
+        digits_model, cache_dir, monkeypatch):
+    """In this process, as a worker starts: it measures with the calibration it is given (it
+    does not calibrate again), and refuses to start when its model inputs differ from the
+    driver's digests."""
+    from trt_mpq.calib import Ranges
+    from trt_mpq.errors import ConfigError
+    from trt_mpq.pipeline.executor import WorkerSpec, data_digests, open_evaluator
+
+    monkeypatch.setenv("TRT_MPQ_CACHE", str(cache_dir))  # restored after the test
+    monkeypatch.setenv("PYTHONPATH", str(FIXTURES))
+    monkeypatch.syspath_prepend(str(FIXTURES))
+    spec = WorkerSpec(argv=[str(digits_model), *FLAGS],
+                      env={"TRT_MPQ_CACHE": str(cache_dir), "PYTHONPATH": str(FIXTURES)})
+    ev = open_evaluator(spec)
+    ev.__exit__(None, None, None)
+    given = ev.ranges.to_json_dict()
+    name = sorted(given["ranges"])[0]
+    given["ranges"][name] = [v * 2 for v in given["ranges"][name]]
+    digests = data_digests(ev.ws)
+    ev2 = open_evaluator(WorkerSpec(argv=spec.argv, env=spec.env, ranges=given, digests=digests))
+    ev2.__exit__(None, None, None)
+    assert ev2.ranges[name] == tuple(given["ranges"][name]) != ev.ranges[name]
+    assert ev2.ranges.digest == Ranges.from_json_dict(given).digest
+    with pytest.raises(ConfigError, match="different search inputs .*OMP_NUM_THREADS"):
+        open_evaluator(WorkerSpec(argv=spec.argv, env=spec.env, ranges=given,
+                                  digests={**digests, "search inputs": "0" * 16}))
+
+
+THREADS_TASK = '''
+import os
+
+import numpy as np
+
+import digits_task
+from trt_mpq.task import Split, Task
+
+
+def make_task():
+    """digits_task's, with search inputs that follow OMP_NUM_THREADS (as a BLAS matrix
+    product's rounding does)."""
+    t = digits_task.make_task()
+    shift = np.float32(1e-3 * int(os.environ.get("OMP_NUM_THREADS") or 0))
+    s = t.search
+    return Task(**{**t.__dict__, "search": Split({"input": s.inputs["input"] + shift}, s.labels)})
+'''
+
+
+def test_workers_get_the_drivers_thread_settings_or_refuse_other_data(
+        digits_model, tmp_path, cache_dir, monkeypatch):
+    """A task whose inputs follow OMP_NUM_THREADS, on a cluster started without it (Ray gives
+    a 1-CPU worker OMP_NUM_THREADS=1): a driver without it gets a clear refusal (exit 2); a
+    driver with it hands it to the workers, which then compute the driver's data."""
+    from ray.cluster_utils import Cluster
+
+    (tmp_path / "threads_task.py").write_text(THREADS_TASK)
+    for k in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(k, raising=False)  # the cluster's nodes start without them
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        def run(out: Path, **env):
+            argv = [sys.executable, "-m", "trt_mpq", "search", str(digits_model), *FLAGS,
+                    "--task", "threads_task:make_task", "--sweep", "2", "--out", str(out),
+                    "--executor", "ray", "--ray-address", cluster.address]
+            return subprocess.run(argv, capture_output=True, text=True, timeout=900, env=dict(
+                os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), str(FIXTURES)]),
+                TRT_MPQ_CACHE=str(cache_dir), **env))
+
+        r = run(tmp_path / "refused")
+        assert r.returncode == 2, r.stderr[-4000:]
+        assert "search inputs than the driver" in r.stderr, r.stderr[-4000:]
+        assert "Traceback" not in r.stderr
+        assert not (tmp_path / "refused").exists()  # nothing half-written
+        r = run(tmp_path / "out", OMP_NUM_THREADS="3")
+        assert r.returncode == 0, r.stderr[-4000:]
+        evs = stored(tmp_path / "out")
+        assert any(e["device"] for e in evs)
+    finally:
+        cluster.shutdown()

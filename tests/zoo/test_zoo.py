@@ -307,6 +307,39 @@ def test_upsample_matches_torch_bilinear():
     assert np.allclose(upsample_bilinear(x, 32), ref, atol=1e-5)
 
 
+
+def test_upsample_matches_the_matrix_form():
+    x = np.random.default_rng(1).uniform(0, 255, (4, 8, 8)).astype(np.float32)
+    for size in (32, 224):
+        m = bilinear_matrix(8, size)
+        ref = np.einsum("oh,nhw,pw->nop", m, x.astype(np.float64), m)
+        assert np.allclose(upsample_bilinear(x, size), ref, rtol=0, atol=1e-4)
+
+
+_UPSAMPLE_DIGEST = (
+    "import hashlib, numpy as np\n"
+    "from trt_mpq.zoo.images import upsample_bilinear\n"
+    "x = np.random.default_rng(2).uniform(0, 255, (128, 8, 8)).astype(np.float32)\n"
+    "print(hashlib.sha256(upsample_bilinear(x, 224).tobytes()).hexdigest())\n")
+
+
+def test_upsample_is_bit_identical_at_any_thread_count():
+    """A Ray worker runs with OMP_NUM_THREADS=1, the driver with every core: the zoo's inputs
+    must not depend on it (with a BLAS matrix product they did, and efficientnet-lite0's plans
+    measured different accuracies on Ray)."""
+    import os
+
+    digests = set()
+    for threads in (None, "1", "2"):
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")}
+        if threads:
+            env["OMP_NUM_THREADS"] = threads
+        out = subprocess.run([sys.executable, "-c", _UPSAMPLE_DIGEST], env=env, check=True,
+                             capture_output=True, text=True).stdout.strip()
+        digests.add(out)
+    assert len(digests) == 1
+
 # ---------------------------------------------------------------------------------------------
 # Checks shared by every built entry
 

@@ -2,10 +2,12 @@
 spread over a Ray cluster (`--executor ray`).
 
 With Ray the driver keeps the strategy and the store (one writer); each batch a strategy
-proposes is spread over one worker per node, an actor that builds the same workspace, backend,
-calibration and evaluator as the CLI (from the same `trt-mpq search` arguments, so the cache
-folder must be reachable from every node: a shared filesystem, or the same path on each) and
-materializes, builds, evaluates and times one plan at a time. A plan's latency is timed on its
+proposes is spread over one worker per node, an actor that builds the same workspace, backend
+and evaluator as the CLI (from the same `trt-mpq search` arguments, so the model, the task and
+the cache folder must be reachable from every node: a shared filesystem, or the same path on
+each) with the driver's calibration, and materializes, builds, evaluates and times one plan at a
+time. A worker whose model or data digests differ from the driver's refuses to start: its
+accuracies would not be comparable. A plan's latency is timed on its
 worker, interleaved with that worker's own baseline, so one timing runs per node and each ratio
 compares like with like; the evaluation records the node it ran on (`Evaluation.device`). A
 worker that dies mid-plan loses nothing measured: its plan goes to another worker, and the
@@ -15,6 +17,7 @@ driver, if it dies, resumes from the store with `--resume` as always.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -24,6 +27,8 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+import numpy as np
 
 from trt_mpq.errors import ConfigError, TrtMpqError
 from trt_mpq.plan import Plan
@@ -39,12 +44,55 @@ class WorkerSpec:
     argv: list[str]  # `trt-mpq search` arguments: model, --task, backend and measure flags
     env: dict[str, str]  # TRT_MPQ_CACHE, PYTHONPATH (a task module's folder)
     rule: dict | None = None  # the search split's adaptive rule (SequentialRule's fields)
+    ranges: dict | None = None  # the driver's calibration (Ranges.to_json_dict): calibrated once
+    digests: dict | None = None  # the driver's model and data digests (`data_digests`)
+
+
+#: variables that set the thread count of a BLAS or OpenMP library: a worker gets the driver's
+#: (Ray gives a 1-CPU actor OMP_NUM_THREADS=1 otherwise)
+THREAD_VARS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+def data_digests(ws) -> dict[str, str]:
+    """What a worker must see as the driver does: the prepared model, each split's data and
+    the model inputs of its first samples (a split with a transform digests its stored form
+    only: this is where a transform that computes other inputs in a worker shows)."""
+    from trt_mpq.task import SPLITS
+
+    out = {"model": ws.model_digest}
+    for s in SPLITS:
+        split = ws.task.split(s)
+        out[f"{s} split"] = split.digest
+        h = hashlib.sha256()
+        for feed, _ in split.head(8).batches(8):
+            for k in sorted(feed):
+                h.update(k.encode())
+                h.update(np.ascontiguousarray(feed[k]).tobytes())
+        out[f"{s} inputs"] = h.hexdigest()[:16]
+    return out
+
+
+def check_same_data(ws, expected: dict[str, str] | None) -> None:
+    """ConfigError when this process computes another model or other data than the driver."""
+    if not expected:
+        return
+    here = data_digests(ws)
+    differ = [k for k, v in expected.items() if here.get(k) != v]
+    if differ:
+        raise ConfigError(
+            f"this Ray worker computes a different {', '.join(differ)} than the driver "
+            f"({', '.join(f'{here.get(k)} vs {expected[k]}' for k in differ)}): its plans "
+            "would be measured on other data. Make the model file and the task's data the same "
+            "on every node, and its transforms independent of the thread count (e.g. no BLAS "
+            "matrix product whose summation order follows OMP_NUM_THREADS), or set "
+            f"{'/'.join(THREAD_VARS)} alike for the driver and every node")
 
 
 def open_evaluator(spec: WorkerSpec):
     """The evaluator a worker measures with, built as `trt-mpq search` builds its own."""
     from trt_mpq.cli.main import (_backend, _calib_config, _measure, _workspace,
                                   build_parser)
+    from trt_mpq.calib import Ranges
     from trt_mpq.measure.sequential import SequentialRule
     from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
 
@@ -54,15 +102,23 @@ def open_evaluator(spec: WorkerSpec):
             sys.path.insert(0, p)
     args = build_parser().parse_args(["search", *spec.argv])
     ws = _workspace(args)
+    check_same_data(ws, spec.digests)
     backend = _backend(args)
     backend.check_can_run()
-    ranges = ws.calibrate(_calib_config(args))
+    ranges = (Ranges.from_json_dict(spec.ranges) if spec.ranges is not None
+              else ws.calibrate(_calib_config(args)))
     evaluator = Evaluator(ws, backend, ranges, _measure(args), None,
                           Path(tempfile.mkdtemp(prefix="trt-mpq-worker-")),
                           shared=shared_cache(ws, backend),
                           rule=SequentialRule(**spec.rule) if spec.rule else None)
     evaluator.__enter__()
     return evaluator
+
+
+def _cause(e: Exception) -> str:
+    """The last line of a Ray actor's creation error: the exception it raised."""
+    lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(e).__name__
 
 
 class EvalWorker:
@@ -96,28 +152,36 @@ class RayExecutor:
         self.actors: list = []
         self.devices: dict = {}
 
-    def start(self, rule: dict | None) -> None:
+    def start(self, rule: dict | None, ranges: dict | None = None,
+              digests: dict | None = None) -> None:
+        """One worker per node, each given the search split's rule, the driver's calibration
+        `ranges` and its `digests` (a worker whose model or data differ refuses to start)."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False,
                      configure_logging=False)
-        spec = json.dumps(dataclasses.asdict(dataclasses.replace(self.spec, rule=rule)))
+        spec = json.dumps(dataclasses.asdict(dataclasses.replace(
+            self.spec, rule=rule, ranges=ranges, digests=digests)))
         nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
+        env = {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
         actor = ray.remote(num_cpus=1, max_restarts=0)(EvalWorker)
-        self.actors = [actor.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
-            n["NodeID"], soft=False)).remote(spec) for n in nodes]
-        alive = []
+        self.actors = [actor.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
+            runtime_env={"env_vars": env} if env else None).remote(spec) for n in nodes]
+        alive, why = [], []
         for a in self.actors:
             try:
                 self.devices[a] = ray.get(a.where.remote())
                 alive.append(a)
             except ray.exceptions.RayActorError as e:
-                log.warning("a Ray worker could not start: %s", e)
+                why.append(_cause(e))
+                log.warning("a Ray worker could not start: %s", why[-1])
         if not alive:
-            raise TrtMpqError("no Ray worker could start (see the Ray logs); the search needs "
-                              "at least one node with a CPU and the cache folder")
+            raise TrtMpqError("no Ray worker could start: " + (why[0] if why else "no node "
+                              "with a CPU") + "; the search needs at least one node with a CPU, "
+                              "the model, the task and the cache folder")
         self.actors = alive
         log.info("Ray: %d worker(s), one per node: %s", len(alive),
                  ", ".join(self.devices[a] for a in alive))
@@ -166,4 +230,5 @@ class RayExecutor:
         self.actors = []
 
 
-__all__ = ["EXECUTORS", "EvalWorker", "RayExecutor", "WorkerSpec", "open_evaluator"]
+__all__ = ["EXECUTORS", "THREAD_VARS", "EvalWorker", "RayExecutor", "WorkerSpec",
+           "check_same_data", "data_digests", "open_evaluator"]

@@ -346,7 +346,10 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         gated = None if config.full_frontier else latency_first
         batch = None
         if executor is not None:
-            executor.start(dataclasses.asdict(evaluator.rule) if evaluator.rule else None)
+            from trt_mpq.pipeline.executor import data_digests
+
+            executor.start(dataclasses.asdict(evaluator.rule) if evaluator.rule else None,
+                           evaluator.ranges.to_json_dict(), data_digests(ws))
 
             def batch(proposals: list, latency_first: bool) -> list[Evaluation]:
                 gated_now = latency_first and not config.full_frontier

@@ -26,8 +26,8 @@ import numpy as np
 from trt_mpq.task import Split, Task, accuracy
 from trt_mpq.zoo.cache import cached_arrays, cached_build, json_safe, require_built
 from trt_mpq.zoo.export import check_export, export_onnx, progress_bar, torch_outputs, torch_seeded
-from trt_mpq.zoo.fidelity import arrays_digest, digit_views, seeded_noise, upsample, warp_views
-from trt_mpq.zoo.images import upsample_bilinear
+from trt_mpq.zoo.fidelity import arrays_digest, digit_views, seeded_noise, warp_views
+from trt_mpq.zoo.images import UPSAMPLING, upsample_bilinear, upsampling_stale
 from trt_mpq.zoo.splits import (
     SPLIT_NAMES,
     load_split_indices,
@@ -43,7 +43,7 @@ SIZE = 32
 SPLIT_SIZES = (("train", 1000), ("calibration", 128), ("search", 300), ("holdout", None))
 FIDELITY_SIZE = 80_000  # a 48,000-sample holdout part: enough to certify a 0.01 % drop
 FIDELITY_SEED = 1
-FIDELITY_VERSION = "digits-views-v1"  # the transform and the stored form; change with either
+FIDELITY_VERSION = "digits-views-v2"  # the transform and the stored form; change with either
 FIDELITY_FILE = "fidelity-digits.npz"
 
 
@@ -81,7 +81,7 @@ def fidelity_inputs(stored: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Model inputs of a batch of the fidelity split's stored views: `digits_to_input`'s
     upsampling and normalisation, warped by each sample's view (shifts in 8x8-digit pixels, 4
     input pixels each), plus its seeded noise, clipped to the input range -1..1."""
-    x = warp_views(upsample(stored["digits8"], SIZE), stored["view"], SIZE / 8)
+    x = warp_views(upsample_bilinear(stored["digits8"], SIZE), stored["view"], SIZE / 8)
     x = ((x / 16.0) - 0.5) / 0.5
     x += seeded_noise(stored["noise_seed"], SIZE, stored["view"][:, 4])
     np.clip(x, -1.0, 1.0, out=x)
@@ -178,6 +178,7 @@ def _build(name: str, tmp: Path, progress: bool | None) -> dict:
                 search_acc)
     return json_safe({
         "weights": "trained",
+        "upsampling": UPSAMPLING,
         "files": ["model.onnx", "model.pt", "splits.npz"],
         "arch": f"torchvision.models.{recipe.arch}(num_classes=10)",
         "seed": SEED,
@@ -212,13 +213,15 @@ def _task(name: str, d: Path, meta: dict, make_fn: str) -> Task:
 
 def build_resnet(cache_dir: Path, progress: bool | None = None) -> Task:
     name = "resnet-digits"
-    d, meta = cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress))
+    d, meta = cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress),
+                           stale=upsampling_stale)
     return _task(name, d, meta, "make_resnet_torch_model")
 
 
 def build_mobilenetv2(cache_dir: Path, progress: bool | None = None) -> Task:
     name = "mobilenetv2-digits"
-    d, meta = cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress))
+    d, meta = cached_build(cache_dir, name, lambda tmp: _build(name, tmp, progress),
+                           stale=upsampling_stale)
     return _task(name, d, meta, "make_mobilenetv2_torch_model")
 
 

