@@ -193,3 +193,40 @@ def test_workers_get_the_drivers_thread_settings_or_refuse_other_data(
         assert any(e["device"] for e in evs)
     finally:
         cluster.shutdown()
+
+
+def test_a_node_that_times_on_another_device_type_is_left_out_unless_mixed(
+        digits_model, tmp_path, cache_dir):
+    """A head node like this machine and a node whose processes may use one core only (as a
+    smaller machine's would): its worker times on another device type, so its ratios are not
+    comparable with the driver's. It is left out by default, and used with --mix-devices."""
+    from ray.cluster_utils import Cluster
+
+    mask = os.sched_getaffinity(0)
+    if len(mask) < 2:
+        pytest.skip("needs two cores to make a node with fewer")
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        os.sched_setaffinity(0, {min(mask)})
+        try:
+            cluster.add_node(num_cpus=1)  # its raylet and workers inherit the one core
+        finally:
+            os.sched_setaffinity(0, mask)
+        cluster.wait_for_nodes()
+        runs = {}
+        for name, extra in (("default", []), ("mixed", ["--mix-devices"])):
+            out = tmp_path / name
+            r = search(digits_model, out, cache_dir, "--executor", "ray", "--ray-address",
+                       cluster.address, "--sweep", "4", *extra)
+            workers = json.loads((out / "result.json").read_text())["workers"]
+            devices = {e["device"] for e in stored(out) if e["device"]}
+            runs[name] = (r.stderr, workers, devices)
+        stderr, workers, devices = runs["default"]
+        assert "1 worker(s) left out, timing on another device type" in stderr
+        assert len(workers) == 1 and devices == set(workers)
+        assert next(iter(workers.values())).endswith(f"{len(mask)} intra-op threads")
+        stderr, workers, devices = runs["mixed"]
+        assert "left out" not in stderr
+        assert len(set(workers.values())) == 2 and devices == set(workers)
+    finally:
+        cluster.shutdown()

@@ -186,11 +186,11 @@ def test_ray_workers_get_the_search_arguments_without_the_drivers_own(tmp_path, 
     monkeypatch.setenv("TRT_MPQ_CACHE", str(tmp_path / "cache"))
     argv = ["-v", "search", "m.onnx", "--task", "t:f", "--max-drop", "1%", "--out", "x",
             "--executor", "ray", "--ray-address=auto", "--resume", "--repeats", "7",
-            "--no-progress"]
+            "--mix-devices", "--no-progress"]
     args = build_parser().parse_args(argv)
     args.argv = argv
     ex = _executor(args)
-    assert ex.address == "auto"
+    assert ex.address == "auto" and ex.mix_devices and not ex.gpu
     assert ex.spec.argv == [str(tmp_path / "m.onnx"), "--task", "t:f", "--max-drop", "1%",
                             "--repeats", "7"]
     assert ex.spec.env["TRT_MPQ_CACHE"] == str(tmp_path / "cache")
@@ -202,3 +202,43 @@ def test_ray_workers_get_the_search_arguments_without_the_drivers_own(tmp_path, 
 
     with pytest.raises(ConfigError, match="needs --executor ray"):
         _executor(args)
+    args = build_parser().parse_args(["search", "m.onnx", "--max-drop", "1%", "--mix-devices"])
+    args.argv = []
+    with pytest.raises(ConfigError, match="--mix-devices needs --executor ray"):
+        _executor(args)
+    args = build_parser().parse_args(["search", "m.onnx", "--max-drop", "1%", "--backend",
+                                      "tensorrt", "--executor", "ray"])
+    args.argv = ["search", "m.onnx", "--max-drop", "1%", "--backend", "tensorrt"]
+    assert _executor(args).gpu  # a GPU backend: one worker per GPU
+
+
+def test_ray_workers_go_one_per_timing_device():
+    from trt_mpq.pipeline.executor import placements
+
+    nodes = [{"NodeID": "a", "Alive": True, "Resources": {"CPU": 16.0, "GPU": 4.0}},
+             {"NodeID": "b", "Alive": True, "Resources": {"CPU": 2.0}},
+             {"NodeID": "c", "Alive": False, "Resources": {"CPU": 8.0, "GPU": 2.0}},
+             {"NodeID": "d", "Alive": True, "Resources": {"CPU": 0.5, "GPU": 1.0}}]
+    # CPU timing: one worker per live node with a whole CPU, whatever its core count
+    assert placements(nodes, gpu=False) == [("a", {"num_cpus": 1}), ("b", {"num_cpus": 1})]
+    # GPU timing: one per GPU of each live node, none on a node without one
+    gpu = placements(nodes, gpu=True)
+    assert [n for n, _ in gpu] == ["a", "a", "a", "a", "d"]
+    assert all(r == {"num_cpus": 0, "num_gpus": 1} for _, r in gpu)
+
+
+def test_ray_workers_on_another_device_type_are_left_out_unless_mixed():
+    from trt_mpq.backends import backend_spec
+    from trt_mpq.pipeline.executor import like_the_driver
+
+    kinds = ["EPYC (2 cores)", "Xeon (8 cores)", "EPYC (2 cores)", "EPYC (1 cores)"]
+    assert like_the_driver(kinds, "EPYC (2 cores)", mix=False) == [0, 2]
+    assert like_the_driver(kinds, "EPYC (2 cores)", mix=True) == [0, 1, 2, 3]
+    assert like_the_driver(kinds, "H100", mix=False) == []
+    assert backend_spec("tensorrt").gpu and backend_spec("tensorrt-rtx").gpu
+    assert not backend_spec("ort-cpu").gpu
+    from trt_mpq.backends.ort import OrtBackend, OrtConfig
+
+    # the CPU's model and cores, and the threads a plan runs with: 2 and 3 threads differ
+    two, three = (OrtBackend(OrtConfig(threads=n)).timing_device() for n in (2, 3))
+    assert two.endswith(", 2 intra-op threads") and two != three

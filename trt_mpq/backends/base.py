@@ -97,6 +97,15 @@ class Backend(abc.ABC):
     def check_can_run(self) -> None:  # noqa: B027 - optional hook
         """Raise `ConfigError` if this machine cannot run (measure) artifacts of this backend."""
 
+    def timing_device(self) -> str:
+        """What this process times plans on, as a type: latency ratios measured on devices of
+        different types are not comparable (a Ray search keeps them apart). Here the CPU model
+        and the cores this process may use."""
+        from trt_mpq.report import machine_info
+
+        info = machine_info()
+        return f"{info['cpu']} ({info['cores']} cores)"
+
     @abc.abstractmethod
     def open(self, artifact: Artifact) -> Runner:
         """A runner for `artifact` (enter it before use)."""
@@ -116,6 +125,7 @@ class BackendSpec:
     description: str  # one line, shown by --help
     config: type  # frozen dataclass; fields with `trt_mpq.options.flag` become CLI flags
     create: Callable[[Any, Path | None], Backend]  # (config, cache directory) -> backend
+    gpu: bool = False  # times plans on a GPU: one timing per GPU at a time (else one per machine)
 
 
 __all__ = ["Artifact", "Backend", "BackendSpec", "Census", "Runner"]

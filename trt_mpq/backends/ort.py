@@ -196,6 +196,9 @@ class OrtBackend(Backend):
             "disabled_optimizers_for_qdq_graphs": list(QDQ_DISABLED_OPTIMIZERS),
         }
 
+    def timing_device(self) -> str:
+        return f"{super().timing_device()}, {self.config.resolved_threads} intra-op threads"
+
     # -- build ----------------------------------------------------------------------------------
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
               sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None,

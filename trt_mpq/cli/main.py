@@ -213,11 +213,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="how many of the fastest in-budget plans get runtime-option variants")
     p.add_argument("--executor", default="local", choices=["local", "ray"],
                    help="where plans are evaluated: local (here, one after another; default) "
-                        "or ray (spread over a Ray cluster, one worker per node; needs "
-                        "pip install 'trt-mpq[ray]' and the cache folder on every node)")
+                        "or ray (spread over a Ray cluster, one worker per node, or per GPU "
+                        "for a GPU backend; needs pip install 'trt-mpq[ray]' and the cache "
+                        "folder on every node)")
     p.add_argument("--ray-address", default=None,
                    help="the Ray cluster to join (e.g. auto, or ray://HEAD:10001); default: "
                         "start a local Ray")
+    p.add_argument("--mix-devices", action="store_true",
+                   help="with --executor ray, also use workers whose timing device (CPU model "
+                        "and cores, or GPU) differs from this driver's; their latency ratios "
+                        "then share one frontier (default: such workers are left out)")
     p.add_argument("--order", default="sensitivity",
                    help="sensitivity (least sensitive first, the papers) or latency-aware "
                         "(least sensitivity per unit of measured latency gain first)")
@@ -529,8 +534,9 @@ def _resolve_out(args, model_name: str, backend_name: str) -> Path:
 
 
 #: flags a Ray worker does not take (the driver's own: its folder, resume, the executor)
-_DRIVER_FLAGS = {"--out": 1, "--resume": 0, "--executor": 1, "--ray-address": 1, "-v": 0,
-                 "-vv": 0, "--verbose": 0, "-q": 0, "--quiet": 0, "--no-progress": 0}
+_DRIVER_FLAGS = {"--out": 1, "--resume": 0, "--executor": 1, "--ray-address": 1,
+                 "--mix-devices": 0, "-v": 0, "-vv": 0, "--verbose": 0, "-q": 0, "--quiet": 0,
+                 "--no-progress": 0}
 
 
 def _executor(args):
@@ -539,9 +545,12 @@ def _executor(args):
     if args.executor == "local":
         if args.ray_address:
             raise ConfigError("--ray-address needs --executor ray")
+        if args.mix_devices:
+            raise ConfigError("--mix-devices needs --executor ray")
         return None
     import os
 
+    from trt_mpq.backends import backend_spec
     from trt_mpq.pipeline.executor import RayExecutor, WorkerSpec
 
     argv, skip, command = [], 0, False
@@ -562,7 +571,8 @@ def _executor(args):
         argv[argv.index(args.model)] = str(model.resolve())
     path = os.pathsep.join(p for p in [os.environ.get("PYTHONPATH", ""), os.getcwd()] if p)
     env = {"TRT_MPQ_CACHE": str(_cache_dir(args).resolve()), "PYTHONPATH": path}
-    return RayExecutor(WorkerSpec(argv=argv, env=env), args.ray_address)
+    return RayExecutor(WorkerSpec(argv=argv, env=env), args.ray_address,
+                       gpu=backend_spec(args.backend).gpu, mix_devices=args.mix_devices)
 
 
 def cmd_search(args) -> int:

@@ -121,17 +121,42 @@ def _cause(e: Exception) -> str:
     return lines[-1] if lines else type(e).__name__
 
 
+def placements(nodes: list[dict], gpu: bool) -> list[tuple[str, dict]]:
+    """(node id, actor resources) of each worker, from `ray.nodes()`: one per GPU for a
+    backend that times on GPUs, else one per node with a CPU (one timing per device)."""
+    out = []
+    for n in nodes:
+        if not n.get("Alive"):
+            continue
+        res = n.get("Resources", {})
+        if gpu:
+            out += [(n["NodeID"], {"num_cpus": 0, "num_gpus": 1})] * int(res.get("GPU", 0))
+        elif res.get("CPU", 0) >= 1:
+            out.append((n["NodeID"], {"num_cpus": 1}))
+    return out
+
+
+def like_the_driver(kinds: list[str], driver: str, mix: bool) -> list[int]:
+    """Indices of the workers whose timing device is of the driver's type (all with `mix`):
+    ratios timed on different device types never share a frontier unless asked for."""
+    return [i for i, k in enumerate(kinds) if mix or k == driver]
+
+
 class EvalWorker:
-    """One per node (a Ray actor): evaluates one plan at a time."""
+    """One per timing device (a Ray actor): evaluates one plan at a time."""
 
     def __init__(self, spec: str) -> None:
         self.evaluator = open_evaluator(WorkerSpec(**json.loads(spec)))
         import ray
 
-        self.device = f"{socket.gethostname()}/{ray.get_runtime_context().get_node_id()[:8]}"
+        ctx = ray.get_runtime_context()
+        gpus = ",".join(str(g) for g in ctx.get_accelerator_ids().get("GPU", []))
+        self.device = (f"{socket.gethostname()}/{ctx.get_node_id()[:8]}"
+                       + (f"/gpu{gpus}" if gpus else ""))
 
-    def where(self) -> str:
-        return self.device
+    def where(self) -> tuple[str, str]:
+        """This worker's name and the type of device it times on."""
+        return self.device, self.evaluator.backend.timing_device()
 
     def evaluate(self, plan: dict, label: str, gate: float | None) -> dict:
         ev = self.evaluator.evaluate(Plan.from_json_dict(plan), label, gate=gate)
@@ -142,20 +167,26 @@ class RayExecutor:
     """Evaluate batches of plans on a Ray cluster (`address`: an existing cluster, e.g.
     "auto" or "ray://head:10001"; None starts a local Ray on this machine)."""
 
-    def __init__(self, spec: WorkerSpec, address: str | None = None) -> None:
+    def __init__(self, spec: WorkerSpec, address: str | None = None, gpu: bool = False,
+                 mix_devices: bool = False) -> None:
         try:
             import ray  # noqa: F401
         except ImportError:
             raise ConfigError("--executor ray needs Ray: pip install 'trt-mpq[ray]'") from None
         self.spec = spec
         self.address = address
+        self.gpu = gpu  # the backend times on GPUs: one worker per GPU
+        self.mix_devices = mix_devices
         self.actors: list = []
-        self.devices: dict = {}
+        self.devices: dict = {}  # actor -> its name
+        self.kinds: dict[str, str] = {}  # worker name -> the device type it times on
 
     def start(self, rule: dict | None, ranges: dict | None = None,
-              digests: dict | None = None) -> None:
-        """One worker per node, each given the search split's rule, the driver's calibration
-        `ranges` and its `digests` (a worker whose model or data differ refuses to start)."""
+              digests: dict | None = None, kind: str | None = None) -> None:
+        """One worker per timing device, each given the search split's rule, the driver's
+        calibration `ranges` and its `digests` (a worker whose model or data differ refuses to
+        start). Workers timing on another device type than the driver's (`kind`) are left
+        out unless `mix_devices`."""
         import ray
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -164,27 +195,43 @@ class RayExecutor:
                      configure_logging=False)
         spec = json.dumps(dataclasses.asdict(dataclasses.replace(
             self.spec, rule=rule, ranges=ranges, digests=digests)))
-        nodes = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get("CPU", 0) >= 1]
         env = {k: os.environ[k] for k in THREAD_VARS if k in os.environ}
-        actor = ray.remote(num_cpus=1, max_restarts=0)(EvalWorker)
-        self.actors = [actor.options(
-            scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False),
-            runtime_env={"env_vars": env} if env else None).remote(spec) for n in nodes]
-        alive, why = [], []
-        for a in self.actors:
+        actor = ray.remote(max_restarts=0)(EvalWorker)
+        started = [actor.options(
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node, soft=False),
+            runtime_env={"env_vars": env} if env else None, **resources).remote(spec)
+            for node, resources in placements(ray.nodes(), self.gpu)]
+        alive, kinds, why = [], [], []
+        for a in started:
             try:
-                self.devices[a] = ray.get(a.where.remote())
+                self.devices[a], k = ray.get(a.where.remote())
                 alive.append(a)
+                kinds.append(k)
             except ray.exceptions.RayActorError as e:
                 why.append(_cause(e))
                 log.warning("a Ray worker could not start: %s", why[-1])
         if not alive:
-            raise TrtMpqError("no Ray worker could start: " + (why[0] if why else "no node "
-                              "with a CPU") + "; the search needs at least one node with a CPU, "
-                              "the model, the task and the cache folder")
-        self.actors = alive
-        log.info("Ray: %d worker(s), one per node: %s", len(alive),
-                 ", ".join(self.devices[a] for a in alive))
+            what = "GPU" if self.gpu else "CPU"
+            raise TrtMpqError("no Ray worker could start: " + (why[0] if why else f"no node "
+                              f"with a {what}") + f"; the search needs at least one node with a "
+                              f"{what}, the model, the task and the cache folder")
+        keep = like_the_driver(kinds, kind, self.mix_devices) if kind else range(len(alive))
+        left = [i for i in range(len(alive)) if i not in keep]
+        for i in left:
+            ray.kill(alive[i])
+        if left:
+            log.warning("Ray: %d worker(s) left out, timing on another device type than this "
+                        "driver's (%s): %s; --mix-devices uses them too (their latency ratios "
+                        "then share one frontier)", len(left), kind,
+                        "; ".join(f"{self.devices[alive[i]]}: {kinds[i]}" for i in left))
+        if not keep:
+            raise TrtMpqError(f"no Ray worker times on this driver's device type ({kind}); run "
+                              "the driver on a node of the type you want plans timed on, or "
+                              "pass --mix-devices")
+        self.actors = [alive[i] for i in keep]
+        self.kinds = {self.devices[alive[i]]: kinds[i] for i in keep}
+        log.info("Ray: %d worker(s), one per %s: %s", len(self.actors),
+                 "GPU" if self.gpu else "node", ", ".join(self.kinds))
 
     @property
     def workers(self) -> int:
@@ -231,4 +278,5 @@ class RayExecutor:
 
 
 __all__ = ["EXECUTORS", "THREAD_VARS", "EvalWorker", "RayExecutor", "WorkerSpec",
-           "check_same_data", "data_digests", "open_evaluator"]
+           "check_same_data", "data_digests", "like_the_driver", "open_evaluator",
+           "placements"]

@@ -98,6 +98,8 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "search_samples": _samples_summary(outcome.evaluations, len(task.search)),
         # the finalists' joint re-measurement: rounds until the ratio intervals were narrow
         "final_timing": outcome.final_timing,
+        # --executor ray: the workers and the device type each timed plans on
+        "workers": outcome.workers,
         "wall_s": setup_s + outcome.wall_s,  # the whole command, from start to outputs
         "phases": {"setup_s": setup_s, **outcome.phases},
         "strategy": config.strategy,

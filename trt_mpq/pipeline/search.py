@@ -202,6 +202,7 @@ class SearchOutcome:
     final_timing: dict | None = None  # how precise the finalists' joint re-measurement got
     adaptive: dict | None = None  # the sequential rules of the search and holdout splits
     latency_model: dict | None = None  # the boundary-aware latency model on the measured plans
+    workers: dict | None = None  # Ray workers (name -> the device type each timed on)
 
     @property
     def budget_met(self) -> bool:
@@ -349,7 +350,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             from trt_mpq.pipeline.executor import data_digests
 
             executor.start(dataclasses.asdict(evaluator.rule) if evaluator.rule else None,
-                           evaluator.ranges.to_json_dict(), data_digests(ws))
+                           evaluator.ranges.to_json_dict(), data_digests(ws),
+                           backend.timing_device())
 
             def batch(proposals: list, latency_first: bool) -> list[Evaluation]:
                 gated_now = latency_first and not config.full_frontier
@@ -417,6 +419,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses},
         timing=timing, resolution=resolution, decision=decision, latency_model=model,
         final_timing=final_timing or None,
+        workers=dict(executor.kinds) if executor is not None else None,
         adaptive={"search": search_rule.to_json_dict() | {"looks": list(search_rule.looks(
                       len(ws.task.search)))} if evaluator.rule else None,
                   "holdout": holdout_rule.to_json_dict() | {"looks": list(holdout_rule.looks(

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from trt_mpq.backends import backend_spec
 from trt_mpq.pipeline.job import STORE_FILE
 from trt_mpq.serve.jobs import FINISHED, QUEUED, RUNNING, Job, JobStore
 from trt_mpq.serve.spec import SpecError, validate
@@ -41,7 +42,6 @@ JOB_ID = re.compile(r"^[0-9]{4,}-[0-9a-f]{8}$")
 #: model.engine) and the search's own log
 DOWNLOADS = ("model.onnx", "model.engine", "plan.json", "result.json", "pareto.csv",
              "pareto.json", "pareto.png", "report.md", "log.txt")
-GPU_BACKENDS = ("tensorrt", "tensorrt-rtx")
 
 
 @dataclass
@@ -154,7 +154,7 @@ class Service:
 
     # -- views of a job -------------------------------------------------------------------------
     def device_for(self, backend: str) -> str:
-        if backend not in GPU_BACKENDS:
+        if not backend_spec(backend).gpu:
             return "cpu"
         gpus = [d for d in self.config.devices if d.startswith("cuda:")]
         if not gpus:

@@ -173,6 +173,11 @@ class TensorRTBackend(Backend):
         return {"backend": self.name, "module": MODULES[self.flavor], "version": self.version,
                 **self.config.to_json_dict(), "gpu": self.gpu}
 
+    def timing_device(self) -> str:
+        if self.gpu is None:
+            return "no GPU"
+        return f"{self.gpu['name']} ({self.gpu['sm']}, {self.gpu['multiprocessors']} SMs)"
+
     def targets(self) -> list[str]:
         """The compute capabilities engines are built for."""
         if self.config.compute_capabilities:
@@ -379,8 +384,10 @@ class TensorRTBackend(Backend):
 SPEC = BackendSpec(
     name="tensorrt", config=TrtConfig,
     create=lambda config, cache_dir: TensorRTBackend("tensorrt", config, cache_dir),
-    description="TensorRT 10/11 on an NVIDIA GPU (e.g. NVIDIA's container, docker/Dockerfile)")
+    description="TensorRT 10/11 on an NVIDIA GPU (e.g. NVIDIA's container, docker/Dockerfile)",
+    gpu=True)
 RTX_SPEC = BackendSpec(
     name="tensorrt-rtx", config=TrtConfig,
     create=lambda config, cache_dir: TensorRTBackend("tensorrt-rtx", config, cache_dir),
-    description="TensorRT-RTX (builds engines without a GPU; runs them on SM 7.5/8.x/12.x)")
+    description="TensorRT-RTX (builds engines without a GPU; runs them on SM 7.5/8.x/12.x)",
+    gpu=True)
