@@ -177,6 +177,37 @@ def test_drive_in_batches_evaluates_and_tells_what_one_at_a_time_does():
     assert sorted(k for b in batches for k in b) == sorted(many)  # nothing evaluated twice
 
 
+@pytest.mark.parametrize("max_drop", [0.0, 0.003, 0.02, 0.05, 1.0])
+@pytest.mark.parametrize("depth", [1, 2, 3])
+def test_speculative_bisection_takes_the_same_path_in_fewer_rounds(max_drop, depth):
+    """With the next levels' midpoints speculated in each batch, the bisection settles on the
+    boundary one midpoint at a time finds, having measured every plan that one did, in at most
+    ceil(levels / (depth + 1)) rounds after the first; with a fixed depth the batched and the
+    one-at-a-time drive measure the same plans."""
+    def run(d: int, batched: bool):
+        evaluate, calls = fake_eval()
+        bis = Bisection(prefixes(), accept_for(max_drop), speculate=d)
+        rounds = []
+
+        def batch(proposals, latency_first):
+            rounds.append(len(proposals))
+            return [evaluate(p, label) for p, label in proposals]
+
+        drive([bis], evaluate, evaluate_batch=batch if batched else None)
+        return bis.best_k, sorted(calls), rounds
+
+    k0, plain, plain_rounds = run(0, True)
+    k, spec, rounds = run(depth, True)
+    assert k == k0 == largest_k(max_drop)
+    assert set(plain) <= set(spec)  # the one-at-a-time path is among the speculated plans
+    assert len(spec) == len(set(spec))  # nothing measured twice
+    assert len(rounds) <= 1 + math.ceil((len(plain_rounds) - 1) / (depth + 1))
+    assert max(rounds) <= 2 ** (depth + 1) - 1
+    assert run(depth, False)[:2] == (k, spec)  # the same plans without a cluster
+    with pytest.raises(ValueError, match="speculate"):
+        Bisection(prefixes(), accept_for(max_drop), speculate=-1)
+
+
 def test_ray_workers_get_the_search_arguments_without_the_drivers_own(tmp_path, monkeypatch):
     pytest.importorskip("ray")
 

@@ -32,46 +32,67 @@ class Bisection(Strategy):
     strictly monotone in k, so the result is *a* budget boundary, not necessarily the largest
     in-budget k; the frontier sweep that follows covers more of the curve. Failed builds and
     precision mismatches count as out of budget.
+
+    With `speculate` = D > 0 each round also proposes the midpoints of the next D levels, both
+    ways the current midpoint may go (2^(D+1) - 1 plans, one batch for parallel workers), and
+    decides D + 1 levels: the same path, so the same boundary, as one midpoint at a time, for
+    the cost of the plans off the path (they are measured points of the frontier all the same).
     """
 
     name = "bisection"
 
-    def __init__(self, prefixes: PrefixPlans, accept: Accept) -> None:
+    def __init__(self, prefixes: PrefixPlans, accept: Accept, speculate: int = 0) -> None:
         super().__init__()
+        if speculate < 0:
+            raise ValueError("speculate must be >= 0")
         self.prefixes = prefixes
         self.accept = accept
+        self.speculate = speculate
         self.lo = 0  # largest k known in budget
         self.hi: int | None = None  # smallest k known out of budget
-        self._pending: int | None = None
+        self._pending: dict[str, int] = {}  # plan digest -> k, asked and not yet told
+        self._results: dict[int, bool] = {}  # k -> in budget, for every k told
         self.done = prefixes.n == 0
+
+    def _midpoints(self, lo: int, hi: int, depth: int) -> list[int]:
+        if depth == 0 or hi - lo <= 1:
+            return []
+        m = (lo + hi) // 2
+        return [m, *self._midpoints(lo, m, depth - 1), *self._midpoints(m, hi, depth - 1)]
 
     def ask(self) -> list[Proposal]:
         if self.done:
             return []
-        if self.hi is None:
-            k = self.prefixes.n
-        elif self.hi - self.lo <= 1:
-            self.done = True
-            return []
+        if self.hi is None:  # everything lowered first; speculating that it is out of budget
+            ks = [self.prefixes.n, *self._midpoints(0, self.prefixes.n, self.speculate)]
         else:
-            k = (self.lo + self.hi) // 2
-        self._pending = k
-        return [(self.prefixes.plan(k), f"bisection k={k}/{self.prefixes.n}")]
+            ks = self._midpoints(self.lo, self.hi, self.speculate + 1)
+        ks = [k for k in ks if k not in self._results]
+        self._pending = {self.prefixes.plan(k).digest: k for k in ks}
+        return [(self.prefixes.plan(k), f"bisection k={k}/{self.prefixes.n}") for k in ks]
 
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
-        k = self._pending
+        k = self._pending.pop(plan.digest, None)
         if k is None or plan != self.prefixes.plan(k):
             raise ValueError("tell() got a plan this strategy did not ask for")
-        self._pending = None
         self.evaluations += 1
-        if self.accept(evaluation):
-            self.lo = max(self.lo, k)
-            if self.hi is None:  # everything lowered is in budget
+        self._results[k] = bool(self.accept(evaluation))
+        self._walk()
+
+    def _walk(self) -> None:
+        """Follow the bisection's path as far as the results told so far decide it."""
+        while not self.done:
+            k = self.prefixes.n if self.hi is None else (self.lo + self.hi) // 2
+            if k not in self._results:
+                return
+            if self._results[k]:
+                self.lo = max(self.lo, k)
+                if self.hi is None:  # everything lowered is in budget
+                    self.done = True
+            else:
+                self.hi = k if self.hi is None else min(self.hi, k)
+            if self.hi is not None and self.hi - self.lo <= 1:
                 self.done = True
-        else:
-            self.hi = k if self.hi is None else min(self.hi, k)
-        if self.hi is not None and self.hi - self.lo <= 1:
-            self.done = True
 
     @property
     def best_k(self) -> int:
@@ -145,10 +166,16 @@ class BisectionConfig:
         "--sweep", "bisection, frontier: prefixes of the order measured for the frontier"))
     refine: int = field(default=2, metadata=flag(
         "--refine", "bisection: also measure k +- this around the boundary"))
+    speculate: int = field(default=0, metadata=flag(
+        "--speculate", "bisection: with each midpoint also propose the next D levels' "
+                       "midpoints (2^(D+1)-1 plans per round, D+1 levels decided per round; "
+                       "for --executor ray with about that many workers)"))
 
     def __post_init__(self) -> None:
         if self.sweep_points < 0 or self.refine < 0:
             raise ConfigError("sweep points and refine width must be >= 0")
+        if not 0 <= self.speculate <= 4:
+            raise ConfigError("--speculate must be 0 to 4 (at most 31 plans per round)")
 
 
 @dataclass(frozen=True)
@@ -163,7 +190,7 @@ class FrontierConfig:
 
 def _bisection(config: BisectionConfig, inputs: SearchInputs) -> list[Strategy]:
     prefixes = inputs.prefixes
-    bis = Bisection(prefixes, inputs.accept)
+    bis = Bisection(prefixes, inputs.accept, config.speculate)
     out: list[Strategy] = [bis]
     if config.refine:
         out.append(Around(prefixes, center=lambda: bis.best_k, width=config.refine))
