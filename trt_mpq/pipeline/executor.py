@@ -2,16 +2,18 @@
 spread over a Ray cluster (`--executor ray`).
 
 With Ray the driver keeps the strategy and the store (one writer); each batch a strategy
-proposes is spread over one worker per node, an actor that builds the same workspace, backend
-and evaluator as the CLI (from the same `trt-mpq search` arguments, so the model, the task and
-the cache folder must be reachable from every node: a shared filesystem, or the same path on
-each) with the driver's calibration, and materializes, builds, evaluates and times one plan at a
-time. A worker whose model or data digests differ from the driver's refuses to start: its
-accuracies would not be comparable. A plan's latency is timed on its
-worker, interleaved with that worker's own baseline, so one timing runs per node and each ratio
-compares like with like; the evaluation records the node it ran on (`Evaluation.device`). A
-worker that dies mid-plan loses nothing measured: its plan goes to another worker, and the
-driver, if it dies, resumes from the store with `--resume` as always.
+proposes is spread over one worker per timing device (per node for a CPU backend, per GPU for a
+GPU backend), an actor that builds the same workspace, backend and evaluator as the CLI (from
+the same `trt-mpq search` arguments, so the model, the task and the cache folder must be
+reachable from every node: a shared filesystem, or the same path on each) with the driver's
+calibration, and materializes, builds, evaluates and times one plan at a time. A worker whose
+model or data digests differ from the driver's refuses to start: its accuracies would not be
+comparable. A plan's latency is timed on its worker, interleaved with that worker's own
+baseline, so one timing runs per device and each ratio compares like with like; the evaluation
+records the worker it ran on (`Evaluation.device`), and workers timing on another device type
+than the driver's are left out unless the user mixes them. A worker that dies mid-plan loses
+nothing measured: its plan goes to another worker, and the driver, if it dies, resumes from the
+store with `--resume` as always.
 """
 
 from __future__ import annotations
