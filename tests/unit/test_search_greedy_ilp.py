@@ -319,3 +319,38 @@ def test_ilp_validates_and_refuses_unasked_plans():
     assert label == "ilp T=3"
     with pytest.raises(ValueError):
         ilp.tell(Plan.uniform(names, P.FP32), None)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("depth", [1, 2])
+def test_speculative_ilp_follows_the_same_path_in_fewer_rounds(seed, depth):
+    """With the next steps' plans speculated in each batch (alternative solutions of the
+    program, either way each plan goes), the rule settles the same (T, plan, in budget) trace
+    and best plan as one plan at a time, having measured every plan that one did, in fewer
+    rounds; batched or not, the same plans."""
+    rng, names, drop, saving = random_problem(300 + seed, 9)
+    low = {g: P.INT8 for g in names}
+    accept = accept_for(rng.uniform(0.05, 0.5) * sum(drop.values()))
+
+    def run(d: int, batched: bool):
+        evaluate, calls = fake(names, drop, saving, low)
+        ilp = IlpSearch(names, low, P.FP32, accept, sensitivity=drop, gain=saving, steps=6,
+                        speculate=d)
+        rounds = []
+
+        def batch(proposals, latency_first):
+            rounds.append(len(proposals))
+            return [evaluate(p, label) for p, label in proposals]
+
+        drive([ilp], evaluate, evaluate_batch=batch if batched else None)
+        return ilp, calls, rounds
+
+    plain, plain_calls, plain_rounds = run(0, True)
+    spec, spec_calls, rounds = run(depth, True)
+    assert spec.trace == plain.trace and spec.evaluations == plain.evaluations
+    assert spec.best.plan == plain.best.plan
+    assert set(plain_calls) <= set(spec_calls) and len(spec_calls) == len(set(spec_calls))
+    assert len(rounds) <= len(plain_rounds)
+    if len(plain_rounds) > depth + 1:
+        assert len(rounds) < len(plain_rounds)
+    assert sorted(run(depth, False)[1]) == sorted(spec_calls)

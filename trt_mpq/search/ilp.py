@@ -16,6 +16,8 @@ there, on use.
 
 from __future__ import annotations
 
+import copy
+
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -116,6 +118,12 @@ class IlpSearch(Strategy):
     every (parameter, plan, in_budget) the bisection settled, with parameter T (gain) or B (bits),
     including the free ones; `solver_failures` counts the solver calls that gave no optimum.
     The program's ties (e.g. groups with zero gain) are resolved by the solver, not by a rule.
+
+    With `speculate` = D > 0 each ask also proposes the plans the rule would try next, either
+    way each pending plan may go, D levels on (alternative solutions of the program, for
+    parallel workers). A speculative plan joins the rule's path only when the rule reaches it,
+    and counts then as the evaluation it would have been: the path, `trace`, `best` and the
+    step cap are those of D = 0, and the plans off the path are extra measured points.
     """
 
     name = "ilp"
@@ -124,8 +132,12 @@ class IlpSearch(Strategy):
                  accept: Accept, *, sensitivity: Mapping[str, float],
                  gain: Mapping[str, float] | None = None, objective: str = "gain",
                  params: Mapping[str, int] | None = None, steps: int = 8,
-                 time_limit: float | None = 10.0, rtol: float = 1e-6) -> None:
+                 time_limit: float | None = 10.0, rtol: float = 1e-6,
+                 speculate: int = 0) -> None:
         super().__init__()
+        if speculate < 0:
+            raise ValueError("speculate must be >= 0")
+        self.speculate = speculate
         self.groups = checked_groups(groups, low)
         if objective not in ("gain", "bits"):
             raise ValueError('objective must be "gain" or "bits"')
@@ -170,6 +182,8 @@ class IlpSearch(Strategy):
         self.solver_failures = 0
         self._cache: dict[str, Evaluation] = {}
         self._pending: tuple[float, Plan, str] | None = None
+        self._asked: set[str] = set()  # speculative plans asked and not yet told
+        self._speculated: dict[str, Evaluation] = {}  # told, not (yet) on the rule's path
         self._started = False
         self.done = not self.groups
 
@@ -215,13 +229,27 @@ class IlpSearch(Strategy):
                 self.done = True
                 return []
         _, plan, label = self._pending
-        return [(plan, label)]
+        out = [(plan, label)]
+        for p, lab in self._ahead(self.speculate):
+            if p.digest not in {q.digest for q, _ in out} | set(self._cache) | set(
+                    self._speculated):
+                out.append((p, lab))
+                self._asked.add(p.digest)
+        return out
 
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
+        if plan.digest in self._asked and (self._pending is None or plan != self._pending[1]):
+            self._asked.discard(plan.digest)
+            self._speculated[plan.digest] = evaluation
+            return
         if self._pending is None or plan != self._pending[1]:
             raise ValueError("tell() got a plan this strategy did not ask for")
         t = self._pending[0]
         self._pending = None
+        self._on_path(t, plan, evaluation)
+
+    def _on_path(self, t: float, plan: Plan, evaluation: Evaluation) -> None:
+        """`plan`'s evaluation as the rule's next step (told now, or speculated earlier)."""
         self.evaluations += 1
         self._cache[plan.digest] = evaluation
         ok = self._in_budget(evaluation)
@@ -230,6 +258,30 @@ class IlpSearch(Strategy):
         self._settle(t, plan, ok)
         if ok and t >= self.t_max:  # everything lowered is in budget
             self.done = True
+
+    def _ahead(self, depth: int) -> list[Proposal]:
+        """The plans the rule would propose after the pending one, either way each goes,
+        `depth` levels on (a simulation on copies; nothing here changes)."""
+        out: list[Proposal] = []
+        level = [self]
+        for _ in range(depth):
+            following = []
+            for state in level:
+                t, plan, _ = state._pending
+                for ok in (True, False):
+                    sim = copy.copy(state)
+                    sim.trace, sim._cache = list(state.trace), dict(state._cache)
+                    sim._speculated = dict(state._speculated)
+                    sim.evaluations += 1
+                    sim._settle(t, plan, ok)
+                    if ok and t >= sim.t_max:
+                        continue
+                    sim._pending = sim._next()
+                    if sim._pending is not None:
+                        out.append(sim._pending[1:])
+                        following.append(sim)
+            level = following
+        return out
 
     # -- internals ------------------------------------------------------------------------------
     def _in_budget(self, e: Evaluation) -> bool:
@@ -266,6 +318,10 @@ class IlpSearch(Strategy):
             if known is not None:
                 self._settle(t, plan, self._in_budget(known))
                 continue
+            ahead = self._speculated.pop(plan.digest, None)
+            if ahead is not None:  # measured speculatively: the step it would have been
+                self._on_path(t, plan, ahead)
+                continue
             return t, plan, self._label(t)
         return None
 
@@ -274,10 +330,16 @@ class IlpSearch(Strategy):
 class IlpConfig:
     steps: int = field(default=8, metadata=flag("--ilp-steps",
                                                 "ilp: evaluations after the first"))
+    speculate: int = field(default=0, metadata=flag(
+        "--speculate", "bisection, ilp: with each step's plan also propose the plans of the next "
+                       "D steps, either way each goes, as one batch (up to 2^(D+1)-1 plans per "
+                       "round, D+1 steps decided per round; for --executor ray)"))
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError("ilp steps must be >= 1")
+        if not 0 <= self.speculate <= 4:
+            raise ConfigError("--speculate must be 0 to 4 (at most 31 plans per round)")
 
 
 def _ilp(config: IlpConfig, inputs: SearchInputs) -> list[Strategy]:
@@ -285,7 +347,7 @@ def _ilp(config: IlpConfig, inputs: SearchInputs) -> list[Strategy]:
     return [IlpSearch(inputs.groups, inputs.low, inputs.base, inputs.accept, objective="gain",
                       sensitivity={g: max(v, 0.0) for g, v in inputs.sensitivity.items()},
                       gain={g: max(v, 0.0) for g, v in inputs.gain.items()},
-                      steps=config.steps)]
+                      steps=config.steps, speculate=config.speculate)]
 
 
 SPEC = StrategySpec(

@@ -167,9 +167,9 @@ class BisectionConfig:
     refine: int = field(default=2, metadata=flag(
         "--refine", "bisection: also measure k +- this around the boundary"))
     speculate: int = field(default=0, metadata=flag(
-        "--speculate", "bisection: with each midpoint also propose the next D levels' "
-                       "midpoints (2^(D+1)-1 plans per round, D+1 levels decided per round; "
-                       "for --executor ray with about that many workers)"))
+        "--speculate", "bisection, ilp: with each step's plan also propose the plans of the next "
+                       "D steps, either way each goes, as one batch (up to 2^(D+1)-1 plans per "
+                       "round, D+1 steps decided per round; for --executor ray)"))
 
     def __post_init__(self) -> None:
         if self.sweep_points < 0 or self.refine < 0:
