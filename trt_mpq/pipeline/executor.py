@@ -217,7 +217,7 @@ class RayExecutor:
             raise TrtMpqError("no Ray worker could start: " + (why[0] if why else f"no node "
                               f"with a {what}") + f"; the search needs at least one node with a "
                               f"{what}, the model, the task and the cache folder")
-        keep = like_the_driver(kinds, kind, self.mix_devices) if kind else range(len(alive))
+        keep = like_the_driver(kinds, kind, self.mix_devices or kind is None)
         left = [i for i in range(len(alive)) if i not in keep]
         for i in left:
             ray.kill(alive[i])

@@ -230,23 +230,24 @@ class IlpSearch(Strategy):
                 return []
         _, plan, label = self._pending
         out = [(plan, label)]
+        known = {plan.digest, *self._cache, *self._speculated}
         for p, lab in self._ahead(self.speculate):
-            if p.digest not in {q.digest for q, _ in out} | set(self._cache) | set(
-                    self._speculated):
+            if p.digest not in known:
+                known.add(p.digest)
                 out.append((p, lab))
                 self._asked.add(p.digest)
         return out
 
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
-        if plan.digest in self._asked and (self._pending is None or plan != self._pending[1]):
+        if self._pending is not None and plan == self._pending[1]:
+            t = self._pending[0]
+            self._pending = None
+            self._on_path(t, plan, evaluation)
+        elif plan.digest in self._asked:  # speculative: joins the path when the rule gets there
             self._asked.discard(plan.digest)
             self._speculated[plan.digest] = evaluation
-            return
-        if self._pending is None or plan != self._pending[1]:
+        else:
             raise ValueError("tell() got a plan this strategy did not ask for")
-        t = self._pending[0]
-        self._pending = None
-        self._on_path(t, plan, evaluation)
 
     def _on_path(self, t: float, plan: Plan, evaluation: Evaluation) -> None:
         """`plan`'s evaluation as the rule's next step (told now, or speculated earlier)."""

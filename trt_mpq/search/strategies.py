@@ -67,13 +67,13 @@ class Bisection(Strategy):
             ks = [self.prefixes.n, *self._midpoints(0, self.prefixes.n, self.speculate)]
         else:
             ks = self._midpoints(self.lo, self.hi, self.speculate + 1)
-        ks = [k for k in ks if k not in self._results]
-        self._pending = {self.prefixes.plan(k).digest: k for k in ks}
-        return [(self.prefixes.plan(k), f"bisection k={k}/{self.prefixes.n}") for k in ks]
+        plans = {k: self.prefixes.plan(k) for k in ks if k not in self._results}
+        self._pending = {plan.digest: k for k, plan in plans.items()}
+        return [(plan, f"bisection k={k}/{self.prefixes.n}") for k, plan in plans.items()]
 
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
         k = self._pending.pop(plan.digest, None)
-        if k is None or plan != self.prefixes.plan(k):
+        if k is None:
             raise ValueError("tell() got a plan this strategy did not ask for")
         self.evaluations += 1
         self._results[k] = bool(self.accept(evaluation))
