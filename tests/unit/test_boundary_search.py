@@ -292,3 +292,29 @@ def test_safer_fallback_plans_follow_an_accuracy_boundary():
     assert len(fallbacks) == 2 and len(evs) <= 12
     assert [len(e.plan.groups_at(I8)) for e in fallbacks] == [2, 1]  # t = 0.4 -> 0.2 -> 0.1
     assert search.best.plan.groups_at(I8) and len(search.best.plan.groups_at(I8)) == 4
+
+
+def test_the_last_evaluations_are_kept_for_the_fallbacks():
+    """With too few evaluations for the bisection to settle, the search still ends with its
+    fallback plans (the holdout may refuse the in-budget ones), not with a last bisection step;
+    without an accuracy boundary nothing is reserved."""
+    names, edges = _chain(16)
+    gain = {(g, I8): 0.05 for g in names}
+    sens = {(g, I8): 0.01 * (i + 1) for i, g in enumerate(names)}
+    fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.0)
+    accept = lambda e: e.ok and e.drop <= 0.2  # noqa: E731
+    unlimited = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
+                               sensitivity=sens, prior_gain=gain, max_evaluations=50)
+    steps = [e for e in drive([unlimited], fake) if e.label.startswith("boundary t=")]
+    assert len(steps) >= 3  # the bisection alone wants more than the 7 - 3 - 2 left below
+    search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
+                            sensitivity=sens, prior_gain=gain, max_evaluations=7)
+    evs = drive([search], fake)
+    assert len(evs) == 7
+    assert [e.label.split(" t=")[0] for e in evs[-2:]] == ["boundary fallback"] * 2
+    assert search.best is not None and fake.drop(search.best.plan) <= 0.2
+
+    everything_fits = lambda e: e.ok and e.drop <= 10  # noqa: E731
+    search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, everything_fits,
+                            sensitivity=sens, prior_gain=gain, max_evaluations=7)
+    assert not [e for e in drive([search], fake) if "fallback" in e.label]
