@@ -15,7 +15,7 @@ from trt_mpq.model.groups import find_groups, group_edges
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.plan.precision import edge_type
 from trt_mpq.results import Evaluation, Status
-from trt_mpq.search import Bisection, PrefixPlans, drive
+from trt_mpq.search import Bisection, BudgetAccept, PrefixPlans, drive
 from trt_mpq.search.boundary import BoundarySearch, solve_program
 from trt_mpq.search.latency_model import LatencyModel
 
@@ -318,3 +318,66 @@ def test_the_last_evaluations_are_kept_for_the_fallbacks():
     search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, everything_fits,
                             sensitivity=sens, prior_gain=gain, max_evaluations=7)
     assert not [e for e in drive([search], fake) if "fallback" in e.label]
+
+
+def test_secant_steps_start_where_the_measured_drops_say():
+    """The all-lowered plan is just out of budget (0.16 against 0.115) because of one sensitive
+    group: with an accept function that says how far out (a BudgetAccept), the first t step is
+    the secant's (t = 0.115), whose plan is the optimum (everything but that group lowered);
+    geometric steps from the smallest sensitivity reach it a step later, and the search ends
+    with fewer measurements."""
+    names, edges = _chain(12)
+    gain = {(g, I8): 0.05 for g in names}
+    sens = {(g, I8): (0.05 if g == "g5" else 0.01) for g in names}
+    fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.0)
+    optimum = Plan.of({g: (F32 if g == "g5" else I8) for g in names})
+    steering = BudgetAccept(allowed=0.115, bound=False)
+    runs = {}
+    for name, accept in [("secant", steering), ("geometric", lambda e: steering(e))]:
+        search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
+                                sensitivity=sens, prior_gain=gain, max_evaluations=12)
+        evs = drive([search], fake)
+        assert search.best.plan == optimum
+        steps = [e for e in evs if e.label.startswith("boundary t=")]
+        runs[name] = ([e.plan for e in steps].index(optimum), len(evs), search.secant_steps)
+    assert runs["secant"][0] == 0 and runs["geometric"][0] >= 1
+    assert runs["secant"][1] < runs["geometric"][1]
+    assert runs["secant"][2] >= 1 and runs["geometric"][2] == 0
+
+
+@pytest.mark.parametrize("seed", range(8))
+@pytest.mark.parametrize("bound", [False, True])
+def test_secant_steps_keep_the_search_sound_when_drops_are_not_linear(seed, bound):
+    """Drops that grow faster than the summed sensitivity (squared, plus a bound's margin):
+    the secant lands on the same side again and again, the safeguard falls back to geometric
+    steps, and the answer is in budget within the evaluation cap, no slower than what geometric
+    steps alone find by more than one group's gain."""
+    rng = random.Random(seed)
+    names, edges = _chain(10)
+    gain = {(g, I8): rng.uniform(0.02, 0.08) for g in names}
+    sens = {(g, I8): rng.uniform(0.001, 0.05) for g in names}
+
+    class Curved(FakeEvaluator):
+        def drop(self, plan):
+            s = super().drop(plan)
+            return 4 * s * s
+
+    fake = Curved(names, edges, gain, sens, c_edge=0.02)
+    upper = lambda e: (e.drop + 0.01) if bound else e.drop  # noqa: E731
+    allowed = 4 * (0.4 * sum(sens.values())) ** 2 + (0.01 if bound else 0.0)
+    steering = BudgetAccept(allowed=allowed, bound=bound)
+
+    def evaluate(plan, label):
+        e = fake(plan, label)
+        return Evaluation(**{**e.__dict__, "drop_upper": upper(e)})
+
+    found = {}
+    for name, accept in [("secant", steering), ("geometric", lambda e: steering(e))]:
+        search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
+                                sensitivity=sens, prior_gain=gain, max_evaluations=12)
+        evs = drive([search], evaluate)
+        assert len(evs) <= 12
+        assert search.best is not None and steering(search.best)
+        assert (search.secant_steps >= 1) == (name == "secant")
+        found[name] = fake.truth(search.best.plan)
+    assert found["secant"] <= found["geometric"] + max(gain.values())

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -41,6 +41,7 @@ from trt_mpq.plan import Plan, Precision
 from trt_mpq.qdq import BASELINE, SUPPORTED, default_low_precision, materialize
 from trt_mpq.search import (
     Budget,
+    BudgetAccept,
     Evaluation,
     OptionSweep,
     SearchInputs,
@@ -437,7 +438,7 @@ def rules(config: SearchConfig, baseline_metric: float
 
 
 def judge(ws: Workspace, config: SearchConfig, baseline_metric: float
-          ) -> tuple[SequentialRule | None, str, Callable[[Evaluation], bool]]:
+          ) -> tuple[SequentialRule | None, str, BudgetAccept]:
     """How the search split judges plans against the budget: its adaptive rule (None with
     --confidence off; it knows whether the search judges by point estimates, for its futility
     stops), the decision ("bound" or "point", `search_decision`) and the accept function."""
@@ -445,15 +446,7 @@ def judge(ws: Workspace, config: SearchConfig, baseline_metric: float
     decision = search_decision(ws, config, rule)
     if rule is not None:
         rule = replace(rule, point=decision == "point")
-    allowed = config.budget.allowed_drop(baseline_metric)
-
-    def accept(ev: Evaluation) -> bool:
-        if not ev.ok:
-            return False
-        if decision == "bound":
-            return ev.drop_upper is not None and ev.drop_upper <= allowed + 1e-12
-        return config.budget.accepts(ev.drop, baseline_metric)
-
+    accept = BudgetAccept(config.budget.allowed_drop(baseline_metric), decision == "bound")
     return rule, decision, accept
 
 

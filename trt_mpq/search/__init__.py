@@ -2,6 +2,7 @@
 evaluate(plan) -> Evaluation. Strategies are registered by name in `registry.STRATEGIES`."""
 
 from trt_mpq.search.base import (
+    BudgetAccept,
     PrefixPlans,
     SearchInputs,
     Strategy,
@@ -22,7 +23,7 @@ from trt_mpq.search.strategies import (
     PrefixSweep,
 )
 
-__all__ = ["Budget", "Evaluation", "Status", "drop_of", "frontier", "ranked_in_budget",
+__all__ = ["Budget", "BudgetAccept", "Evaluation", "Status", "drop_of", "frontier", "ranked_in_budget",
            "area_under_frontier", "Bisection", "BisectionConfig", "FrontierConfig",
            "PrefixSweep", "Around", "PrefixPlans", "SearchInputs", "Strategy", "StrategySpec",
            "drive", "OptionSweep", "Greedy", "GreedyConfig", "IlpSearch", "IlpConfig", "STRATEGIES",

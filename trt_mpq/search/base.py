@@ -23,6 +23,24 @@ Evaluate = Callable[[Plan, str], Evaluation]
 Accept = Callable[[Evaluation], bool]  # status ok and within the accuracy budget
 
 
+@dataclass(frozen=True)
+class BudgetAccept:
+    """An `Accept` that also says how far in or out of budget a plan is: the number it compares
+    (`statistic`: the drop's upper bound where the search decides by bounds, else the drop)
+    against `allowed`. Strategies that steer by that distance (the boundary strategy's secant
+    steps) read it where the accept function is one; any other callable works as before."""
+
+    allowed: float  # the largest statistic in budget
+    bound: bool  # compare the drop's upper bound (True) or the drop itself
+
+    def statistic(self, e: Evaluation) -> float | None:
+        return e.drop_upper if self.bound else e.drop
+
+    def __call__(self, e: Evaluation) -> bool:
+        s = self.statistic(e)
+        return e.ok and s is not None and s <= self.allowed + 1e-12
+
+
 class Strategy(abc.ABC):
     name: str = ""
     #: its proposals only matter if faster than the best in-budget plan so far (a sweep, a
