@@ -1,7 +1,7 @@
 """How the search chooses its answer, with scripted evaluations and holdout results: the fastest
 in-budget plan faster than the baseline that holds the budget on the holdout; the baseline and
-plans no faster than it are never answers; a holdout failure falls back to the next fastest;
-at most `candidates` are confirmed."""
+plans no faster than it are never answers; a holdout failure falls back to the next fastest
+with other precisions; at most `candidates` are confirmed."""
 
 import pytest
 
@@ -11,15 +11,21 @@ from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.search import Budget, Evaluation, Status
 
-BASE = Plan.uniform(["a", "b", "c"], P.FP32)
+GROUPS = [f"g{i}" for i in range(8)]
+BASE = Plan.uniform(GROUPS, P.FP32)
 BUDGET = Budget.parse("1%")
 BASELINE_METRIC = 0.9
 LAT = LatencyStats.of([0.001, 0.001, 0.001])
 
 
+def precisions(name: str) -> Plan:
+    """A plan of its own for each name (its own precisions, no runtime options)."""
+    bits = sum(ord(c) * 31 ** i for i, c in enumerate(name)) % 255 + 1
+    return Plan.of({g: P.INT8 if bits >> i & 1 else P.FP32 for i, g in enumerate(GROUPS)})
+
+
 def ev(name, ratio, drop, plan=None, status=Status.OK):
-    plan = plan or Plan.of({"a": P.INT8, "b": P.FP32 if name < "m" else P.INT8, "c": P.FP32}
-                           ).with_options({"label": name})
+    plan = plan or precisions(name)
     if status is not Status.OK:
         return Evaluation(plan=plan, status=status, label=name, reason="scripted")
     return Evaluation(plan=plan, status=Status.OK, label=name, metric=BASELINE_METRIC - drop,
@@ -61,6 +67,21 @@ def test_a_holdout_failure_falls_back_to_the_next_fastest():
     best, tried = pick_answer(evs, accept, BASE, 3, confirm)
     assert best.evaluation.label == "c" and calls == ["a", "b", "c"]
     assert [t.in_budget for t in tried] == [False, False, True]
+
+
+def test_a_plans_runtime_option_variants_are_one_finalist():
+    """A plan and its runtime-option variants share their precisions, so the holdout judges them
+    alike: only the fastest variant is a finalist, and after its failure the next plan with
+    other precisions is tried, not a slower variant."""
+    plan = precisions("x")
+    evs = [ev("x + opt1", 0.50, 0.0, plan=plan.with_options({"opt": "1"})),
+           ev("x", 0.55, 0.0, plan=plan),
+           ev("x + opt2", 0.56, 0.0, plan=plan.with_options({"opt": "2"})),
+           ev("y", 0.60, 0.0), ev("z", 0.70, 0.0)]
+    confirm, calls = scripted({"x + opt1": False, "x": False, "x + opt2": False, "y": False,
+                               "z": True})
+    best, tried = pick_answer(evs, accept, BASE, 3, confirm)
+    assert calls == ["x + opt1", "y", "z"] and best.evaluation.label == "z"
 
 
 def test_at_most_candidates_are_confirmed():

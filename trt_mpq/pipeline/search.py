@@ -524,14 +524,22 @@ def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, cand
                 confirm, remeasure=None) -> tuple[Confirmation | None, list[Confirmation]]:
     """The answer: the fastest in-budget plan (on the search split) that is faster than the
     baseline and, when `confirm` re-measures it, holds the budget on the holdout split and is
-    still faster than the baseline; the next fastest is tried when one fails there, at most
-    `candidates` in all. With `remeasure(finalists) -> {digest: ratio}`, the `candidates`
+    still faster than the baseline; the next fastest with other precisions is tried when one
+    fails there, at most `candidates` in all. With `remeasure(finalists) -> {digest: ratio}`, the `candidates`
     fastest are first timed again together with the baseline in one fresh measurement and tried
     in that order: the search's fastest measurement is the minimum of noisy ones (the winner's
     curse), a joint re-measurement is not. Returns (the confirmed
     answer or None, every confirmation tried, in order)."""
-    finalists = [ev for ev in ranked_in_budget(evaluations, accept)
-                 if ev.plan != baseline_plan and ev.latency_ratio < 1.0][:candidates]
+    finalists, precisions = [], set()
+    for ev in ranked_in_budget(evaluations, accept):
+        # one finalist per precision assignment, its fastest runtime-option variant: options
+        # change speed, not what the holdout judges, so a plan's variants pass or fail there
+        # together (minilm-sentiment: three tries, one plan with three options, one drop)
+        key = Plan.of(ev.plan.as_dict()).digest
+        if ev.plan != baseline_plan and ev.latency_ratio < 1.0 and key not in precisions:
+            precisions.add(key)
+            finalists.append(ev)
+    finalists = finalists[:candidates]
     if remeasure is not None and finalists:
         ratios = remeasure(finalists)  # one fresh measurement of them all: no winner's curse
         finalists.sort(key=lambda e: (ratios[e.plan.digest], e.drop or 0.0))
