@@ -118,8 +118,9 @@ def main() -> int:
         rows.append({"case": case, "runs": runs, "uniform": uniform})
         print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     (args.root / f"default-choice-{stamp}.json").write_text(json.dumps(rows, indent=1))
-    print("| case | uniform (joint) | " + " | ".join(f"{s}: joint ratio (95% CI) / holdout drop / evals / wall s"
-                                   for s in args.strategies) + " |")
+    print("| case | uniform (joint) | " + " | ".join(
+        f"{s}: joint ratio (95% CI) / holdout drop / evals / wall s" for s in args.strategies)
+        + " |")
     print("|---|---|" + "---|" * len(args.strategies))
     for row in rows:
         cells = []

@@ -525,10 +525,10 @@ def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, cand
     """The answer: the fastest in-budget plan (on the search split) that is faster than the
     baseline and, when `confirm` re-measures it, holds the budget on the holdout split and is
     still faster than the baseline; the next fastest with other precisions is tried when one
-    fails there, at most `candidates` in all. With `remeasure(finalists) -> {digest: ratio}`, the `candidates`
-    fastest are first timed again together with the baseline in one fresh measurement and tried
-    in that order: the search's fastest measurement is the minimum of noisy ones (the winner's
-    curse), a joint re-measurement is not. Returns (the confirmed
+    fails there, at most `candidates` in all. With `remeasure(finalists) -> {digest: ratio}`,
+    the `candidates` fastest are first timed again together with the baseline in one fresh
+    measurement and tried in that order: the search's fastest measurement is the minimum of
+    noisy ones (the winner's curse), a joint re-measurement is not. Returns (the confirmed
     answer or None, every confirmation tried, in order)."""
     finalists, precisions = [], set()
     for ev in ranked_in_budget(evaluations, accept):

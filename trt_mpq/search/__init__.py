@@ -23,8 +23,8 @@ from trt_mpq.search.strategies import (
     PrefixSweep,
 )
 
-__all__ = ["Budget", "BudgetAccept", "Evaluation", "Status", "drop_of", "frontier", "ranked_in_budget",
-           "area_under_frontier", "Bisection", "BisectionConfig", "FrontierConfig",
-           "PrefixSweep", "Around", "PrefixPlans", "SearchInputs", "Strategy", "StrategySpec",
-           "drive", "OptionSweep", "Greedy", "GreedyConfig", "IlpSearch", "IlpConfig", "STRATEGIES",
-           "strategy_spec"]
+__all__ = ["Budget", "BudgetAccept", "Evaluation", "Status", "drop_of", "frontier",
+           "ranked_in_budget", "area_under_frontier", "Bisection", "BisectionConfig",
+           "FrontierConfig", "PrefixSweep", "Around", "PrefixPlans", "SearchInputs", "Strategy",
+           "StrategySpec", "drive", "OptionSweep", "Greedy", "GreedyConfig", "IlpSearch",
+           "IlpConfig", "STRATEGIES", "strategy_spec"]
