@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+from trt_mpq.errors import ConfigError
 from trt_mpq.graph import Edge
+from trt_mpq.options import flag
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.results import Evaluation
 
@@ -39,6 +41,23 @@ class BudgetAccept:
     def __call__(self, e: Evaluation) -> bool:
         s = self.statistic(e)
         return e.ok and s is not None and s <= self.allowed + 1e-12
+
+
+MAX_SPECULATE = 4  # at most 2^5 - 1 = 31 plans per round
+
+
+def speculate_field():
+    """The `--speculate D` option of the strategies that can propose their next steps ahead."""
+    return field(default=0, metadata=flag(
+        "--speculate", "bisection, ilp: with each step's plan also propose the plans of the next "
+                       "D steps, either way each goes, as one batch (up to 2^(D+1)-1 plans per "
+                       "round, D+1 steps decided per round; for --executor ray)"))
+
+
+def check_speculate(depth: int) -> None:
+    if not 0 <= depth <= MAX_SPECULATE:
+        raise ConfigError(f"--speculate must be 0 to {MAX_SPECULATE} (at most "
+                          f"{2 ** (MAX_SPECULATE + 1) - 1} plans per round)")
 
 
 class Strategy(abc.ABC):

@@ -292,8 +292,7 @@ class BoundarySearch(Strategy):
         if plan == self.low_plan:  # in budget: with one format per group, t has no limit
             self._settle(self.t_low, ok)
         if t is not None:
-            self._settle(t, ok)
-            self._sides.append(ok)
+            self._settle_step(t, ok)
 
     # -- internals --------------------------------------------------------------------------------
     def _in_budget(self, e: Evaluation) -> bool:
@@ -305,6 +304,12 @@ class BoundarySearch(Strategy):
             self.lo = max(self.lo, t)
         else:
             self.hi = min(self.hi, t)
+
+    def _settle_step(self, t: float, in_budget: bool) -> None:
+        """Settle a bisection step at t, and remember which side it settled (the secant's
+        safeguard reads the last two)."""
+        self._settle(t, in_budget)
+        self._sides.append(in_budget)
 
     def _solve(self, t: float, exclude: Sequence[Plan] = ()) -> Plan | None:
         plan = solve_program(self.model, self.sensitivity, t, exclude=exclude,
@@ -326,16 +331,13 @@ class BoundarySearch(Strategy):
                 t = self._step(low_end)
                 plan = self._solve(t)
                 if plan is None:
-                    self.hi = t
-                    self._sides.append(False)
+                    self._settle_step(t, False)
                     continue
                 if plan == self.base_plan:
-                    self._settle(t, True)
-                    self._sides.append(True)
+                    self._settle_step(t, True)
                     continue
                 if (known := self.seen.get(plan.digest)) is not None:
-                    self._settle(t, self._in_budget(known))
-                    self._sides.append(self._in_budget(known))
+                    self._settle_step(t, self._in_budget(known))
                     continue
                 best = self.best.latency_ratio if self.best is not None else 1.0
                 if self.model.predict(plan) >= best - self.improve:
@@ -343,8 +345,7 @@ class BoundarySearch(Strategy):
                     # answer, so look at larger t (more lowered) without spending a measurement;
                     # whatever this t holds is measured before it counts (the refit phase)
                     self.skipped += 1
-                    self._settle(t, True)
-                    self._sides.append(True)
+                    self._settle_step(t, True)
                     continue
                 return plan, f"boundary t={t:.4g}", t, False
             # the accuracy side is settled: the best plan the refitted model predicts at the

@@ -17,7 +17,6 @@ there, on use.
 from __future__ import annotations
 
 import copy
-
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -32,7 +31,9 @@ from trt_mpq.search.base import (
     SearchInputs,
     Strategy,
     StrategySpec,
+    check_speculate,
     checked_groups,
+    speculate_field,
 )
 
 
@@ -331,16 +332,12 @@ class IlpSearch(Strategy):
 class IlpConfig:
     steps: int = field(default=8, metadata=flag("--ilp-steps",
                                                 "ilp: evaluations after the first"))
-    speculate: int = field(default=0, metadata=flag(
-        "--speculate", "bisection, ilp: with each step's plan also propose the plans of the next "
-                       "D steps, either way each goes, as one batch (up to 2^(D+1)-1 plans per "
-                       "round, D+1 steps decided per round; for --executor ray)"))
+    speculate: int = speculate_field()
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise ConfigError("ilp steps must be >= 1")
-        if not 0 <= self.speculate <= 4:
-            raise ConfigError("--speculate must be 0 to 4 (at most 31 plans per round)")
+        check_speculate(self.speculate)
 
 
 def _ilp(config: IlpConfig, inputs: SearchInputs) -> list[Strategy]:

@@ -22,6 +22,8 @@ from trt_mpq.search.base import (
     SearchInputs,
     Strategy,
     StrategySpec,
+    check_speculate,
+    speculate_field,
 )
 
 class Bisection(Strategy):
@@ -166,16 +168,12 @@ class BisectionConfig:
         "--sweep", "bisection, frontier: prefixes of the order measured for the frontier"))
     refine: int = field(default=2, metadata=flag(
         "--refine", "bisection: also measure k +- this around the boundary"))
-    speculate: int = field(default=0, metadata=flag(
-        "--speculate", "bisection, ilp: with each step's plan also propose the plans of the next "
-                       "D steps, either way each goes, as one batch (up to 2^(D+1)-1 plans per "
-                       "round, D+1 steps decided per round; for --executor ray)"))
+    speculate: int = speculate_field()
 
     def __post_init__(self) -> None:
         if self.sweep_points < 0 or self.refine < 0:
             raise ConfigError("sweep points and refine width must be >= 0")
-        if not 0 <= self.speculate <= 4:
-            raise ConfigError("--speculate must be 0 to 4 (at most 31 plans per round)")
+        check_speculate(self.speculate)
 
 
 @dataclass(frozen=True)
