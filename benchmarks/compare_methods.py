@@ -247,8 +247,7 @@ def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
                                    lambda pp, bis: PrefixSweep(pp, 6)))
         sens_s += cost
     elif method == "ours":
-        evs, cost = run_ours(r, accept, scores)
-        sens_s += cost
+        return run_ours(r, accept, scores, budget, lambda: sens_s)
     elif method == "autoquantize":
         params = {g.name: g.params for g in r.ws.groups}
         ilp = IlpSearch(r.names, r.low, base, accept, objective="bits", params=params,
@@ -267,13 +266,14 @@ def run_method(r: Runner, method: str, budget, sens_cache: dict) -> dict:
     return _summary(r, evs, accept, sens_s, budget)
 
 
-def run_ours(r: Runner, accept, scores) -> tuple[list, float]:
+def run_ours(r: Runner, accept, scores, budget, sensitivity_s) -> dict:
     """The boundary strategy as `trt-mpq search --strategy boundary` builds it: the default
     sensitivity metric, every precision each group's op supports as an option (one sensitivity
     run and one profile per precision), plans timed slower than the fastest in-budget one so far
-    skip their accuracy pass. Returns the evaluations and the analysis cost (sensitivity of every
-    precision and the profiles)."""
-    from trt_mpq.pipeline.search import SearchConfig
+    (or the baseline) skip their accuracy pass, as `trt-mpq search` gates them, and the
+    strategy's safer plans are measured only if the holdout refuses every answer. Its cost: the
+    sensitivity of every precision, the profiles and its evaluations."""
+    from trt_mpq.pipeline.search import SearchConfig, accuracy_gate
     from trt_mpq.search import Budget, drive
 
     config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
@@ -281,25 +281,31 @@ def run_ours(r: Runner, accept, scores) -> tuple[list, float]:
     best: list[float] = []
 
     def gated(plan, label):
-        return r.evaluator.evaluate(plan, label,
-                                    gate=best[0] * (1 + config.gate_margin) if best else None)
+        return r.evaluator.evaluate(
+            plan, label, gate=accuracy_gate(best[0] if best else None, config.gate_margin))
 
     def seen(ev) -> None:
         if accept(ev) and ev.latency_ratio < 1.0:
             best[:] = [min([ev.latency_ratio, *best])]
 
     evs = drive(strategies, r.evaluator.evaluate, seen, gated)
-    return evs, cost
+    out = _summary(r, evs, accept, sensitivity_s() + cost, budget)
+    if out["answer"] is None and (reopened := [s for s in strategies if s.fall_back()]):
+        evs += drive(reopened, r.evaluator.evaluate, seen, gated)
+        out = _summary(r, evs, accept, sensitivity_s() + cost, budget, skip=out["tried"])
+    return out
 
 
-def _summary(r: Runner, evs, accept, sens_s: float, budget) -> dict:
+def _summary(r: Runner, evs, accept, sens_s: float, budget, skip=()) -> dict:
     """The method's answer: like `trt-mpq search`, the fastest in-budget plan faster than the
-    baseline whose holdout drop is certified within the budget (up to 3 tried), else none."""
+    baseline whose holdout drop is certified within the budget (up to 3 tried, not those in
+    `skip`: plans tried before), else none."""
     from trt_mpq.search import area_under_frontier, frontier, ranked_in_budget
 
-    best, hold = None, None
+    best, hold, tried = None, None, list(skip)
     for e in [e for e in ranked_in_budget(evs, accept) if e.plan.groups_at(r.base)
-              != e.plan.groups and e.latency_ratio < 1.0][:3]:
+              != e.plan.groups and e.latency_ratio < 1.0 and e.plan.digest not in skip][:3]:
+        tried.append(e.plan.digest)
         cert = r.certify(e.plan, budget)
         if cert["in"]:
             best, hold = e, cert
@@ -307,7 +313,7 @@ def _summary(r: Runner, evs, accept, sens_s: float, budget) -> dict:
     if best is not None:
         r.answers[best.plan.digest] = best
     return {"ratio": best.latency_ratio if best else None,
-            "answer": best.plan.digest if best else None,
+            "answer": best.plan.digest if best else None, "tried": tried,
             "holdout_drop": hold["drop"] if hold else None,
             "holdout_upper": hold["upper"] if hold else None,
             "holdout_samples": hold["samples"] if hold else None,

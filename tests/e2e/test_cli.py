@@ -346,3 +346,47 @@ def test_the_answer_carries_its_paired_holdout_bound(searched):
     timed = [row for row in rows if row["latency_ratio"]]
     assert timed and all(float(row["latency_ratio_lo"]) <= float(row["latency_ratio"])
                          <= float(row["latency_ratio_hi"]) for row in timed)
+
+
+def test_when_the_holdout_refuses_every_answer_the_search_measures_its_safer_plans(
+        digits_model, env, monkeypatch, capsys):
+    """`--strategy boundary` ends at an accuracy boundary (the all-lowered plan out of budget)
+    without measuring its fallback plans; they are measured only when the holdout refuses every
+    answer. Here a holdout that refuses every plan the search found first: the safer plans are
+    measured after it, tried on the holdout, and one of them is the answer."""
+    import dataclasses
+
+    from trt_mpq.pipeline import search as search_module
+
+    real = search_module._confirm
+    judged = []
+
+    def refusing(ws, backend, evaluator, ev, *args, **kwargs):
+        conf = real(ws, backend, evaluator, ev, *args, **kwargs)
+        judged.append(ev.label)
+        if ev.label.startswith("boundary fallback"):
+            return conf
+        return dataclasses.replace(conf, in_budget=False, artifact="")
+
+    args = ["search", str(digits_model), "--task", TASK, "--max-drop", "0.2%", "--confidence",
+            "off", "--strategy", "boundary", *MEASURE]
+    assert main([*args, "--out", "agree"]) == 0  # the holdout agrees: no fallback measured
+    labels = [e["label"]
+              for e in json.loads(Path("agree/pareto.json").read_text())["evaluations"]]
+    assert any(label.startswith("boundary t=") for label in labels)
+    assert not any("fallback" in label for label in labels)
+
+    monkeypatch.setattr(search_module, "_confirm", refusing)
+    code = main([*args, "--out", "refused"])
+    err = capsys.readouterr().err
+    assert "the holdout refused every answer" in err
+    res = json.loads(Path("refused/result.json").read_text())
+    labels = [e["label"]
+              for e in json.loads(Path("refused/pareto.json").read_text())["evaluations"]]
+    fallbacks = [label for label in labels if label.startswith("boundary fallback")]
+    refused_first = [label for label in judged if not label.startswith("boundary fallback")]
+    tried_after = judged[len(refused_first):]  # every first-round plan, then the fallbacks
+    assert refused_first and fallbacks and tried_after
+    assert all(label in fallbacks for label in tried_after)
+    assert code == 0 and res["budget_met"]
+    assert res["best"]["label"].startswith("boundary fallback")

@@ -203,8 +203,9 @@ def test_strategy_finds_the_region_plan_prefix_plans_cannot_reach():
     assert search.best is not None and search.best.plan == optimum
     assert len(evs) <= 12
     # at half the sensitivity budget no plan is predicted faster than FP32 here (two lowered
-    # groups do not pay for their two boundaries): no fallback is measured
-    assert not [e for e in evs if "fallback" in e.label]
+    # groups do not pay for their two boundaries): should the holdout refuse the answer, no
+    # fallback is measured
+    assert search.fall_back() and not drive([search], fake)
     assert search.model.fit_.c_edge == pytest.approx(0.06, abs=0.02)  # learned from measurements
     report = search.report()
     assert len(report["predictions"]) == len(evs)
@@ -251,10 +252,59 @@ def test_probes_are_latency_first_and_failures_count_out_of_budget():
                           rel_drop=d, latency_ratio=1 - 0.05 * len(plan.groups_at(I8)))
 
     evs = drive([search], evaluate)
+    assert search.fall_back()  # the holdout refused every answer
+    evs += drive([search], evaluate)
     assert [lf for label, lf in seen if "probe" in label] == [True, True]
-    assert all(not lf for label, lf in seen if "probe" not in label)
+    # the bisection's and the refit's plans are latency-first too; the all-lowered plan and
+    # the fallbacks (the holdout's plans to fall back on) always get their accuracy pass
+    assert all(lf for label, lf in seen if label.startswith(("boundary t=", "boundary refit")))
+    firm = [lf for label, lf in seen
+            if label.startswith(("boundary all-lowered", "boundary fallback"))]
+    assert len(firm) >= 2 and not any(firm)
+    assert any(label.startswith("boundary t=") for label, _ in seen)
     assert len(evs) <= 7
     assert search.best is not None and search.best.drop <= 0.35
+
+
+def test_a_step_timed_slower_than_the_best_skips_accuracy_and_moves_t_up():
+    """A t step whose plan the gated evaluation times slower than the fastest in-budget plan
+    has no accuracy: the search settles it like a plan predicted slower (t up, toward more
+    lowered plans), never as out of budget (t down, toward plans that keep more groups float
+    and are slower still). Here the first step's plan is timed slow (a noisy moment): the next
+    step's t is larger; had that plan measured out of budget, it would be smaller."""
+    names, edges = _chain(8)
+    gain = {(g, I8): 0.05 for g in names}
+    sens = {(g, I8): 0.01 * (i + 1) for i, g in enumerate(names)}
+    fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.0)
+    accept = lambda e: e.ok and e.drop <= 0.2  # noqa: E731
+
+    def run(first_step):
+        firsts = []
+
+        def evaluate(plan, label):
+            e = fake(plan, label)
+            if label.startswith("boundary t=") and not firsts:
+                firsts.append(label)
+                return first_step(e)
+            return e
+
+        search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
+                                sensitivity=sens, prior_gain=gain, max_evaluations=12,
+                                fallbacks=0)
+        evs = drive([search], evaluate)
+        ts = [float(e.label.split("t=")[1]) for e in evs if e.label.startswith("boundary t=")]
+        return search, evs, ts
+
+    slow = lambda e: Evaluation(plan=e.plan, status=Status.SLOWER, label=e.label,  # noqa: E731
+                                latency_ratio=2.0)
+    search, evs, ts = run(slow)
+    assert search.gated == 1 and search.report()["gated"] == 1
+    assert len(ts) >= 2 and ts[1] > ts[0]
+    assert search.best is not None and accept(search.best)
+
+    out = lambda e: Evaluation(**{**e.__dict__, "drop": 1.0, "rel_drop": 1.0})  # noqa: E731
+    search, evs, ts = run(out)
+    assert search.gated == 0 and len(ts) >= 2 and ts[1] < ts[0]
 
 
 @pytest.mark.parametrize("per_group,skips", [(-0.05, False), (0.0005, True)])
@@ -276,10 +326,11 @@ def test_plans_predicted_no_faster_than_known_are_not_measured(per_group, skips)
     assert (search.skipped > 0) == skips
 
 
-def test_safer_fallback_plans_follow_an_accuracy_boundary():
+def test_safer_fallback_plans_follow_an_accuracy_boundary_when_the_holdout_refuses():
     """The holdout may refuse the plans the search split let through: after an accuracy
-    boundary, the best predicted plans at half and a quarter of the sensitivity budget are
-    measured too, while they are predicted faster than the baseline."""
+    boundary, once the caller says so (`fall_back`, the holdout refused every answer), the best
+    predicted plans at half and a quarter of the sensitivity budget are measured too, while
+    they are predicted faster than the baseline; until then they are not."""
     names, edges = _chain(8)
     gain = {(g, I8): 0.05 for g in names}
     sens = {(g, I8): 0.1 for g in names}
@@ -288,6 +339,9 @@ def test_safer_fallback_plans_follow_an_accuracy_boundary():
     search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
                             sensitivity=sens, prior_gain=gain, max_evaluations=12)
     evs = drive([search], fake)
+    assert not [e for e in evs if "fallback" in e.label] and search.done
+    assert search.fall_back() and not search.fall_back()  # once
+    evs += drive([search], fake)
     fallbacks = [e for e in evs if e.label.startswith("boundary fallback")]
     assert len(fallbacks) == 2 and len(evs) <= 12
     assert [len(e.plan.groups_at(I8)) for e in fallbacks] == [2, 1]  # t = 0.4 -> 0.2 -> 0.1
@@ -310,14 +364,19 @@ def test_the_last_evaluations_are_kept_for_the_fallbacks():
     search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
                             sensitivity=sens, prior_gain=gain, max_evaluations=7)
     evs = drive([search], fake)
+    assert len(evs) == 5  # the search stops with two evaluations left
+    assert search.best is not None and fake.drop(search.best.plan) <= 0.2
+    assert search.fall_back()
+    evs += drive([search], fake)
     assert len(evs) == 7
     assert [e.label.split(" t=")[0] for e in evs[-2:]] == ["boundary fallback"] * 2
-    assert search.best is not None and fake.drop(search.best.plan) <= 0.2
 
     everything_fits = lambda e: e.ok and e.drop <= 10  # noqa: E731
     search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, everything_fits,
                             sensitivity=sens, prior_gain=gain, max_evaluations=7)
-    assert not [e for e in drive([search], fake) if "fallback" in e.label]
+    evs = drive([search], fake)
+    assert not search.fall_back()  # no accuracy boundary: no fallback, nothing reserved
+    assert not [e for e in evs + drive([search], fake) if "fallback" in e.label]
 
 
 def test_secant_steps_start_where_the_measured_drops_say():

@@ -91,6 +91,22 @@ def test_at_most_candidates_are_confirmed():
     assert best is None and calls == ["a", "b"] and len(tried) == 2
 
 
+def test_a_second_pick_skips_the_plans_already_tried():
+    """After the holdout refused every finalist and the strategy measured safer plans, the
+    second pick tries the next plans, not the refused ones again (nor their option variants)."""
+    evs = [ev("a", 0.5, 0.0), ev("b", 0.6, 0.0), ev("c", 0.7, 0.0)]
+    confirm, calls = scripted({"a": False, "b": False, "a + opt": False, "c": False,
+                               "safer": True})
+    best, tried = pick_answer(evs, accept, BASE, 2, confirm)
+    assert best is None and calls == ["a", "b"]
+    evs += [ev("a + opt", 0.45, 0.0, plan=precisions("a").with_options({"opt": "1"})),
+            ev("safer", 0.8, 0.0)]
+    best, again = pick_answer(evs, accept, BASE, 2, confirm,
+                              exclude=[c.evaluation for c in tried])
+    assert calls == ["a", "b", "c", "safer"] and best.evaluation.label == "safer"
+    assert [c.evaluation.label for c in again] == ["c", "safer"]
+
+
 @pytest.mark.parametrize("ratio", [1.0, 1.2])
 def test_the_baseline_and_plans_no_faster_than_it_are_never_answers(ratio):
     evs = [ev("baseline", 0.95, 0.0, plan=BASE),  # timed faster than itself: noise

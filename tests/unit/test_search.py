@@ -152,6 +152,18 @@ def test_drive_sends_latency_first_strategies_to_the_latency_first_evaluator():
     assert not Bisection.latency_first and PrefixSweep.latency_first and Around.latency_first
 
 
+def test_the_accuracy_gate_is_the_best_plan_with_its_margin_capped_at_the_baseline():
+    """A latency-first plan skips its accuracy pass when timed slower than the fastest in-budget
+    plan by more than the margin, and before any plan is in budget when slower than the
+    baseline: `pick_answer` never takes a plan that is not faster than the baseline."""
+    from trt_mpq.pipeline.search import accuracy_gate
+
+    assert accuracy_gate(None, 0.03) == 1.0
+    assert accuracy_gate(0.5, 0.03) == pytest.approx(0.515)
+    assert accuracy_gate(0.99, 0.03) == 1.0
+    assert accuracy_gate(0.5, 0.0) == 0.5
+
+
 def test_drive_in_batches_evaluates_and_tells_what_one_at_a_time_does():
     """With `evaluate_batch` (a cluster), each ask's new plans go out together -- a sweep and
     the points around the boundary are one batch each -- and the same plans are evaluated and

@@ -290,10 +290,11 @@ class Evaluator:
                     return Evaluation(**common, status=Status.SLOWER, latency=cand,
                                       baseline_latency=base_lat, latency_ratio=ratio,
                                       ratio_ci=ratio_ci,
-                                      reason=f"x{ratio:.3f} is slower than x{gate:.3f}, the "
+                                      reason=f"x{ratio:.3f} is slower than x{gate:.3f} (the "
                                              "fastest in-budget plan so far with a noise "
-                                             "margin: it cannot be the answer, so its accuracy "
-                                             "was not measured (--full-frontier measures it)",
+                                             "margin, or the baseline): it cannot be the "
+                                             "answer, so its accuracy was not measured "
+                                             "(--full-frontier measures it)",
                                       wall_s=time.perf_counter() - t0)
                 try:
                     score = self._score(runner, label)

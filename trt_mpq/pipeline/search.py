@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -259,6 +259,15 @@ def format_options(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping
     return out
 
 
+def accuracy_gate(best: float | None, margin: float) -> float:
+    """The latency ratio above which a latency-first evaluation skips its accuracy pass: slower
+    than the fastest in-budget plan `best` by more than the noise `margin`, or, before any plan is
+    in budget, slower than the baseline. Either way, whatever its accuracy, the plan cannot be the
+    answer (`pick_answer` takes only plans measured faster than the baseline) and the baseline
+    dominates it on the frontier."""
+    return 1.0 if best is None else min(1.0, best * (1 + margin))
+
+
 def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> None:
     if ev.ok:
         verdict = "in budget" if budget.accepts(ev.drop, baseline_metric) else "out of budget"
@@ -266,8 +275,9 @@ def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> N
                  100 * (ev.rel_drop or 0.0), ev.latency_ratio, verdict,
                  "  [cached]" if ev.cached else "")
     elif ev.status is Status.SLOWER:
-        log.info("%-22s latency x%.3f  (slower than the best in budget: accuracy not "
-                 "measured)%s", ev.label, ev.latency_ratio, "  [cached]" if ev.cached else "")
+        log.info("%-22s latency x%.3f  (slower than the best in budget or the baseline: "
+                 "accuracy not measured)%s", ev.label, ev.latency_ratio,
+                 "  [cached]" if ev.cached else "")
     else:
         log.info("%-22s %s: %s%s", ev.label, ev.status.value, ev.reason,
                  "  [cached]" if ev.cached else "")
@@ -337,10 +347,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
             if accept(ev) and ev.plan != evaluator.baseline_plan and ev.latency_ratio < 1.0:
                 best_ratio[:] = [min([ev.latency_ratio, *best_ratio])]
 
-        def gate() -> float | None:
-            """Skip the accuracy pass of a plan timed slower than the fastest in-budget one
-            (beyond the noise margin): whatever its accuracy, it cannot be the answer."""
-            return best_ratio[0] * (1 + config.gate_margin) if best_ratio else None
+        def gate() -> float:
+            return accuracy_gate(best_ratio[0] if best_ratio else None, config.gate_margin)
 
         def latency_first(plan: Plan, label: str) -> Evaluation:
             return evaluator.evaluate(plan, label, gate=gate())
@@ -373,32 +381,45 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                                     exclude=evaluator.baseline_plan)
                 evaluations += drive([sweep], evaluator.evaluate, on_eval, gated, batch)
                 phases["runtime_options_s"] = time.perf_counter() - t
+
+            t = time.perf_counter()
+            final = replace(evaluator.measure,
+                            repeats=evaluator.measure.repeats * config.final_repeats_factor,
+                            max_seconds=evaluator.measure.max_seconds
+                            * config.final_repeats_factor)
+            timings: dict[str, tuple[LatencyStats, LatencyStats, tuple[float, float]]] = {}
+            final_timing: dict = {}
+
+            def remeasure(finalists: list[Evaluation]) -> dict[str, float]:
+                found, precision = _time_finalists(ws, backend, evaluator, finalists, final,
+                                                   config, store, out_dir)
+                timings.update(found)
+                final_timing.update(precision)
+                return {d: lat.median_ms / base.median_ms
+                        for d, (lat, base, _) in timings.items()}
+
+            def confirm(ev: Evaluation) -> Confirmation:
+                return _confirm(ws, backend, evaluator, ev, final, config, out_dir, holdout_base,
+                                base_holdout_outputs, timings.get(ev.plan.digest), holdout_rule)
+
+            best, tried = pick_answer(evaluations, accept, evaluator.baseline_plan,
+                                      config.confirm_candidates, confirm, remeasure)
+            reopened = [st for st in strategies if best is None and st.fall_back()]
+            if reopened:  # the holdout refused every answer: the strategies' safer plans
+                log.info("the holdout refused every answer: measuring the strategy's safer "
+                         "plans")
+                known = {e.plan.digest for e in evaluations}
+                evaluations += [e for e in drive(reopened, evaluator.evaluate, on_eval, gated,
+                                                 batch) if e.plan.digest not in known]
+                best, again = pick_answer(evaluations, accept, evaluator.baseline_plan,
+                                          config.confirm_candidates, confirm, remeasure,
+                                          exclude=[c.evaluation for c in tried])
+                tried += again
+            phases["confirm_s"] = time.perf_counter() - t
         finally:
             bar.close()
             if executor is not None:
                 executor.close()
-
-        t = time.perf_counter()
-        final = replace(evaluator.measure,
-                        repeats=evaluator.measure.repeats * config.final_repeats_factor,
-                        max_seconds=evaluator.measure.max_seconds * config.final_repeats_factor)
-        timings: dict[str, tuple[LatencyStats, LatencyStats, tuple[float, float]]] = {}
-        final_timing: dict = {}
-
-        def remeasure(finalists: list[Evaluation]) -> dict[str, float]:
-            found, precision = _time_finalists(ws, backend, evaluator, finalists, final, config,
-                                               store, out_dir)
-            timings.update(found)
-            final_timing.update(precision)
-            return {d: lat.median_ms / base.median_ms for d, (lat, base, _) in timings.items()}
-
-        best, tried = pick_answer(
-            evaluations, accept, evaluator.baseline_plan, config.confirm_candidates,
-            lambda ev: _confirm(ws, backend, evaluator, ev, final, config, out_dir,
-                                holdout_base, base_holdout_outputs,
-                                timings.get(ev.plan.digest), holdout_rule),
-            remeasure)
-        phases["confirm_s"] = time.perf_counter() - t
         fresh, cached = evaluator.fresh, evaluator.cached
     model = None
     if gains:  # how well a boundary-aware latency model explains what was measured
@@ -521,16 +542,19 @@ def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: flo
 
 
 def pick_answer(evaluations: list[Evaluation], accept, baseline_plan: Plan, candidates: int,
-                confirm, remeasure=None) -> tuple[Confirmation | None, list[Confirmation]]:
+                confirm, remeasure=None, exclude: Sequence[Evaluation] = ()
+                ) -> tuple[Confirmation | None, list[Confirmation]]:
     """The answer: the fastest in-budget plan (on the search split) that is faster than the
     baseline and, when `confirm` re-measures it, holds the budget on the holdout split and is
     still faster than the baseline; the next fastest with other precisions is tried when one
     fails there, at most `candidates` in all. With `remeasure(finalists) -> {digest: ratio}`,
     the `candidates` fastest are first timed again together with the baseline in one fresh
     measurement and tried in that order: the search's fastest measurement is the minimum of
-    noisy ones (the winner's curse), a joint re-measurement is not. Returns (the confirmed
-    answer or None, every confirmation tried, in order)."""
-    finalists, precisions = [], set()
+    noisy ones (the winner's curse), a joint re-measurement is not. Plans with the precisions of
+    one in `exclude` (already tried) are not finalists. Returns (the confirmed answer or None,
+    every confirmation tried, in order)."""
+    finalists = []
+    precisions = {Plan.of(e.plan.as_dict()).digest for e in exclude}
     for ev in ranked_in_budget(evaluations, accept):
         # one finalist per precision assignment, its fastest runtime-option variant: options
         # change speed, not what the holdout judges, so a plan's variants pass or fail there
@@ -715,4 +739,5 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
-           "pick_answer", "check_timing", "judge", "resolvable", "rules", "search_decision"]
+           "pick_answer", "check_timing", "accuracy_gate", "judge", "resolvable", "rules",
+           "search_decision"]

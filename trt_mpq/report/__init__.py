@@ -279,8 +279,8 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
     slower = [e for e in evaluations if e["status"] == "slower"]
     if slower:
         lines += ["", f"{len(slower)} plan(s) were timed slower than the fastest in-budget plan "
-                  "of their moment and so could not be the answer; their accuracy was not "
-                  "measured (`--full-frontier` measures it): "
+                  "of their moment (or, before any, the baseline) and so could not be the "
+                  "answer; their accuracy was not measured (`--full-frontier` measures it): "
                   + ", ".join(f"{e.get('label', '')} (x{e['latency_ratio']:.3f})"
                               for e in slower[:12])]
     failed = [e for e in evaluations if e["status"] not in ("ok", "slower")]

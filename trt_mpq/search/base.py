@@ -77,6 +77,12 @@ class Strategy(abc.ABC):
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
         """The evaluation of a plan that `ask` proposed."""
 
+    def fall_back(self) -> bool:
+        """Called once the strategy is done and the holdout refused every answer its plans
+        gave: re-open to propose safer plans through the next `ask`s. Returns whether it did;
+        a strategy with no fallbacks (the default) returns False."""
+        return False
+
 
 def checked_groups(groups: Sequence[str], low: Mapping[str, Precision]) -> tuple[str, ...]:
     """`groups` as a tuple, after checking they are distinct and that `low` names exactly them."""

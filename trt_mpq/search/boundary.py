@@ -23,17 +23,21 @@ where the plan was out of budget, loosen where it held): by secant steps where t
 function says how far in and out of budget the plans at the interval's ends measured (a
 `BudgetAccept`, as `trt-mpq search` gives), else geometrically; the latency model is refitted
 after every measurement. A bisection plan the model predicts no faster than the fastest measured
-in-budget plan (or the baseline) is not measured, and t moves up past it. The bisection stops
+in-budget plan (or the baseline) is not measured, and t moves up past it; the bisection's and
+the refit's plans are latency-first (`drive`'s gated evaluation): one timed slower than the
+fastest in-budget plan skips its accuracy pass, and t moves up past it too. The bisection stops
 when hi/lo is within `rtol`; at an accuracy boundary its last evaluations are kept for the
 fallbacks below. Once the bisection has nothing left to resolve, the program is solved
 again at the largest t known in budget with the refitted model, every measured plan excluded;
 its plan is measured while the model predicts it faster than the fastest measured in-budget plan
 (by `improve`), and refitted on it, until the budget boundary and the best predicted plan agree.
 Where that boundary was an accuracy boundary (the all-lowered plan out of budget), up to
-`fallbacks` safer plans follow (t halved, twice): the holdout certifies the answer and may refuse
+`fallbacks` safer plans (t halved, twice) are measured if the holdout then refuses every answer
+(the caller calls `fall_back` and asks again): the holdout certifies the answer and may refuse
 plans the search split let through by chance (minilm-sentiment at 1%: all three plans in budget
-on 2,000 search samples had holdout drops of +0.24% to +0.54% and bounds over 1%). At most
-`max_evaluations` plans in all.
+on 2,000 search samples had holdout drops of +0.24% to +0.54% and bounds over 1%); where it
+agrees, as it mostly does on large fidelity splits, they are not measured. At most
+`max_evaluations` plans in all, fallbacks included.
 """
 
 from __future__ import annotations
@@ -47,7 +51,7 @@ from trt_mpq.graph import GRAPH_INPUT, GRAPH_OUTPUT, Edge
 from trt_mpq.options import flag
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.plan.precision import edge_type
-from trt_mpq.results import Evaluation
+from trt_mpq.results import Evaluation, Status
 from trt_mpq.search.base import (
     Accept,
     BudgetAccept,
@@ -238,6 +242,7 @@ class BoundarySearch(Strategy):
         self.best: Evaluation | None = None
         self.solver_failures = 0
         self.skipped = 0  # bisection steps whose plan was predicted no faster than the best
+        self.gated = 0  # bisection steps whose plan was timed slower than the best (no accuracy)
         self._queue: list[tuple[Plan, str, float | None, bool]] = [
             (self.low_plan, "boundary all-lowered", None, False)]
         if probes and len(self.groups) >= 4:
@@ -248,6 +253,7 @@ class BoundarySearch(Strategy):
                             (Plan.of(half), "boundary probe: first half", None, True)]
         self._pending: tuple[Plan, str, float | None, bool] | None = None
         self._converging = False
+        self._falling_back = False
         self.done = not self.groups
 
     # -- ask/tell ---------------------------------------------------------------------------------
@@ -292,7 +298,12 @@ class BoundarySearch(Strategy):
         if plan == self.low_plan:  # in budget: with one format per group, t has no limit
             self._settle(self.t_low, ok)
         if t is not None:
-            self._settle_step(t, ok)
+            # timed slower than the fastest in-budget plan, its accuracy was not measured (a
+            # latency-first step): whatever it is, this t cannot improve the answer, and smaller t
+            # only keeps more groups float, so look at larger t, as for a plan predicted slower
+            gated = evaluation.status is Status.SLOWER
+            self.gated += gated
+            self._settle_step(t, ok or gated)
 
     # -- internals --------------------------------------------------------------------------------
     def _in_budget(self, e: Evaluation) -> bool:
@@ -319,13 +330,15 @@ class BoundarySearch(Strategy):
         return plan
 
     def _next(self) -> tuple[Plan, str, float | None, bool] | None:
+        if self._falling_back:
+            return self._fallback()
         while self._queue:
             item = self._queue.pop(0)
             if item[0].digest not in self.seen:
                 return item
         for _ in range(10_000):  # each pass narrows [lo, hi] or excludes a plan; ends long before
             if self._reserved():
-                return self._fallback()
+                return None  # the rest is the fallbacks', should the holdout need them
             low_end = self.lo if self.lo > 0 else self._floor
             if not self._converging and low_end is not None and self.hi > low_end * (1 + self.rtol):
                 t = self._step(low_end)
@@ -347,7 +360,7 @@ class BoundarySearch(Strategy):
                     self.skipped += 1
                     self._settle_step(t, True)
                     continue
-                return plan, f"boundary t={t:.4g}", t, False
+                return plan, f"boundary t={t:.4g}", t, True
             # the accuracy side is settled: the best plan the refitted model predicts at the
             # largest t known in budget, among those not measured yet, if it is predicted
             # faster than the fastest measured in-budget plan
@@ -357,9 +370,20 @@ class BoundarySearch(Strategy):
                 return None
             best = self.best.latency_ratio if self.best is not None else 1.0
             if self.model.predict(plan) >= best - self.improve:
-                return self._fallback()  # agreement: nothing unmeasured is predicted faster
-            return plan, f"boundary refit t={self.lo:.4g}", None, False
+                return None  # agreement: nothing unmeasured is predicted faster
+            return plan, f"boundary refit t={self.lo:.4g}", None, True
         return None
+
+    def fall_back(self) -> bool:
+        """The holdout refused every answer: where the search ended at an accuracy boundary
+        (the all-lowered plan out of budget, an in-budget t known), re-open for up to
+        `fallbacks` safer plans (`_fallback`). Measured only when needed: where the holdout
+        agrees with the search split, they would cost evaluations for nothing."""
+        if self._falling_back or not 0 < self.lo < self.t_low or self._fallbacks_left <= 0:
+            return False
+        self._falling_back = True
+        self.done = False
+        return True
 
     def _step(self, low_end: float) -> float:
         """The next t in [low_end, hi]. Where the accept function says how far out of budget the
@@ -389,15 +413,16 @@ class BoundarySearch(Strategy):
 
     def _reserved(self) -> bool:
         """At an accuracy boundary (the all-lowered plan out of budget) with an in-budget t
-        known, the last evaluations belong to the fallback plans the holdout may need."""
+        known, the last evaluations belong to the fallback plans the holdout may need: the
+        search ends before it spends them."""
         return (0 < self.lo < self.t_low and self._fallbacks_left > 0
                 and self.max_evaluations - self.evaluations <= self._fallbacks_left)
 
     def _fallback(self) -> tuple[Plan, str, float | None, bool] | None:
-        """Where the search stopped at an accuracy boundary (the all-lowered plan was out of
-        budget), the answers it found were judged in budget on the search split alone, and the
-        holdout may refuse them all: measure up to `fallbacks` safer plans, the best predicted
-        at t halved and halved again, while they are predicted faster than the baseline."""
+        """After `fall_back`: the answers the search found were judged in budget on the search
+        split alone, and the holdout refused them all: up to `fallbacks` safer plans, the best
+        predicted at t halved and halved again, while they are predicted faster than the
+        baseline."""
         if self.lo >= self.t_low:
             return None
         while self._fallbacks_left > 0:
@@ -421,7 +446,7 @@ class BoundarySearch(Strategy):
                              "additive": p.additive, "measured": p.measured} for p in rows],
             "median_abs_error": median_abs([p.predicted - p.measured for p in rows]),
             "additive_median_abs_error": median_abs([p.additive - p.measured for p in rows]),
-            "solver_failures": self.solver_failures, "skipped": self.skipped,
+            "solver_failures": self.solver_failures, "skipped": self.skipped, "gated": self.gated,
             "secant_steps": self.secant_steps,
         }
 
@@ -431,8 +456,8 @@ class BoundaryConfig:
     max_evaluations: int = field(default=12, metadata=flag(
         "--max-evaluations", "boundary: plans measured at most (probes included)"))
     fallbacks: int = field(default=2, metadata=flag(
-        "--fallbacks", "boundary: safer plans measured after an accuracy boundary, for the "
-                       "holdout to fall back on"))
+        "--fallbacks", "boundary: safer plans measured after an accuracy boundary when the "
+                       "holdout refuses every answer"))
     probes: bool = field(default=True, metadata=flag(
         "--probes", "boundary: measure two latency probes (alternate groups, first half "
                     "lowered) that show the model what boundaries cost"))
