@@ -24,7 +24,8 @@ Budgets are certified as `trt-mpq search` certifies them: plans are judged in bu
 search split by their 95% upper bound where the split can certify the budget (else the point
 estimate), evaluated adaptively (looks at n/16 .. n), and a method's answer is the fastest of its
 in-budget plans faster than FP32 whose holdout drop is *certified* (upper bound within budget;
-up to 3 tried). Each budget is judged by the task's own metric where its holdout can certify it
+up to 3 tried, in the order of one joint re-timing with FP32, as `trt-mpq search` tries its
+finalists). Each budget is judged by the task's own metric where its holdout can certify it
 (`trt_mpq.pipeline.search.resolvable`), else by top-1 agreement with FP32 on the task's fidelity
 split; 0.01% always by agreement.
 Columns per budget (1%, 0.1%, 0.01% relative): the answer's measured latency ratio, the upper
@@ -92,6 +93,7 @@ class Runner:
         self.low = low_precisions(self.ws, self.backend, None)
         measure = MeasureConfig(repeats=repeats, min_repeats=min(15, repeats))
         out.mkdir(parents=True, exist_ok=True)
+        self.out = out
         context = {"model": self.ws.model_digest, "data": self.ws.task.data_digest,
                    "backend": self.backend.describe(), "ranges": self.ranges.digest,
                    "measure": measure.to_json_dict()}
@@ -178,6 +180,31 @@ class Runner:
             | formats)
         return strategy_spec("boundary").build(config.strategy_config, inputs), \
             gains_s + formats_s
+
+    def final_measure(self):
+        """The measurement `trt-mpq search` times its finalists with (more runs than a search
+        evaluation's)."""
+        from dataclasses import replace
+
+        from trt_mpq.pipeline.search import SearchConfig
+
+        m, factor = self.evaluator.measure, SearchConfig.final_repeats_factor
+        return replace(m, repeats=m.repeats * factor, max_seconds=m.max_seconds * factor)
+
+    def joint_order(self, finalists: list) -> list:
+        """The finalists in the order of one fresh timing of them all, interleaved with FP32, as
+        `trt-mpq search` orders its finalists before the holdout tries them (the search-time
+        ratios are each the minimum of noisy ones: the winner's curse); stored per set."""
+        from trt_mpq.pipeline.search import SearchConfig, _time_finalists
+        from trt_mpq.search import Budget
+
+        if len(finalists) < 2:
+            return list(finalists)
+        timed, _ = _time_finalists(self.ws, self.backend, self.evaluator, list(finalists),
+                                   self.final_measure(), SearchConfig(budget=Budget.parse("1%")),
+                                   self.store, self.out)
+        ratio = {d: lat.median_ms / base.median_ms for d, (lat, base, _) in timed.items()}
+        return sorted(finalists, key=lambda e: (ratio[e.plan.digest], e.drop or 0.0))
 
     def certify(self, plan, budget) -> dict:
         """The plan's holdout drop, certified adaptively under the current budget's rule (ONNX
@@ -299,12 +326,13 @@ def run_ours(r: Runner, accept, scores, budget, sensitivity_s) -> dict:
 def _summary(r: Runner, evs, accept, sens_s: float, budget, skip=()) -> dict:
     """The method's answer: like `trt-mpq search`, the fastest in-budget plan faster than the
     baseline whose holdout drop is certified within the budget (up to 3 tried, not those in
-    `skip`: plans tried before), else none."""
+    `skip`: plans tried before, in the order of their joint re-timing), else none."""
     from trt_mpq.search import area_under_frontier, frontier, ranked_in_budget
 
     best, hold, tried = None, None, list(skip)
-    for e in [e for e in ranked_in_budget(evs, accept) if e.plan.groups_at(r.base)
-              != e.plan.groups and e.latency_ratio < 1.0 and e.plan.digest not in skip][:3]:
+    finalists = [e for e in ranked_in_budget(evs, accept) if e.plan.groups_at(r.base)
+                 != e.plan.groups and e.latency_ratio < 1.0 and e.plan.digest not in skip][:3]
+    for e in r.joint_order(finalists):
         tried.append(e.plan.digest)
         cert = r.certify(e.plan, budget)
         if cert["in"]:
@@ -438,8 +466,6 @@ def remeasure(own: Runner, runners: dict, rows: dict, out: Path) -> None:
     as `trt-mpq search` times its finalists): cells compare ratios measured side by side, not
     the minimum of each method's noisy search-time measurements. Each row keeps its search-time
     ratio as `search_ratio`."""
-    from dataclasses import replace
-
     from trt_mpq.pipeline.search import SearchConfig, _time_finalists
     from trt_mpq.search import Budget
 
@@ -447,11 +473,9 @@ def remeasure(own: Runner, runners: dict, rows: dict, out: Path) -> None:
     if not answers:
         return
     config = SearchConfig(budget=Budget.parse("1%"))
-    final = replace(own.evaluator.measure,
-                    repeats=own.evaluator.measure.repeats * config.final_repeats_factor,
-                    max_seconds=own.evaluator.measure.max_seconds * config.final_repeats_factor)
     timed, precision = _time_finalists(own.ws, own.backend, own.evaluator,
-                                       list(answers.values()), final, config, own.store, out)
+                                       list(answers.values()), own.final_measure(), config,
+                                       own.store, out)
     for by_budget in rows.values():
         for row in by_budget.values():
             if row.get("answer") in timed:

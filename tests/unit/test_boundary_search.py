@@ -307,6 +307,36 @@ def test_a_step_timed_slower_than_the_best_skips_accuracy_and_moves_t_up():
     assert search.gated == 0 and len(ts) >= 2 and ts[1] < ts[0]
 
 
+def test_with_nothing_in_budget_there_is_no_refit_and_no_fallback():
+    """A budget no plan meets (resnet-digits at 0.01%): the least sensitive groups are slower
+    lowered than the profiler said, so their plans are timed slower than the baseline (no
+    accuracy pass) and t moves up past them; the plans above are out of budget. Nothing was
+    measured in budget, so the search ends there: no refit toward a t only timed slower, and
+    nothing for the holdout to fall back from."""
+    names, edges = _chain(8)
+    gain = {(g, I8): 0.05 for g in names} | {("g6", I8): -0.02, ("g7", I8): -0.02}
+    sens = {(g, I8): 0.01 * (i + 1) for i, g in enumerate(names[:6])} | \
+        {("g6", I8): 0.001, ("g7", I8): 0.001}
+    prior = {o: 0.05 for o in gain}  # the profiler missed that g6 and g7 are slower lowered
+    fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.0)
+    accept = lambda e: e.ok and e.drop <= 0.0005  # noqa: E731
+
+    def gated(plan, label):  # before any plan is in budget, the gate is the baseline
+        e = fake(plan, label)
+        if e.latency_ratio > 1.0:
+            return Evaluation(plan=plan, status=Status.SLOWER, label=label,
+                              latency_ratio=e.latency_ratio)
+        return e
+
+    search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,
+                            sensitivity=sens, prior_gain=prior, max_evaluations=12)
+    evs = drive([search], fake, evaluate_latency_first=gated)
+    assert search.gated >= 1 and search.best is None
+    assert not [e for e in evs if "refit" in e.label]
+    assert not search.fall_back() and not drive([search], fake)
+    assert len(evs) <= 6
+
+
 @pytest.mark.parametrize("per_group,skips", [(-0.05, False), (0.0005, True)])
 def test_plans_predicted_no_faster_than_known_are_not_measured(per_group, skips):
     """int8 slower than float everywhere (a tiny CNN on a CPU), or faster by less than the

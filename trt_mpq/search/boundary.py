@@ -363,13 +363,17 @@ class BoundarySearch(Strategy):
                 return plan, f"boundary t={t:.4g}", t, True
             # the accuracy side is settled: the best plan the refitted model predicts at the
             # largest t known in budget, among those not measured yet, if it is predicted
-            # faster than the fastest measured in-budget plan
+            # faster than the fastest measured in-budget plan. With no plan measured in budget,
+            # lo rests only on plans predicted or timed slower (their accuracy unknown), and
+            # nothing is known to refit toward (resnet-digits at 0.01%: two refit plans, both
+            # out of budget on the whole split)
             self._converging = True
+            if self.best is None:
+                return None
             plan = self._solve(self.lo, exclude=[e.plan for e in self.seen.values()])
             if plan is None or plan == self.base_plan:
                 return None
-            best = self.best.latency_ratio if self.best is not None else 1.0
-            if self.model.predict(plan) >= best - self.improve:
+            if self.model.predict(plan) >= self.best.latency_ratio - self.improve:
                 return None  # agreement: nothing unmeasured is predicted faster
             return plan, f"boundary refit t={self.lo:.4g}", None, True
         return None
@@ -379,7 +383,7 @@ class BoundarySearch(Strategy):
         (the all-lowered plan out of budget, an in-budget t known), re-open for up to
         `fallbacks` safer plans (`_fallback`). Measured only when needed: where the holdout
         agrees with the search split, they would cost evaluations for nothing."""
-        if self._falling_back or not 0 < self.lo < self.t_low or self._fallbacks_left <= 0:
+        if self._falling_back or not self._at_accuracy_boundary() or self._fallbacks_left <= 0:
             return False
         self._falling_back = True
         self.done = False
@@ -415,8 +419,14 @@ class BoundarySearch(Strategy):
         """At an accuracy boundary (the all-lowered plan out of budget) with an in-budget t
         known, the last evaluations belong to the fallback plans the holdout may need: the
         search ends before it spends them."""
-        return (0 < self.lo < self.t_low and self._fallbacks_left > 0
+        return (self._at_accuracy_boundary() and self._fallbacks_left > 0
                 and self.max_evaluations - self.evaluations <= self._fallbacks_left)
+
+    def _at_accuracy_boundary(self) -> bool:
+        """The all-lowered plan out of budget, an in-budget t known and a plan measured in
+        budget (without one, the holdout has nothing to refuse and lo may rest on plans only
+        predicted or timed slower)."""
+        return 0 < self.lo < self.t_low and self.best is not None
 
     def _fallback(self) -> tuple[Plan, str, float | None, bool] | None:
         """After `fall_back`: the answers the search found were judged in budget on the search
