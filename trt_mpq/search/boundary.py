@@ -414,7 +414,7 @@ class BoundarySearch(Strategy):
 
     def fall_back(self) -> bool:
         """The holdout refused every answer: where the search ended at an accuracy boundary
-        (the all-lowered plan out of budget, an in-budget t known), re-open for up to
+        (`_at_accuracy_boundary`), re-open for up to
         `fallbacks` safer plans (`_fallback`). Measured only when needed: where the holdout
         agrees with the search split, they would cost evaluations for nothing."""
         if self._falling_back or not self._at_accuracy_boundary() or self._fallbacks_left <= 0:
