@@ -85,6 +85,11 @@ def test_search_meets_the_budget_and_writes_everything(searched):
             executed = e["census"]["executed"]
             assert executed == e["plan"], e["label"]
     assert "int8" in best["precision_counts"] and best["census_kernels"].get("QLinearConv", 0) > 0
+    # in budget as the search judged it: by the drop's upper bound where it decided by bounds
+    allowed, bound = res["budget"]["allowed_drop"], res["search_decision"] == "bound"
+    for e in pareto:
+        stat = e["drop_upper"] if bound else e["drop"]
+        assert e["in_budget"] == (e["status"] == "ok" and stat <= allowed + 1e-12), e["label"]
     header = (out / "pareto.csv").read_text().splitlines()[0]
     assert header.startswith("plan_digest,label,status,metric")
 

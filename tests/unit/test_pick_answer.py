@@ -187,3 +187,23 @@ def test_the_joint_re_measurement_is_stored_and_replayed(tmp_path, monkeypatch):
                                                         measure, config, store, tmp_path)
     assert again == first and replayed == precision
     assert not (tmp_path / ".final").exists()
+
+
+@pytest.mark.parametrize("decision,expected", [("bound", [True, False, False]),
+                                               ("point", [True, True, False])])
+def test_pareto_in_budget_is_the_searchs_own_verdict(decision, expected):
+    """pareto.json's `in_budget` says what the search decided: by the drop's upper bound where
+    it judged by bounds (a plan whose point estimate fits but whose bound does not is out),
+    by the point estimate where it judged by points."""
+    from types import SimpleNamespace
+
+    from trt_mpq.pipeline.outputs import evaluation_dicts
+
+    allowed = BUDGET.allowed_drop(BASELINE_METRIC)
+    evs = [Evaluation(**{**ev(name, 0.5, drop).__dict__, "drop_upper": upper})
+           for name, drop, upper in [("holds", 0.0, 0.5 * allowed),
+                                     ("bound out", 0.5 * allowed, 2 * allowed),
+                                     ("out", 2 * allowed, 3 * allowed)]]
+    outcome = SimpleNamespace(evaluations=evs, frontier=[], baseline_metric=BASELINE_METRIC,
+                              decision=decision)
+    assert [d["in_budget"] for d in evaluation_dicts(outcome, BUDGET)] == expected

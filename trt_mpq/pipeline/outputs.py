@@ -20,7 +20,7 @@ from trt_mpq.report import (
     write_json,
     write_text,
 )
-from trt_mpq.search import Evaluation
+from trt_mpq.search import Budget, BudgetAccept, Evaluation
 
 
 def _confirmation_dict(c: Confirmation) -> dict:
@@ -41,7 +41,12 @@ def _samples_summary(evaluations: list[Evaluation], n: int) -> dict:
             "mean_share": mean / n if mean is not None and n else None}
 
 
-def evaluation_dicts(outcome: SearchOutcome, accept) -> list[dict]:
+def evaluation_dicts(outcome: SearchOutcome, budget: Budget) -> list[dict]:
+    """Every evaluation as pareto.json/csv carry it; `in_budget` as the search judged it: by
+    the drop's upper bound where it decided by bounds (a point-estimate verdict here marked
+    plans in budget that the search had refused)."""
+    accept = BudgetAccept(budget.allowed_drop(outcome.baseline_metric),
+                          outcome.decision == "bound")
     front = {e.plan.digest for e in outcome.frontier}
     out = []
     for e in outcome.evaluations:
@@ -158,9 +163,8 @@ def write_search_outputs(out_dir: Path, ws: Workspace, backend: Backend, outcome
                          setup_s: float = 0.0) -> dict:
     """Write every output file; `setup_s` is the time spent before the search (model export,
     preparation, calibration), counted in the reported wall time."""
-    accept = lambda e: e.ok and config.budget.accepts(e.drop, outcome.baseline_metric)  # noqa: E731
     result = search_result(ws, backend, outcome, config, argv, setup_s)
-    evals = evaluation_dicts(outcome, accept)
+    evals = evaluation_dicts(outcome, config.budget)
     write_json(out_dir / "pareto.json", {"model": result["model"], "backend": result["backend"],
                                          "baseline_metric": outcome.baseline_metric,
                                          "evaluations": evals})
