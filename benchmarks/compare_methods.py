@@ -182,14 +182,11 @@ class Runner:
             gains_s + formats_s
 
     def final_measure(self):
-        """The measurement `trt-mpq search` times its finalists with (more runs than a search
-        evaluation's)."""
-        from dataclasses import replace
+        """The measurement `trt-mpq search` times its finalists with."""
+        from trt_mpq.pipeline.search import SearchConfig, final_measure
+        from trt_mpq.search import Budget
 
-        from trt_mpq.pipeline.search import SearchConfig
-
-        m, factor = self.evaluator.measure, SearchConfig.final_repeats_factor
-        return replace(m, repeats=m.repeats * factor, max_seconds=m.max_seconds * factor)
+        return final_measure(self.evaluator.measure, SearchConfig(budget=Budget.parse("1%")))
 
     def joint_order(self, finalists: list) -> list:
         """The finalists in the order of one fresh timing of them all, interleaved with FP32, as

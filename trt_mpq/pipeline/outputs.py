@@ -45,8 +45,7 @@ def evaluation_dicts(outcome: SearchOutcome, budget: Budget) -> list[dict]:
     """Every evaluation as pareto.json/csv carry it; `in_budget` as the search judged it: by
     the drop's upper bound where it decided by bounds (a point-estimate verdict here marked
     plans in budget that the search had refused)."""
-    accept = BudgetAccept(budget.allowed_drop(outcome.baseline_metric),
-                          outcome.decision == "bound")
+    accept = BudgetAccept.judging(budget, outcome.baseline_metric, outcome.decision)
     front = {e.plan.digest for e in outcome.frontier}
     out = []
     for e in outcome.evaluations:

@@ -268,6 +268,14 @@ def accuracy_gate(best: float | None, margin: float) -> float:
     return 1.0 if best is None else min(1.0, best * (1 + margin))
 
 
+def final_measure(measure: MeasureConfig, config: SearchConfig) -> MeasureConfig:
+    """The measurement the finalists are timed with: `final_repeats_factor` times the runs
+    (and time) of a search evaluation's."""
+    factor = config.final_repeats_factor
+    return replace(measure, repeats=measure.repeats * factor,
+                   max_seconds=measure.max_seconds * factor)
+
+
 def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> None:
     if ev.ok:
         verdict = "in budget" if budget.accepts(ev.drop, baseline_metric) else "out of budget"
@@ -383,10 +391,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                 phases["runtime_options_s"] = time.perf_counter() - t
 
             t = time.perf_counter()
-            final = replace(evaluator.measure,
-                            repeats=evaluator.measure.repeats * config.final_repeats_factor,
-                            max_seconds=evaluator.measure.max_seconds
-                            * config.final_repeats_factor)
+            final = final_measure(evaluator.measure, config)
             timings: dict[str, tuple[LatencyStats, LatencyStats, tuple[float, float]]] = {}
             final_timing: dict = {}
 
@@ -404,7 +409,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
 
             best, tried = pick_answer(evaluations, accept, evaluator.baseline_plan,
                                       config.confirm_candidates, confirm, remeasure)
-            reopened = [st for st in strategies if best is None and st.fall_back()]
+            reopened = [st for st in strategies if st.fall_back()] if best is None else []
             if reopened:  # the holdout refused every answer: the strategies' safer plans
                 log.info("the holdout refused every answer: measuring the strategy's safer "
                          "plans")
@@ -467,7 +472,7 @@ def judge(ws: Workspace, config: SearchConfig, baseline_metric: float
     decision = search_decision(ws, config, rule)
     if rule is not None:
         rule = replace(rule, point=decision == "point")
-    accept = BudgetAccept(config.budget.allowed_drop(baseline_metric), decision == "bound")
+    accept = BudgetAccept.judging(config.budget, baseline_metric, decision)
     return rule, decision, accept
 
 
@@ -739,5 +744,5 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
-           "pick_answer", "check_timing", "accuracy_gate", "judge", "resolvable", "rules",
-           "search_decision"]
+           "pick_answer", "check_timing", "accuracy_gate", "final_measure", "judge",
+           "resolvable", "rules", "search_decision"]

@@ -19,6 +19,7 @@ from trt_mpq.graph import Edge
 from trt_mpq.options import flag
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.results import Evaluation
+from trt_mpq.search.evaluation import Budget
 
 Proposal = tuple[Plan, str]  # (plan, label)
 Evaluate = Callable[[Plan, str], Evaluation]
@@ -34,6 +35,12 @@ class BudgetAccept:
 
     allowed: float  # the largest statistic in budget
     bound: bool  # compare the drop's upper bound (True) or the drop itself
+
+    @classmethod
+    def judging(cls, budget: Budget, baseline_metric: float, decision: str) -> BudgetAccept:
+        """How a search judges plans against `budget`: by the drop's upper bound where its
+        decision is "bound", else by the drop itself."""
+        return cls(budget.allowed_drop(baseline_metric), decision == "bound")
 
     def statistic(self, e: Evaluation) -> float | None:
         return e.drop_upper if self.bound else e.drop
