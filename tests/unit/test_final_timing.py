@@ -3,6 +3,8 @@ ratio's interval is narrow enough, or the cap."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -78,7 +80,8 @@ def test_a_joint_timing_settles_each_turn_so_it_measures_warm_runs():
     plan, *others, base = [CacheRunner(0.2, 0.5), CacheRunner(0.3, 0.5), CacheRunner(0.3, 0.5),
                            CacheRunner(0.3, 0.5), CacheRunner(0.3, 0.55)]
     runners = [plan, *others, base]
-    cold, _ = time_until_precise(runners, {}, CONFIG, target=0.01, cap_s=0, settle=0)
+    cold, _ = time_until_precise(runners, {}, replace(CONFIG, settle=0, per_turn=1),
+                                  target=0.01, cap_s=0)
     # only the turns where the round order reverses find their own weights still cached
     assert np.mean(cold[0]) / np.mean(cold[-1]) > 0.8
     warm, _ = time_until_precise(runners, {}, CONFIG, target=0.01, cap_s=0)  # the default

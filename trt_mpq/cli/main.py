@@ -123,6 +123,10 @@ def _backend_opts(p: argparse.ArgumentParser, measure: bool = True) -> None:
     p.add_argument("--calib-samples", type=int, default=256)
     p.add_argument("--warmup", type=int, default=10, help="untimed runs before timing")
     p.add_argument("--repeats", type=int, default=60, help="timed runs per plan and baseline")
+    p.add_argument("--settle", type=int, default=2,
+                   help="untimed runs at the start of each timed turn, so that a plan timed "
+                        "interleaved with the baseline runs with its own weights in the caches, "
+                        "as deployed (0: time cold turns)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,7 +344,7 @@ def _measure(args):
     from trt_mpq.measure import MeasureConfig
 
     return MeasureConfig(warmup=args.warmup, repeats=args.repeats,
-                         min_repeats=min(15, args.repeats))
+                         min_repeats=min(15, args.repeats), settle=args.settle)
 
 
 # -- commands ----------------------------------------------------------------------------------

@@ -3,7 +3,14 @@
 Timing on shared machines drifts by tens of percent between runs (DESIGN.md §3); the ratio of two
 runners timed in the same rounds is stable. So every candidate is timed interleaved with the
 baseline and the result that matters is the ratio of medians. Which runner goes first alternates
-every round, so neither always runs on a cache warmed by the other.
+every round, so neither always runs on a cache warmed by the other. Each runner's turn starts
+with `MeasureConfig.settle` untimed runs and then times `per_turn` runs, so that a timed run
+follows a run of the same model, as in deployment: a run timed right after another model's
+measures slower than the model runs on its own, by a similar absolute amount for both models,
+which pulls their ratio toward 1. resnet-digits' int8 plan on a 2-core EPYC, three repeats:
+x0.72-0.74 of FP32 timed one run per turn, x0.47-0.51 with the defaults (2 settling runs, 3
+timed), x0.50-0.51 each model timed on its own; minilm-sentiment: x0.58-0.59, x0.56-0.57 and
+x0.54-0.56. The defaults cost about 1.6x the runs of one timed run per turn.
 """
 
 from __future__ import annotations
@@ -25,10 +32,16 @@ class MeasureConfig:
     repeats: int = 60  # timed runs per runner
     max_seconds: float = 60.0  # stop early (with at least min_repeats) past this wall time
     min_repeats: int = 15
+    settle: int = 2  # untimed runs at the start of each runner's turn (module doc)
+    per_turn: int = 3  # timed runs per turn, after the settling ones
 
     def __post_init__(self) -> None:
         if self.warmup < 0:
             raise ConfigError("warmup must be >= 0")
+        if self.settle < 0:
+            raise ConfigError("settle must be >= 0 (untimed runs at the start of each turn)")
+        if self.per_turn < 1:
+            raise ConfigError("per_turn must be >= 1 (timed runs per turn)")
         if self.repeats < 3:
             raise ConfigError("repeats must be >= 3 (medians of fewer runs are noise)")
         if not 3 <= self.min_repeats <= self.repeats:
@@ -38,7 +51,8 @@ class MeasureConfig:
 
     def to_json_dict(self) -> dict:
         return {"warmup": self.warmup, "repeats": self.repeats, "max_seconds": self.max_seconds,
-                "min_repeats": self.min_repeats}
+                "min_repeats": self.min_repeats, "settle": self.settle,
+                "per_turn": self.per_turn}
 
 
 def measure_interleaved(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
@@ -95,22 +109,16 @@ def relative_halfwidth(times: Sequence[float], baseline_times: Sequence[float]) 
     return (hi - lo) / 2 / ratio
 
 
-#: untimed runs before each timed run of a joint timing (`time_until_precise`): with several
-#: models interleaved one run each, each run would start with the others' weights in the caches
-SETTLE_RUNS = 2
-
-
 def time_until_precise(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
-                       config: MeasureConfig, target: float, cap_s: float,
-                       settle: int = SETTLE_RUNS) -> tuple[list[list[float]], TimingPrecision]:
-    """`time_rounds` (each turn settled by `settle` untimed runs), continued block by block
-    (each of `config.repeats` rounds, no further warm-up) until the 95% interval of every
-    runner's ratio to the last runner (the baseline) has a half-width of at most `target` of
-    the ratio, or `cap_s` seconds have passed."""
+                       config: MeasureConfig, target: float,
+                       cap_s: float) -> tuple[list[list[float]], TimingPrecision]:
+    """`time_rounds`, continued block by block (each of `config.repeats` rounds, no further
+    warm-up) until the 95% interval of every runner's ratio to the last runner (the baseline)
+    has a half-width of at most `target` of the ratio, or `cap_s` seconds have passed."""
     if len(runners) < 2:
         raise ValueError("an adaptive measurement needs candidates and a baseline (last)")
     start = time.perf_counter()
-    times = time_rounds(runners, feed, config, settle)
+    times = time_rounds(runners, feed, config)
     more = replace(config, warmup=0)
 
     def worst() -> float:
@@ -118,7 +126,7 @@ def time_until_precise(runners: Sequence[Runner], feed: Mapping[str, np.ndarray]
 
     width = worst()
     while width > target and time.perf_counter() - start < cap_s:
-        for acc, new in zip(times, time_rounds(runners, feed, more, settle)):
+        for acc, new in zip(times, time_rounds(runners, feed, more)):
             acc.extend(new)
         width = worst()
     return times, TimingPrecision(target=target, halfwidth=width, rounds=len(times[0]),
@@ -126,13 +134,13 @@ def time_until_precise(runners: Sequence[Runner], feed: Mapping[str, np.ndarray]
 
 
 def time_rounds(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
-                config: MeasureConfig, settle: int = 0) -> list[list[float]]:
-    """The raw interleaved timing: per runner, the seconds of each round (warm-up excluded).
-    With `settle`, each runner's turn first runs that many untimed runs: with more than two
-    runners interleaved one run each, every run starts with the other models' weights in the
-    caches and a small model measures up to 2x slower than it runs on its own (mobilenetv2-
-    digits: x0.69 with two runners, x0.82 with five), so a joint timing of several plans
-    settles each turn first."""
+                config: MeasureConfig) -> list[list[float]]:
+    """The raw interleaved timing: per runner, the seconds of each timed run (warm-up and
+    settling runs excluded), `config.repeats` of them (fewer past `max_seconds`), in rounds of
+    one turn per runner. A turn is `config.settle` untimed runs, then `config.per_turn` timed
+    ones: interleaved one run each, every run would start right after another model's, and a
+    small model measures up to 2x slower than it runs on its own (module doc); the timed runs
+    of one round pair up across runners, as the ratio interval's bootstrap needs."""
     if not runners:
         return []
     feed = {k: np.ascontiguousarray(v) for k, v in feed.items()}
@@ -141,13 +149,16 @@ def time_rounds(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],
             r.time_once(feed)
     times: list[list[float]] = [[] for _ in runners]
     start = time.perf_counter()
-    for i in range(config.repeats):
+    rounds = -(-config.repeats // config.per_turn)
+    for i in range(rounds):
         order = range(len(runners)) if i % 2 == 0 else reversed(range(len(runners)))
         for k in order:
-            for _ in range(settle):
+            for _ in range(config.settle):
                 runners[k].time_once(feed)
-            times[k].append(runners[k].time_once(feed))
-        if i + 1 >= config.min_repeats and time.perf_counter() - start > config.max_seconds:
+            for _ in range(min(config.per_turn, config.repeats - len(times[k]))):
+                times[k].append(runners[k].time_once(feed))
+        if len(times[0]) >= config.min_repeats and \
+                time.perf_counter() - start > config.max_seconds:
             break
     return times
 

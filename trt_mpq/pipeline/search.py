@@ -639,7 +639,7 @@ def _time_finalists(ws: Workspace, backend: Backend, evaluator: Evaluator,
     that goes on until every ratio's 95% interval is within `config.final_halfwidth` (or the
     cap): ({digest: (latency, baseline latency, ratio interval)}, its precision). Stored, so a
     resumed search reuses it and reproduces the same answer without re-measuring."""
-    # v2: each turn settled by untimed runs (`SETTLE_RUNS`); v1 blobs timed cold turns
+    # v2: each turn settled by untimed runs (`MeasureConfig.settle`); v1 blobs timed cold turns
     key = "final-timing-v2:" + ",".join(sorted(e.plan.digest for e in finalists))
     stored = store.get_blob(key) if store is not None else None
     if stored is not None:
