@@ -211,12 +211,21 @@ def _evaluations(store: Path) -> int:
         return 0
 
 
+def _interruptible() -> None:  # pragma: no cover - runs in the child before exec
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _start_slow_search(digits_model, out, env):
-    # many timed runs per plan, so the search is still going when it is killed
+    """A search whose every metric call sleeps 0.5 s, so that it is surely still going when the
+    test stops it, started with SIGINT at its default as in a terminal: a suite run in the
+    background of a non-interactive shell inherits SIGINT ignored, and so would the search."""
+    from digits_task import SLOW_ENV
+
     args = ["search", digits_model, "--task", TASK, "--max-drop", "3%", "--out", out,
             "--repeats", "400", "--warmup", "3", "--sweep", "4", "--no-progress"]
-    return subprocess.Popen([sys.executable, "-m", "trt_mpq", *map(str, args)], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True), args
+    return subprocess.Popen([sys.executable, "-m", "trt_mpq", *map(str, args)],
+                            env=dict(env, **{SLOW_ENV: "0.5"}), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_interruptible), args
 
 
 def _wait_for(store, n, proc, timeout=240):
