@@ -184,9 +184,8 @@ class Runner:
     def final_measure(self):
         """The measurement `trt-mpq search` times its finalists with."""
         from trt_mpq.pipeline.search import SearchConfig, final_measure
-        from trt_mpq.search import Budget
 
-        return final_measure(self.evaluator.measure, SearchConfig(budget=Budget.parse("1%")))
+        return final_measure(self.evaluator.measure, SearchConfig.final_repeats_factor)
 
     def joint_order(self, finalists: list) -> list:
         """The finalists in the order of one fresh timing of them all, interleaved with FP32, as

@@ -87,3 +87,21 @@ def test_a_joint_timing_settles_each_turn_so_it_measures_warm_runs():
     warm, _ = time_until_precise(runners, {}, CONFIG, target=0.01, cap_s=0)  # the default
     assert all(t == pytest.approx(0.2e-3) for t in warm[0])
     assert np.mean(warm[0]) / np.mean(warm[-1]) == pytest.approx(0.2 / 0.3)
+
+
+def test_a_plan_timed_against_the_baseline_is_timed_warm_as_deployed():
+    """The search's pair timing settles each turn (default `settle` 2): its ratio is what the
+    two models run at on their own (0.2 / 0.4), not the cold turns' (which pull it toward 1)."""
+    from trt_mpq.errors import ConfigError
+    from trt_mpq.measure.latency import measure_pair
+
+    CacheRunner.last = None
+    plan, base = CacheRunner(0.2, 0.4), CacheRunner(0.4, 0.6)
+    config = MeasureConfig(warmup=1, repeats=20, min_repeats=3)
+    sa, sb, (lo, hi) = measure_pair(plan, base, {}, config)
+    assert sa.median_ms / sb.median_ms == pytest.approx(0.5) and lo == pytest.approx(0.5)
+    CacheRunner.last = None
+    cold, base_cold, _ = measure_pair(plan, base, {}, replace(config, settle=0, per_turn=1))
+    assert cold.median_ms / base_cold.median_ms > 0.55  # half the turns cold: biased up
+    with pytest.raises(ConfigError, match="settle"):
+        MeasureConfig(settle=-1)

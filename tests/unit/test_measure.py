@@ -92,38 +92,3 @@ def test_measure_pair_returns_both_stats_and_the_interval():
                                     MeasureConfig(warmup=0, repeats=10, min_repeats=3, settle=0,
                                                   per_turn=1))
     assert sa.n == sb.n == 10 and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
-
-
-class CacheRunner(Runner):
-    """A model that runs in `warm` seconds when it ran last itself and `cold` seconds when the
-    other model did (its weights left the caches): a small model interleaved with FP32."""
-
-    def __init__(self, warm: float, cold: float, last: list) -> None:
-        self.warm, self.cold, self.last = warm, cold, last
-
-    def run(self, feed):  # pragma: no cover - timing only
-        raise NotImplementedError
-
-    def time_once(self, feed) -> float:
-        t = self.warm if self.last and self.last[-1] is self else self.cold
-        self.last.append(self)
-        return t
-
-
-def test_a_plan_timed_against_the_baseline_is_timed_warm_as_deployed():
-    """The search's pair timing settles each turn (default `settle` 2): its ratio is what the
-    two models run at on their own (0.2 / 0.4), not the cold turns' (which pull it toward 1)."""
-    from trt_mpq.measure.latency import measure_pair
-
-    last: list = []
-    plan, base = CacheRunner(0.0002, 0.0004, last), CacheRunner(0.0004, 0.0006, last)
-    config = MeasureConfig(warmup=1, repeats=20, min_repeats=3)
-    sa, sb, (lo, hi) = measure_pair(plan, base, {"x": np.ones(2)}, config)
-    assert sa.median_ms / sb.median_ms == pytest.approx(0.5) and lo == pytest.approx(0.5)
-    last.clear()
-    cold, base_cold, _ = measure_pair(plan, base, {"x": np.ones(2)},
-                                      MeasureConfig(warmup=1, repeats=20, min_repeats=3,
-                                                    settle=0, per_turn=1))
-    assert cold.median_ms / base_cold.median_ms > 0.55  # half the turns cold: biased up
-    with pytest.raises(ConfigError, match="settle"):
-        MeasureConfig(settle=-1)

@@ -113,8 +113,9 @@ def time_until_precise(runners: Sequence[Runner], feed: Mapping[str, np.ndarray]
                        config: MeasureConfig, target: float,
                        cap_s: float) -> tuple[list[list[float]], TimingPrecision]:
     """`time_rounds`, continued block by block (each `config.repeats` more timed runs per
-    runner, no further warm-up) until the 95% interval of every runner's ratio to the last runner (the baseline)
-    has a half-width of at most `target` of the ratio, or `cap_s` seconds have passed."""
+    runner, no further warm-up) until the 95% interval of every runner's ratio to the last
+    runner (the baseline) has a half-width of at most `target` of the ratio, or `cap_s`
+    seconds have passed."""
     if len(runners) < 2:
         raise ValueError("an adaptive measurement needs candidates and a baseline (last)")
     start = time.perf_counter()

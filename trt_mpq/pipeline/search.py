@@ -268,10 +268,9 @@ def accuracy_gate(best: float | None, margin: float) -> float:
     return 1.0 if best is None else min(1.0, best * (1 + margin))
 
 
-def final_measure(measure: MeasureConfig, config: SearchConfig) -> MeasureConfig:
-    """The measurement the finalists are timed with: `final_repeats_factor` times the runs
-    (and time) of a search evaluation's."""
-    factor = config.final_repeats_factor
+def final_measure(measure: MeasureConfig, factor: int) -> MeasureConfig:
+    """The measurement the finalists are timed with: `factor` (`final_repeats_factor`) times
+    the runs (and time) of a search evaluation's."""
     return replace(measure, repeats=measure.repeats * factor,
                    max_seconds=measure.max_seconds * factor)
 
@@ -391,7 +390,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                 phases["runtime_options_s"] = time.perf_counter() - t
 
             t = time.perf_counter()
-            final = final_measure(evaluator.measure, config)
+            final = final_measure(evaluator.measure, config.final_repeats_factor)
             timings: dict[str, tuple[LatencyStats, LatencyStats, tuple[float, float]]] = {}
             final_timing: dict = {}
 
