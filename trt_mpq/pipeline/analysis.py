@@ -146,6 +146,11 @@ class Gains:
                    runs=int(d["runs"]), source=str(d.get("source", "")))
 
 
+def can_profile(backend: Backend) -> bool:
+    """Whether `backend` gives the per-group latency profile measured gains come from."""
+    return getattr(backend, "profile_groups", None) is not None
+
+
 def latency_gains(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, Precision],
                   store: Store | None = None, runs: int = 30) -> Gains:
     key = f"gains:{backend.name}:{Plan.of(low).digest}:{runs}"
@@ -154,7 +159,7 @@ def latency_gains(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[
         if cached is not None:
             return Gains.from_json_dict(cached)
     profile = getattr(backend, "profile_groups", None)
-    if profile is None:
+    if not can_profile(backend):
         raise ConfigError(f"measured per-group latency gains (--order latency-aware, --strategy "
                           f"ilp or boundary) need a per-layer profile, which {backend.name} does "
                           "not give yet (ort-cpu does); use --order sensitivity with the "
@@ -187,7 +192,7 @@ def reference_drop(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping
     return result
 
 
-__all__ = ["Gains", "analyze", "context", "latency_gains", "reference_drop", "sensitivity",
+__all__ = ["Gains", "analyze", "can_profile", "context", "latency_gains", "reference_drop", "sensitivity",
            "torch_twin"]
 
 

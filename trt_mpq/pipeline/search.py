@@ -324,11 +324,13 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                                     shared=shared)
         phases["sensitivity_s"] = time.perf_counter() - t
         gains = None
-        if config.needs_gains:
+        if config.needs_gains or (config.strategy_spec.wants_gains
+                                  and analysis.can_profile(backend)):
             t = time.perf_counter()
             gains = analysis.latency_gains(ws, backend, ranges, low, store)
             phases["latency_profile_s"] = time.perf_counter() - t
-        order = ordering.order(ws.group_names(), sens.scores, gains.gain if gains else None)
+        order = ordering.order(ws.group_names(), sens.scores,
+                               gains.gain if gains and config.order == "latency-aware" else None)
         edges = tuple(group_edges(ws.model, ws.groups)) if gains else None
         numbers = {(g, p): (sens.scores[g], gains.gain_ratio[g]) for g, p in low.items()} \
             if gains else None

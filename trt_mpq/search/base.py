@@ -84,6 +84,11 @@ class Strategy(abc.ABC):
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
         """The evaluation of a plan that `ask` proposed."""
 
+    def observe(self, evaluation: Evaluation) -> None:
+        """Every evaluation `drive` records, this strategy's own and those of the strategies
+        run with it, in order (a strategy that learns from plans it did not propose, as
+        `prune` does from a bisection's); the default ignores them."""
+
     def fall_back(self) -> bool:
         """Called once the strategy is done and the holdout refused every answer its plans
         gave: re-open to propose safer plans through the next `ask`s. Returns whether it did;
@@ -152,6 +157,9 @@ class StrategySpec:
     config: type  # frozen dataclass with defaults; validates itself in __post_init__
     build: Callable[[Any, SearchInputs], list[Strategy]]  # run one after another by `drive`
     needs_gains: bool = False  # measured per-group latency gains (`SearchInputs.gain`)
+    #: uses measured gains (and the group graph) where the backend can profile them, and runs
+    #: without them where it cannot (`SearchInputs.gain` then None)
+    wants_gains: bool = False
     needs_graph: bool = False  # the group graph and per-option numbers (`edges`, `options`)
 
 
@@ -169,7 +177,8 @@ def drive(strategies: Sequence[Strategy], evaluate: Evaluate,
     is given (an evaluation that may skip the accuracy pass of a plan measured slower than the
     fastest in-budget plan so far: it cannot be the answer). With `evaluate_batch`, the new
     plans of each `ask` are evaluated together (in parallel where it can), then told in order:
-    the same plans and the same tells as one at a time."""
+    the same plans and the same tells as one at a time. Every strategy `observe`s every
+    evaluation recorded, before the proposing strategy is told it."""
     seen: dict[str, Evaluation] = {}
     out: list[Evaluation] = []
 
@@ -178,6 +187,8 @@ def drive(strategies: Sequence[Strategy], evaluate: Evaluate,
         out.append(ev)
         if on_evaluation:
             on_evaluation(ev)
+        for s in strategies:
+            s.observe(ev)
 
     for strategy in strategies:
         while True:

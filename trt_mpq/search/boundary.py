@@ -45,7 +45,7 @@ agrees, as it mostly does on large fidelity splits, they are not measured. At mo
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from trt_mpq.errors import ConfigError
@@ -72,12 +72,13 @@ from trt_mpq.search.latency_model import (
 
 
 def solve_program(model: LatencyModel, sensitivity: Mapping[Option, float], t: float, *,
-                  exclude: Iterable[Plan] = (), time_limit: float | None = 10.0,
-                  tie_break: float = 1e-6) -> Plan | None:
+                  exclude: Iterable[Plan] = (), allowed: Collection[Option] | None = None,
+                  time_limit: float | None = 10.0, tie_break: float = 1e-6) -> Plan | None:
     """The plan with the least predicted latency whose summed sensitivity is <= t, other than
-    the plans in `exclude`; None if the program has no proven optimum (infeasible, time limit).
-    Ties are broken toward less sensitivity, then fewer lowered groups (`tie_break` per option,
-    in ratio units: far below any measurable gain)."""
+    the plans in `exclude`, lowering only `allowed` options where given; None if the program
+    has no proven optimum (infeasible, time limit). Ties are broken toward less sensitivity,
+    then fewer lowered groups (`tie_break` per option, in ratio units: far below any measurable
+    gain)."""
     import numpy as np
     from scipy.optimize import Bounds, LinearConstraint, milp
 
@@ -151,11 +152,15 @@ def solve_program(model: LatencyModel, sensitivity: Mapping[Option, float], t: f
         row[list(chosen)] = 1.0
         add(row, -np.inf, len(chosen) - 1.0)
     integrality = np.concatenate([np.ones(n), np.zeros(m)])
+    ub = np.ones(n + m)
+    if allowed is not None:
+        allowed = set(allowed)
+        ub[:n] = [1.0 if o in allowed else 0.0 for o in options]
     opts: dict = {"mip_rel_gap": 0.0}
     if time_limit is not None:
         opts["time_limit"] = float(time_limit)
     try:
-        res = milp(c, integrality=integrality, bounds=Bounds(0, 1),
+        res = milp(c, integrality=integrality, bounds=Bounds(0, ub),
                    constraints=LinearConstraint(np.array(rows), np.array(lo), np.array(hi)),
                    options=opts)
     except (ValueError, TypeError, ArithmeticError, RuntimeError):

@@ -2,7 +2,10 @@
 their low precision and keep the rest at the baseline precision.
 
 - `bisection` (the papers): bisection on k against the budget, then the prefixes around the
-  boundary it found (`Around`) and a sweep of more prefixes (`PrefixSweep`) for the frontier.
+  boundary it found (`Around`) and a sweep of more prefixes (`PrefixSweep`) for the frontier;
+  then `prune` (`trt_mpq.search.prune`): the fastest in-budget plan with the lowered groups
+  that a latency model fitted on all those measurements says cost more than they gain (slower
+  lowered, or not worth their precision boundaries) raised back to the baseline.
 - `frontier`: the sweep alone.
 """
 
@@ -169,10 +172,16 @@ class BisectionConfig:
     refine: int = field(default=2, metadata=flag(
         "--refine", "bisection: also measure k +- this around the boundary"))
     speculate: int = speculate_field()
+    prune: int = field(default=2, metadata=flag(
+        "--prune", "bisection: plans measured at most that raise back to the baseline the "
+                   "lowered groups a boundary-aware latency model, fitted on every measured "
+                   "plan, says cost more latency than they gain (0: none)"))
 
     def __post_init__(self) -> None:
         if self.sweep_points < 0 or self.refine < 0:
             raise ConfigError("sweep points and refine width must be >= 0")
+        if self.prune < 0:
+            raise ConfigError("--prune must be >= 0")
         check_speculate(self.speculate)
 
 
@@ -194,13 +203,21 @@ def _bisection(config: BisectionConfig, inputs: SearchInputs) -> list[Strategy]:
         out.append(Around(prefixes, center=lambda: bis.best_k, width=config.refine))
     if config.sweep_points:
         out.append(PrefixSweep(prefixes, config.sweep_points))
+    if config.prune and inputs.edges is not None and inputs.options is not None:
+        from trt_mpq.search.prune import Prune
+
+        out.append(Prune(inputs.groups, inputs.edges, inputs.base,
+                         {o: v[1] for o, v in inputs.options.items()}, inputs.accept,
+                         sensitivity={o: v[0] for o, v in inputs.options.items()},
+                         steps=config.prune))
     return out
 
 
 BISECTION = StrategySpec(
-    name="bisection", config=BisectionConfig, build=_bisection,
+    name="bisection", config=BisectionConfig, build=_bisection, wants_gains=True,
     description="bisection on the number of lowered groups along the order, then the prefixes "
-                "around the boundary and a sweep (default)")
+                "around the boundary, a sweep, and the best plan pruned of groups not worth "
+                "lowering (default)")
 FRONTIER = StrategySpec(
     name="frontier", config=FrontierConfig,
     build=lambda config, inputs: [PrefixSweep(inputs.prefixes, config.sweep_points)],

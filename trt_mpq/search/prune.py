@@ -1,0 +1,121 @@
+"""`prune`: after the strategies before it, raise back to the baseline precision the lowered
+groups that cost more latency than they gain, precision boundaries included.
+
+Every plan the strategies before it measured (a bisection's prefixes, its refinement, its
+sweep) is a measurement for the boundary-aware latency model (`LatencyModel`). Refitted on all
+of them, the model is asked (`solve_program`, exact) for the fastest plan that lowers only groups
+the fastest in-budget plan lowered when pruning began (the anchor), each to the same precision. Raising a group back to the
+baseline precision takes its quantizers out, so such a plan is expected to stay about as
+accurate; what it changes is latency: a group that runs slower lowered than in float
+(resnet-digits' layer4 convs on ONNX Runtime's CPU kernels), or an island of lowered groups
+whose two boundaries cost more than it gains. A prefix of any order keeps such groups lowered
+once the budget allows them. The plan is proposed only where the model predicts it faster than
+the in-budget plan by `improve`, and measured latency-first (it skips its accuracy pass if
+it times slower than the best), since the accuracy side may still move. An in-budget plan
+faster than the best becomes the best the next step must beat; the next step refits the model
+on it too and is again a subset of the anchor (a few prefix plans cannot tell apart groups that
+are always lowered together, so a first step may raise one too many). At most `steps` plans.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping, Sequence
+
+from trt_mpq.graph import Edge
+from trt_mpq.plan import Plan, Precision
+from trt_mpq.results import Evaluation
+from trt_mpq.search.base import Accept, Proposal, Strategy
+from trt_mpq.search.boundary import solve_program
+from trt_mpq.search.latency_model import LatencyModel, Measured, Option, standard_error
+
+
+class Prune(Strategy):
+    """See the module docstring. `prior_gain` maps every option (group, precision) the plans may
+    use to its profiled latency gain in ratio units; `sensitivity` the same options to their
+    estimated accuracy cost (only a tie-break here: among plans predicted equally fast, the
+    less sensitive)."""
+
+    name = "prune"
+    latency_first = True
+
+    def __init__(self, groups: Sequence[str], edges: Iterable[Edge], base: Precision,
+                 prior_gain: Mapping[Option, float], accept: Accept, *,
+                 sensitivity: Mapping[Option, float] | None = None, steps: int = 2,
+                 improve: float = 0.005, time_limit: float | None = 10.0) -> None:
+        super().__init__()
+        if steps < 0:
+            raise ValueError("steps must be >= 0")
+        self.groups = tuple(groups)
+        self.base = base
+        self.accept = accept
+        self.model = LatencyModel(self.groups, edges, base, prior_gain)
+        self.sensitivity = {o: max(float((sensitivity or {}).get(o, 0.0)), 0.0)
+                            for o in prior_gain}
+        self.steps_left = steps
+        self.improve = improve
+        self.time_limit = time_limit
+        self.base_plan = Plan.uniform(self.groups, base)
+        self.data: dict[str, Measured] = {}
+        self.measured: dict[str, Plan] = {}
+        self.best: Evaluation | None = None
+        #: the fastest in-budget plan when pruning began: every step lowers a subset of its
+        #: groups (a later step may lower again a group an earlier one raised, where the refit
+        #: says that step raised too many)
+        self.anchor: Plan | None = None
+        self._asked: Proposal | None = None
+        #: (plan digest, the plan it started from, predicted, measured) per step
+        self.steps: list[dict] = []
+
+    def _modelled(self, plan: Plan) -> bool:
+        """A plan the model can predict: no runtime options, every lowered group at one of its
+        options."""
+        return not plan.options and all(
+            plan[g] is self.base or (g, plan[g]) in self.model.prior for g in self.groups)
+
+    def observe(self, evaluation: Evaluation) -> None:
+        plan, ratio = evaluation.plan, evaluation.latency_ratio
+        if not self._modelled(plan):
+            return
+        self.measured[plan.digest] = plan
+        if ratio is None or not math.isfinite(ratio):
+            return
+        self.data[plan.digest] = (plan, ratio, standard_error(evaluation.ratio_ci))
+        if (evaluation.ok and plan != self.base_plan and ratio < 1.0 and self.accept(evaluation)
+                and (self.best is None or ratio < self.best.latency_ratio)):
+            self.best = evaluation
+
+    def ask(self) -> list[Proposal]:
+        if self._asked is not None:
+            return [self._asked]
+        if self.steps_left <= 0 or self.best is None:
+            return []
+        self.model.fit(list(self.data.values()))
+        if self.anchor is None:
+            self.anchor = self.best.plan
+        start, anchor = self.best.plan, self.anchor
+        lowered = {(g, anchor[g]) for g in self.groups if anchor[g] is not self.base}
+        plan = solve_program(self.model, self.sensitivity,
+                             sum(self.sensitivity[o] for o in lowered), allowed=lowered,
+                             exclude=list(self.measured.values()), time_limit=self.time_limit)
+        predicted = self.model.predict(plan) if plan is not None else None
+        if plan is None or plan == self.base_plan \
+                or predicted > self.model.predict(start) - self.improve:
+            self.steps_left = 0  # nothing to raise: the model and the measurements agree
+            return []
+        self.steps_left -= 1
+        raised = sum(1 for g in self.groups if plan[g] is not start[g])
+        self._asked = (plan, f"prune: {raised} raised")
+        self.steps.append({"plan": plan.digest, "from": start.digest, "predicted": predicted,
+                           "measured": None})
+        return [self._asked]
+
+    def tell(self, plan: Plan, evaluation: Evaluation) -> None:
+        if self._asked is None or plan != self._asked[0]:
+            raise ValueError("tell() got a plan this strategy did not ask for")
+        self._asked = None
+        self.evaluations += 1
+        self.steps[-1]["measured"] = evaluation.latency_ratio
+
+
+__all__ = ["Prune"]
