@@ -134,7 +134,10 @@ def _f(x, nd=4) -> str:
 def _how(strategy: str) -> str:
     return {
         "bisection": "groups were lowered in this order (least sensitive first), bisecting on "
-                     "how many to lower, then sweeping more prefixes.",
+                     "how many to lower, then sweeping more prefixes; where a latency model with "
+                     "precision-boundary costs, fitted on those plans, predicted lowered groups "
+                     "not worth their cost, the best plan with them back in float was measured "
+                     "too (`prune`).",
         "frontier": "evenly spaced prefixes of this order (least sensitive first) were measured.",
         "boundary": "each plan came from an integer program minimizing the predicted latency "
                     "(per-group gains and precision-boundary costs, refitted on every measured "
