@@ -75,7 +75,7 @@ def test_prune_takes_out_an_island_its_boundaries_make_slower():
     sens = {(g, I8): v for g, v in true_sens.items()}
     fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.03)
     accept = lambda e: e.ok and e.drop <= 0.1  # noqa: E731
-    best, evs, _ = _bisection(names, sens, accept, fake, gain, edges, prune=2)
+    best, _, _ = _bisection(names, sens, accept, fake, gain, edges, prune=2)
     assert best.plan.groups_at(I8) == ("g3", "g4", "g5")
     assert best.label == "prune: 1 raised"
     best0, _, _ = _bisection(names, sens, accept, fake, gain, edges, prune=0)

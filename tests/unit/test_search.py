@@ -285,3 +285,33 @@ def test_ray_workers_on_another_device_type_are_left_out_unless_mixed():
     # the CPU's model and cores, and the threads a plan runs with: 2 and 3 threads differ
     two, three = (OrtBackend(OrtConfig(threads=n)).timing_device() for n in (2, 3))
     assert two.endswith(", 2 intra-op threads") and two != three
+
+
+def test_the_log_says_in_or_out_of_budget_as_the_search_judges():
+    """Where the search judges by the drop's upper bound, a plan whose point drop is within the
+    budget but whose bound is not is logged out of budget, with its bound; by point estimates,
+    the same plan is in budget."""
+    import logging
+
+    from trt_mpq.pipeline.search import _log_evaluation
+    from trt_mpq.results import Evaluation, Status
+    from trt_mpq.search import BudgetAccept
+
+    ev = Evaluation(plan=Plan.of({"a": P.INT8}), status=Status.OK, label="k=1", metric=0.795,
+                    drop=0.005, rel_drop=0.00625, drop_upper=0.012, latency_ratio=0.5)
+    records = []
+    handler = logging.Handler()
+    handler.emit = records.append
+    log = logging.getLogger("trt_mpq.pipeline.search")
+    log.addHandler(handler)
+    level = log.level
+    log.setLevel(logging.INFO)
+    try:
+        _log_evaluation(ev, BudgetAccept(allowed=0.008, bound=True), 0.8)
+        _log_evaluation(ev, BudgetAccept(allowed=0.008, bound=False), 0.8)
+    finally:
+        log.removeHandler(handler)
+        log.setLevel(level)
+    bound, point = (r.getMessage() for r in records)
+    assert bound.endswith("(out of budget)") and "(<= +1.50%)" in bound
+    assert point.endswith("(in budget)") and "<=" not in point

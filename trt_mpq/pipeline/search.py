@@ -275,11 +275,15 @@ def final_measure(measure: MeasureConfig, factor: int) -> MeasureConfig:
                    max_seconds=measure.max_seconds * factor)
 
 
-def _log_evaluation(ev: Evaluation, budget: Budget, baseline_metric: float) -> None:
+def _log_evaluation(ev: Evaluation, accept: BudgetAccept, baseline_metric: float) -> None:
+    """One line per evaluation, with the verdict the search acts on (`accept`: by the drop's
+    upper bound where the search decides by bounds, and then the bound is shown)."""
     if ev.ok:
-        verdict = "in budget" if budget.accepts(ev.drop, baseline_metric) else "out of budget"
-        log.info("%-22s metric %.4f  drop %+.2f%%  latency x%.3f  (%s)%s", ev.label, ev.metric,
-                 100 * (ev.rel_drop or 0.0), ev.latency_ratio, verdict,
+        verdict = "in budget" if accept(ev) else "out of budget"
+        upper = (f" (<= {100 * ev.drop_upper / baseline_metric:+.2f}%)"
+                 if accept.bound and ev.drop_upper is not None and baseline_metric else "")
+        log.info("%-22s metric %.4f  drop %+.2f%%%s  latency x%.3f  (%s)%s", ev.label,
+                 ev.metric, 100 * (ev.rel_drop or 0.0), upper, ev.latency_ratio, verdict,
                  "  [cached]" if ev.cached else "")
     elif ev.status is Status.SLOWER:
         log.info("%-22s latency x%.3f  (slower than the best in budget or the baseline: "
@@ -306,7 +310,6 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
     shared = shared_cache(ws, backend)
     with Evaluator(ws, backend, ranges, measure, store, workdir, shared=shared) as evaluator:
         baseline_metric = evaluator.baseline.metric
-        budget = config.budget
         # a relative budget is a share of the baseline's metric on the split that judges: the
         # search split's while searching, the holdout's when certifying the answer
         holdout_base, base_holdout_outputs = _holdout_baseline(ws, evaluator)
@@ -351,7 +354,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         best_ratio: list[float] = []  # the fastest in-budget quantized plan so far
 
         def on_eval(ev: Evaluation) -> None:
-            _log_evaluation(ev, budget, baseline_metric)
+            _log_evaluation(ev, accept, baseline_metric)
             bar.update(1)
             if accept(ev) and ev.plan != evaluator.baseline_plan and ev.latency_ratio < 1.0:
                 best_ratio[:] = [min([ev.latency_ratio, *best_ratio])]
