@@ -142,3 +142,44 @@ def test_program_lowers_only_allowed_options(seed):
                 for cs in itertools.product((0, 1), repeat=6)]
     assert got is not None and all(got[g] is F32 for g, p in options if (g, p) not in allowed)
     assert model.predict(got) == pytest.approx(min(map(model.predict, feasible)), abs=1e-4)
+
+
+def test_a_failed_profile_leaves_the_default_search_without_prune(tmp_path, caplog):
+    """The default bisection only uses measured gains where it can: where the per-group profile
+    fails (a model whose all-lowered plan ONNX Runtime cannot run), the search goes on without
+    them and says why, as it did before it profiled; a strategy that needs them still fails."""
+    import json
+    import logging
+
+    import models
+    from trt_mpq.backends import get_backend
+    from trt_mpq.calib import CalibConfig
+    from trt_mpq.errors import BuildError
+    from trt_mpq.measure import MeasureConfig
+    from trt_mpq.pipeline.job import search_job
+    from trt_mpq.pipeline.search import SearchConfig
+    from trt_mpq.search import Budget
+
+    backend = get_backend("ort-cpu", threads=1)
+
+    def broken(*args, **kwargs):
+        raise BuildError("ONNX Runtime could not create a session to profile: no kernel")
+
+    backend.profile_groups = broken
+    ws = models.cnn_workspace(tmp_path / "ws")
+    ranges = ws.calibrate(CalibConfig(num_samples=16))
+    measure = MeasureConfig(warmup=0, repeats=6, min_repeats=3)
+    config = SearchConfig(budget=Budget.parse("50%"), runtime_options=False, confidence=None)
+    with caplog.at_level(logging.WARNING, logger="trt_mpq.pipeline.search"):
+        result = search_job(ws, backend, ranges, CalibConfig(num_samples=16), measure, config,
+                            tmp_path / "out")
+    assert "the per-group latency profile failed (ONNX Runtime could not create a session " \
+           "to profile: no kernel); the bisection strategy goes on" in caplog.text
+    assert result["latency_gains"] is None and result["evaluations"] >= 3
+    labels = [e["label"] for e in json.loads(
+        (tmp_path / "out" / "pareto.json").read_text())["evaluations"]]
+    assert labels and not [x for x in labels if x.startswith("prune")]
+    with pytest.raises(BuildError, match="no kernel"):
+        search_job(ws, backend, ranges, CalibConfig(num_samples=16), measure,
+                   SearchConfig(budget=Budget.parse("50%"), strategy="ilp", confidence=None),
+                   tmp_path / "out-ilp")

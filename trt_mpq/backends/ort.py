@@ -268,14 +268,22 @@ class OrtBackend(Backend):
             optimized = Path(tmp) / "model.optimized.onnx"
             onnx.save(model, str(path))
             qdq = has_qdq(model)
-            warm = self._session(path, qdq)
-            for _ in range(3):
-                warm.run(None, dict(feed))
-            del warm
-            sess = self._session(path, qdq, profile_prefix=str(Path(tmp) / "profile"),
-                                 optimized_path=optimized)
-            for _ in range(runs):
-                sess.run(None, dict(feed))
+            try:
+                warm = self._session(path, qdq)
+                sess = self._session(path, qdq, profile_prefix=str(Path(tmp) / "profile"),
+                                     optimized_path=optimized)
+            except Exception as e:
+                raise BuildError(f"ONNX Runtime could not create a session to profile: "
+                                 f"{_first_line(e)}") from None
+            try:
+                for _ in range(3):
+                    warm.run(None, dict(feed))
+                del warm
+                for _ in range(runs):
+                    sess.run(None, dict(feed))
+            except Exception as e:
+                raise MeasurementError(f"ONNX Runtime failed to run the model it profiles: "
+                                       f"{_first_line(e)}") from None
             events = json.loads(Path(sess.end_profiling()).read_text())
             return group_times(onnx.load(str(optimized), load_external_data=False), events,
                                groups, model, runs)

@@ -20,7 +20,7 @@ from typing import Any
 from trt_mpq import options
 from trt_mpq.backends.base import Backend
 from trt_mpq.calib import Ranges
-from trt_mpq.errors import ConfigError, PlanError
+from trt_mpq.errors import ConfigError, PlanError, TrtMpqError
 from trt_mpq.measure.accuracy import compute_outputs
 from trt_mpq.measure.sequential import IN, SequentialRule, sequential_drop
 from trt_mpq.measure.latency import (
@@ -330,7 +330,15 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         if config.needs_gains or (config.strategy_spec.wants_gains
                                   and analysis.can_profile(backend)):
             t = time.perf_counter()
-            gains = analysis.latency_gains(ws, backend, ranges, low, store)
+            try:
+                gains = analysis.latency_gains(ws, backend, ranges, low, store)
+            except TrtMpqError as e:
+                if config.needs_gains:
+                    raise
+                # the strategy only uses them where it can (bisection's prune step): a model
+                # whose all-lowered plan does not build is still searched, as before
+                log.warning("the per-group latency profile failed (%s); the %s strategy goes on "
+                            "without measured gains", e, config.strategy)
             phases["latency_profile_s"] = time.perf_counter() - t
         order = ordering.order(ws.group_names(), sens.scores,
                                gains.gain if gains and config.order == "latency-aware" else None)
