@@ -64,7 +64,7 @@ class Prune(Strategy):
         #: says that step raised too many)
         self.anchor: Plan | None = None
         self._asked: Proposal | None = None
-        #: (plan digest, the plan it started from, predicted, measured) per step
+        #: per step: its plan's digest, the best plan it had to beat, predicted and measured ratio
         self.steps: list[dict] = []
 
     def _modelled(self, plan: Plan) -> bool:
@@ -104,9 +104,9 @@ class Prune(Strategy):
             self.steps_left = 0  # nothing to raise: the model and the measurements agree
             return []
         self.steps_left -= 1
-        raised = sum(1 for g in self.groups if plan[g] is not start[g])
+        raised = sum(1 for g in self.groups if plan[g] is not anchor[g])  # all to the base
         self._asked = (plan, f"prune: {raised} raised")
-        self.steps.append({"plan": plan.digest, "from": start.digest, "predicted": predicted,
+        self.steps.append({"plan": plan.digest, "beat": start.digest, "predicted": predicted,
                            "measured": None})
         return [self._asked]
 
