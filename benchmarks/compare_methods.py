@@ -301,15 +301,16 @@ def run_ours(r: Runner, accept, scores, budget, sensitivity_s) -> dict:
 
     config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
     strategies, cost = r.boundary(config, accept, scores(config.sensitivity))  # sens: scores()
-    best: list[float] = []
+    best: list = []  # the fastest in-budget plan's evaluation so far
 
     def gated(plan, label):
-        return r.evaluator.evaluate(
-            plan, label, gate=accuracy_gate(best[0] if best else None, config.gate_margin))
+        return r.evaluator.evaluate(plan, label, gate=accuracy_gate(
+            best[0] if best else None, config.gate_margin, config.gate_recheck))
 
     def seen(ev) -> None:
-        if accept(ev) and ev.latency_ratio < 1.0:
-            best[:] = [min([ev.latency_ratio, *best])]
+        if accept(ev) and ev.latency_ratio < 1.0 and \
+                (not best or ev.latency_ratio < best[0].latency_ratio):
+            best[:] = [ev]
 
     evs = drive(strategies, r.evaluator.evaluate, seen, gated)
     out = _summary(r, evs, accept, sensitivity_s() + cost, budget)

@@ -12,7 +12,7 @@ from trt_mpq.backends.base import Artifact, Backend, Census, Runner
 from trt_mpq.errors import BuildError, MaterializeError, MeasurementError, PlanError
 from trt_mpq.measure import MeasureConfig
 from trt_mpq.pipeline import evaluator as evaluator_module
-from trt_mpq.pipeline.evaluator import Evaluator
+from trt_mpq.pipeline.evaluator import Evaluator, Gate
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect
@@ -117,7 +117,7 @@ def run(workspace, ranges, tmp_path, monkeypatch):
 
     monkeypatch.setattr(evaluator_module, "materialize", materialize)
 
-    def evaluate(failure: str | None, store: Store | None = None, gate: float | None = None):
+    def evaluate(failure: str | None, store: Store | None = None, gate: Gate | None = None):
         backend.current = None
         with Evaluator(workspace, backend, ranges, MEASURE, store, tmp_path / "work") as ev:
             backend.current = failure
@@ -170,12 +170,87 @@ def test_unverified_groups_are_measured_when_the_census_is_not_required(run):
 
 
 def test_a_plan_timed_slower_than_the_gate_skips_its_accuracy_pass(run):
-    slow = run(None, gate=1e-6)  # nothing is faster than that
+    slow = run(None, gate=Gate(1e-6))  # nothing is faster than that
     assert slow.status is Status.SLOWER and slow.metric is None
     assert slow.latency_ratio > 1e-6 and slow.latency is not None
     assert "accuracy was not measured" in slow.reason
-    fast = run(None, gate=1e6)
+    fast = run(None, gate=Gate(1e6))
     assert fast.status is Status.OK and fast.metric is not None
+
+
+class ClockRunner(Runner):
+    """Runs the real session for outputs; `time_once` reports `ms` (with a tiny jitter)."""
+
+    def __init__(self, inner: Runner, ms: float) -> None:
+        self.inner, self.ms, self._n = inner, ms, 0
+        self.input_names, self.output_names = inner.input_names, inner.output_names
+
+    def run(self, feed):
+        return self.inner.run(feed)
+
+    def time_once(self, feed):
+        self._n += 1
+        return self.ms * (1 + 0.001 * (self._n % 3 - 1)) / 1e3
+
+    def close(self):
+        self.inner.close()
+
+
+class ClockBackend(Backend):
+    """ONNX Runtime underneath; its runners report `ms[kind]` milliseconds, kind being what the
+    evaluator built: the baseline, the evaluated plan, or the gate's rival."""
+
+    name = "clock"
+    dialect = Dialect.ORT_CPU
+
+    def __init__(self, ms: dict[str, float]) -> None:
+        self.real = get_backend("ort-cpu", threads=1)
+        self.ms = ms
+        self.built: list[str] = []
+        self._kind: dict[Path, str] = {}
+
+    def build(self, model, out_dir, groups, sample_feed, max_batch=None, options=None):
+        artifact = self.real.build(model, out_dir, groups, sample_feed, max_batch)
+        kind = Path(out_dir).name if Path(out_dir).name == "baseline" else Path(out_dir).parent.name
+        self._kind[artifact.path] = kind
+        self.built.append(kind)
+        return artifact
+
+    def open(self, artifact: Artifact) -> Runner:
+        return ClockRunner(self.real.open(artifact), self.ms[self._kind[artifact.path]])
+
+    def describe(self) -> dict:
+        return {"backend": self.name}
+
+
+@pytest.mark.parametrize("rival_ms,plan_ms,status,rechecked", [
+    # the rival's ratio in the gate (x0.45) was a lucky draw: it runs at x0.50, the plan at
+    # x0.47 is faster side by side, so its accuracy is measured
+    (0.50, 0.47, Status.OK, True),
+    # the rival does run at x0.45: the plan is x1.04 of it side by side, and is skipped
+    (0.45, 0.47, Status.SLOWER, True),
+    # far slower than the gate (above the recheck band): skipped without a second timing
+    (0.50, 0.60, Status.SLOWER, False),
+])
+def test_a_plan_just_above_the_gate_is_timed_again_beside_the_plan_it_must_beat(
+        workspace, ranges, tmp_path, rival_ms, plan_ms, status, rechecked):
+    names = workspace.group_names()
+    plan, rival = Plan.uniform(names, P.INT8), Plan.of({**{g: P.INT8 for g in names},
+                                                        names[-1]: P.FP32})
+    backend = ClockBackend({"baseline": 1.0, "evals": plan_ms, "rival": rival_ms})
+    gate = Gate(0.45 * 1.03, rival, 0.03, 0.45 * 1.15)
+    with Evaluator(workspace, backend, ranges, MEASURE, None, tmp_path / "w") as ev:
+        got = ev.evaluate(plan, "p", gate=gate)
+        again = ev.evaluate(plan.with_({names[0]: P.FP32}), "q", gate=gate)
+    assert got.status is status and got.latency_ratio == pytest.approx(plan_ms, rel=0.01)
+    assert (got.metric is not None) == (status is Status.OK)
+    assert ev.rechecks == 2 * rechecked
+    # the rival is built once while it stays the rival, and removed with the evaluator
+    assert backend.built.count("rival") == int(rechecked)
+    assert not (tmp_path / "w" / "rival").exists() or not any((tmp_path / "w" / "rival").iterdir())
+    if status is Status.SLOWER:
+        assert ("side by side" in got.reason) == rechecked
+    assert again.status is got.status
 
 
 def test_a_plan_for_another_model_is_the_callers_error(workspace, ranges, tmp_path):

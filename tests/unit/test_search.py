@@ -156,12 +156,22 @@ def test_the_accuracy_gate_is_the_best_plan_with_its_margin_capped_at_the_baseli
     """A latency-first plan skips its accuracy pass when timed slower than the fastest in-budget
     plan by more than the margin, and before any plan is in budget when slower than the
     baseline: `pick_answer` never takes a plan that is not faster than the baseline."""
+    from trt_mpq.pipeline.evaluator import Gate
     from trt_mpq.pipeline.search import accuracy_gate
+    from trt_mpq.results import Evaluation, Status
 
-    assert accuracy_gate(None, 0.03) == 1.0
-    assert accuracy_gate(0.5, 0.03) == pytest.approx(0.515)
-    assert accuracy_gate(0.99, 0.03) == 1.0
-    assert accuracy_gate(0.5, 0.0) == 0.5
+    def best(ratio):
+        return Evaluation(plan=Plan.of({"a": P.INT8}), status=Status.OK, label="b", metric=1.0,
+                          drop=0.0, rel_drop=0.0, latency_ratio=ratio)
+
+    assert accuracy_gate(None, 0.03) == Gate(1.0)  # no rival before any plan is in budget
+    gate = accuracy_gate(best(0.5), 0.03, 0.15)
+    assert gate.ratio == pytest.approx(0.515) and gate.recheck == pytest.approx(0.575)
+    assert gate.rival == Plan.of({"a": P.INT8}) and gate.margin == 0.03
+    assert accuracy_gate(best(0.99), 0.03, 0.15).ratio == 1.0
+    assert accuracy_gate(best(0.99), 0.03, 0.15).recheck == 1.0
+    assert accuracy_gate(best(0.5), 0.0).ratio == 0.5
+    assert Gate.from_json_dict(gate.to_json_dict()) == gate  # as it travels to a Ray worker
 
 
 def test_drive_in_batches_evaluates_and_tells_what_one_at_a_time_does():

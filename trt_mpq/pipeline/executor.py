@@ -29,12 +29,16 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from trt_mpq.errors import ConfigError, TrtMpqError
 from trt_mpq.plan import Plan
 from trt_mpq.results import Evaluation
+
+if TYPE_CHECKING:
+    from trt_mpq.pipeline.evaluator import Gate
 
 log = logging.getLogger(__name__)
 
@@ -160,8 +164,11 @@ class EvalWorker:
         """This worker's name and the type of device it times on."""
         return self.device, self.evaluator.backend.timing_device()
 
-    def evaluate(self, plan: dict, label: str, gate: float | None) -> dict:
-        ev = self.evaluator.evaluate(Plan.from_json_dict(plan), label, gate=gate)
+    def evaluate(self, plan: dict, label: str, gate: dict | None) -> dict:
+        from trt_mpq.pipeline.evaluator import Gate
+
+        ev = self.evaluator.evaluate(Plan.from_json_dict(plan), label,
+                                     gate=Gate.from_json_dict(gate) if gate else None)
         return dataclasses.replace(ev, device=self.device).to_json_dict()
 
 
@@ -239,7 +246,7 @@ class RayExecutor:
     def workers(self) -> int:
         return len(self.actors)
 
-    def evaluate(self, items: list[tuple[Plan, str, float | None]],
+    def evaluate(self, items: list[tuple[Plan, str, Gate | None]],
                  on_result: Callable[[Evaluation], None] | None = None) -> list[Evaluation]:
         """Evaluate (plan, label, gate) items, each on one idle worker (`on_result` sees each
         evaluation as it arrives); a worker that dies hands its plan to another."""
@@ -253,7 +260,8 @@ class RayExecutor:
             while pending and idle:
                 i, a = pending.pop(0), idle.pop(0)
                 plan, label, gate = items[i]
-                running[a.evaluate.remote(plan.to_json_dict(), label, gate)] = (i, a)
+                running[a.evaluate.remote(plan.to_json_dict(), label,
+                                          gate.to_json_dict() if gate else None)] = (i, a)
             (ref,), _ = ray.wait(list(running), num_returns=1)
             i, a = running.pop(ref)
             try:

@@ -34,7 +34,7 @@ from trt_mpq.measure.latency import (
 from trt_mpq.measure.stats import DropBound, samples_needed
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.artifacts import install_artifact
-from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
+from trt_mpq.pipeline.evaluator import Evaluator, Gate, shared_cache
 from trt_mpq.model.groups import group_edges
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan, Precision
@@ -80,6 +80,8 @@ class SearchConfig:
     option_candidates: int = 2  # how many of the fastest in-budget plans get option variants
     full_frontier: bool = False  # measure accuracy of every plan, even those that cannot win
     gate_margin: float = 0.03  # a plan "cannot win" if slower than the best by more than this
+    #: ... and, if timed slower than the best by less than this, again side by side with it
+    gate_recheck: float = 0.15
     timing_tolerance: float = 0.05  # the baseline against itself must time within this of x1
     timing_max_spread: float = 0.5  # ... with (p90 - p10) / median at most this
     timing_retries: int = 2  # re-measurements (each with twice the runs) before giving up
@@ -111,6 +113,8 @@ class SearchConfig:
             raise ConfigError("final_repeats_factor must be >= 1")
         if self.option_candidates < 0:
             raise ConfigError("option candidates must be >= 0")
+        if not 0 <= self.gate_recheck < 1:
+            raise ConfigError("the gate's recheck band must be in [0, 1)")
         if not 0 <= self.gate_margin < 1:
             raise ConfigError("the gate margin must be in [0, 1)")
         if not 0 < self.timing_tolerance < 1 or self.timing_max_spread <= 0:
@@ -152,6 +156,7 @@ class SearchConfig:
                 "runtime_options": self.runtime_options,
                 "option_candidates": self.option_candidates,
                 "full_frontier": self.full_frontier, "gate_margin": self.gate_margin,
+                "gate_recheck": self.gate_recheck,
                 "timing_tolerance": self.timing_tolerance,
                 "timing_max_spread": self.timing_max_spread,
                 "timing_retries": self.timing_retries, "confidence": self.confidence,
@@ -259,13 +264,17 @@ def format_options(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping
     return out
 
 
-def accuracy_gate(best: float | None, margin: float) -> float:
-    """The latency ratio above which a latency-first evaluation skips its accuracy pass: slower
-    than the fastest in-budget plan `best` by more than the noise `margin`, or, before any plan is
-    in budget, slower than the baseline. Either way, whatever its accuracy, the plan cannot be the
-    answer (`pick_answer` takes only plans measured faster than the baseline) and the baseline
-    dominates it on the frontier."""
-    return 1.0 if best is None else min(1.0, best * (1 + margin))
+def accuracy_gate(best: Evaluation | None, margin: float, recheck: float = 0.0) -> Gate:
+    """When a latency-first evaluation skips its accuracy pass (`Gate`): slower than the fastest
+    in-budget plan `best` by more than the noise `margin` (and, if timed within `recheck` of it,
+    again when timed side by side with it), or, before any plan is in budget, slower than the
+    baseline. Either way, whatever its accuracy, the plan cannot be the answer (`pick_answer`
+    takes only plans measured faster than the baseline) and the baseline dominates it on the
+    frontier."""
+    if best is None:
+        return Gate(1.0)
+    r = best.latency_ratio
+    return Gate(min(1.0, r * (1 + margin)), best.plan, margin, min(1.0, r * (1 + recheck)))
 
 
 def final_measure(measure: MeasureConfig, factor: int) -> MeasureConfig:
@@ -359,16 +368,18 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         bar = tqdm(desc="search", unit="plan", leave=False,
                    disable=None if ws.progress is None else not ws.progress)
 
-        best_ratio: list[float] = []  # the fastest in-budget quantized plan so far
+        fastest: list[Evaluation] = []  # the fastest in-budget quantized plan so far
 
         def on_eval(ev: Evaluation) -> None:
             _log_evaluation(ev, accept, baseline_metric)
             bar.update(1)
-            if accept(ev) and ev.plan != evaluator.baseline_plan and ev.latency_ratio < 1.0:
-                best_ratio[:] = [min([ev.latency_ratio, *best_ratio])]
+            if accept(ev) and ev.plan != evaluator.baseline_plan and ev.latency_ratio < 1.0 \
+                    and (not fastest or ev.latency_ratio < fastest[0].latency_ratio):
+                fastest[:] = [ev]
 
-        def gate() -> float:
-            return accuracy_gate(best_ratio[0] if best_ratio else None, config.gate_margin)
+        def gate() -> Gate:
+            return accuracy_gate(fastest[0] if fastest else None, config.gate_margin,
+                                 config.gate_recheck)
 
         def latency_first(plan: Plan, label: str) -> Evaluation:
             return evaluator.evaluate(plan, label, gate=gate())
