@@ -296,26 +296,20 @@ def run_ours(r: Runner, accept, scores, budget, sensitivity_s) -> dict:
     (or the baseline) skip their accuracy pass, as `trt-mpq search` gates them, and the
     strategy's safer plans are measured only if the holdout refuses every answer. Its cost: the
     sensitivity of every precision, the profiles and its evaluations."""
-    from trt_mpq.pipeline.search import SearchConfig, accuracy_gate
+    from trt_mpq.pipeline.search import FastestInBudget, SearchConfig
     from trt_mpq.search import Budget, drive
 
     config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
     strategies, cost = r.boundary(config, accept, scores(config.sensitivity))  # sens: scores()
-    best: list = []  # the fastest in-budget plan's evaluation so far
+    fastest = FastestInBudget(accept, config.gate_margin, config.gate_recheck)
 
     def gated(plan, label):
-        return r.evaluator.evaluate(plan, label, gate=accuracy_gate(
-            best[0] if best else None, config.gate_margin, config.gate_recheck))
+        return r.evaluator.evaluate(plan, label, gate=fastest.gate())
 
-    def seen(ev) -> None:
-        if accept(ev) and ev.latency_ratio < 1.0 and \
-                (not best or ev.latency_ratio < best[0].latency_ratio):
-            best[:] = [ev]
-
-    evs = drive(strategies, r.evaluator.evaluate, seen, gated)
+    evs = drive(strategies, r.evaluator.evaluate, fastest.see, gated)
     out = _summary(r, evs, accept, sensitivity_s() + cost, budget)
     if out["answer"] is None and (reopened := [s for s in strategies if s.fall_back()]):
-        evs += drive(reopened, r.evaluator.evaluate, seen, gated)
+        evs += drive(reopened, r.evaluator.evaluate, fastest.see, gated)
         out = _summary(r, evs, accept, sensitivity_s() + cost, budget, skip=out["tried"])
     return out
 

@@ -158,12 +158,12 @@ def latency_gains(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[
         cached = store.get_blob(key)
         if cached is not None:
             return Gains.from_json_dict(cached)
-    profile = getattr(backend, "profile_groups", None)
     if not can_profile(backend):
         raise ConfigError(f"measured per-group latency gains (--order latency-aware, --strategy "
                           f"ilp or boundary) need a per-layer profile, which {backend.name} does "
                           "not give yet (ort-cpu does); use --order sensitivity with the "
                           "bisection, frontier or greedy strategy")
+    profile = backend.profile_groups  # type: ignore[attr-defined]
     names = ws.group_names()
     feed = ws.task.latency_feed()
     base_plan = Plan.uniform(names, BASELINE[backend.dialect])
@@ -192,8 +192,8 @@ def reference_drop(ws: Workspace, ranges: Ranges, dialect: Dialect, low: Mapping
     return result
 
 
-__all__ = ["Gains", "analyze", "can_profile", "context", "latency_gains", "reference_drop", "sensitivity",
-           "torch_twin"]
+__all__ = ["Gains", "analyze", "can_profile", "context", "latency_gains", "reference_drop",
+           "sensitivity", "torch_twin"]
 
 
 def analyze(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[str, Precision],

@@ -277,6 +277,25 @@ def accuracy_gate(best: Evaluation | None, margin: float, recheck: float = 0.0) 
     return Gate(min(1.0, r * (1 + margin)), best.plan, margin, min(1.0, r * (1 + recheck)))
 
 
+class FastestInBudget:
+    """The fastest in-budget quantized plan seen so far (`see` every evaluation) and the gate
+    it sets for latency-first evaluations (`accuracy_gate`)."""
+
+    def __init__(self, accept, margin: float, recheck: float,
+                 baseline_plan: Plan | None = None) -> None:
+        self.accept, self.margin, self.recheck = accept, margin, recheck
+        self.baseline_plan = baseline_plan
+        self.best: Evaluation | None = None
+
+    def see(self, ev: Evaluation) -> None:
+        if self.accept(ev) and ev.plan != self.baseline_plan and ev.latency_ratio < 1.0 \
+                and (self.best is None or ev.latency_ratio < self.best.latency_ratio):
+            self.best = ev
+
+    def gate(self) -> Gate:
+        return accuracy_gate(self.best, self.margin, self.recheck)
+
+
 def final_measure(measure: MeasureConfig, factor: int) -> MeasureConfig:
     """The measurement the finalists are timed with: `factor` (`final_repeats_factor`) times
     the runs (and time) of a search evaluation's."""
@@ -368,18 +387,14 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         bar = tqdm(desc="search", unit="plan", leave=False,
                    disable=None if ws.progress is None else not ws.progress)
 
-        fastest: list[Evaluation] = []  # the fastest in-budget quantized plan so far
+        fastest = FastestInBudget(accept, config.gate_margin, config.gate_recheck,
+                                  evaluator.baseline_plan)
+        gate = fastest.gate
 
         def on_eval(ev: Evaluation) -> None:
             _log_evaluation(ev, accept, baseline_metric)
             bar.update(1)
-            if accept(ev) and ev.plan != evaluator.baseline_plan and ev.latency_ratio < 1.0 \
-                    and (not fastest or ev.latency_ratio < fastest[0].latency_ratio):
-                fastest[:] = [ev]
-
-        def gate() -> Gate:
-            return accuracy_gate(fastest[0] if fastest else None, config.gate_margin,
-                                 config.gate_recheck)
+            fastest.see(ev)
 
         def latency_first(plan: Plan, label: str) -> Evaluation:
             return evaluator.evaluate(plan, label, gate=gate())
@@ -767,5 +782,5 @@ def _confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluati
 
 
 __all__ = ["SearchConfig", "SearchOutcome", "Confirmation", "run_search", "low_precisions",
-           "pick_answer", "check_timing", "accuracy_gate", "final_measure", "judge",
-           "resolvable", "rules", "search_decision"]
+           "pick_answer", "check_timing", "accuracy_gate", "FastestInBudget", "final_measure",
+           "judge", "resolvable", "rules", "search_decision"]

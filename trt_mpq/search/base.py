@@ -144,6 +144,18 @@ class SearchInputs:
     options: Mapping[tuple[str, Precision], tuple[float, float]] | None = None
 
     @property
+    def option_sensitivity(self) -> dict[tuple[str, Precision], float]:
+        """Each option's estimated sensitivity (`options` must be given)."""
+        assert self.options is not None
+        return {o: v[0] for o, v in self.options.items()}
+
+    @property
+    def prior_gain(self) -> dict[tuple[str, Precision], float]:
+        """Each option's profiled latency gain (`options` must be given)."""
+        assert self.options is not None
+        return {o: v[1] for o, v in self.options.items()}
+
+    @property
     def prefixes(self) -> PrefixPlans:
         return PrefixPlans(self.order, {g: self.low[g] for g in self.order}, self.base)
 

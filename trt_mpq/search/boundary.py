@@ -527,8 +527,8 @@ def _boundary(config: BoundaryConfig, inputs: SearchInputs) -> list[Strategy]:
     assert inputs.edges is not None and inputs.options is not None, \
         "the boundary strategy needs the group graph and per-option gains"
     return [BoundarySearch(inputs.groups, inputs.edges, inputs.base, inputs.low, inputs.accept,
-                           sensitivity={o: v[0] for o, v in inputs.options.items()},
-                           prior_gain={o: v[1] for o, v in inputs.options.items()},
+                           sensitivity=inputs.option_sensitivity,
+                           prior_gain=inputs.prior_gain,
                            max_evaluations=config.max_evaluations, probes=config.probes,
                            fallbacks=config.fallbacks, polish=config.polish)]
 

@@ -206,9 +206,8 @@ def _bisection(config: BisectionConfig, inputs: SearchInputs) -> list[Strategy]:
     if config.prune and inputs.edges is not None and inputs.options is not None:
         from trt_mpq.search.prune import Prune
 
-        out.append(Prune(inputs.groups, inputs.edges, inputs.base,
-                         {o: v[1] for o, v in inputs.options.items()}, inputs.accept,
-                         sensitivity={o: v[0] for o, v in inputs.options.items()},
+        out.append(Prune(inputs.groups, inputs.edges, inputs.base, inputs.prior_gain,
+                         inputs.accept, sensitivity=inputs.option_sensitivity,
                          steps=config.prune))
     return out
 
