@@ -483,8 +483,8 @@ def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: in
     order (Polygraphy's family); the fastest of as many prefixes along the order by measured
     per-group latency gain alone (ours, with no sensitivity to weigh it against)."""
     from trt_mpq.plan import Plan
-    from trt_mpq.sensitivity import ordering
     from trt_mpq.search import PrefixPlans, PrefixSweep, drive
+    from trt_mpq.sensitivity import ordering
 
     r = Runner(name, cache, runs / f"latency-{name}", repeats)
     t0 = time.perf_counter()

@@ -171,7 +171,8 @@ def _build_here():
                 runners[precision] = runner
                 (OUT / f"{model_name}_{precision}" / "model.engine").unlink()
             except Exception as e:
-                row.update(built=row.get("built", False), error=f"{type(e).__name__}: {str(e)[:600]}")
+                row.update(built=row.get("built", False),
+                           error=f"{type(e).__name__}: {str(e)[:600]}")
             rows[precision] = row
         if len(runners) == 2:
             cfg = MeasureConfig(warmup=50, repeats=500, max_seconds=60)
@@ -339,7 +340,8 @@ def markdown(r: dict) -> str:
                          + ("yes" if v["can_measure"] else f"no: {v['why'][:300]}"))
     g = r.get("cuda_graph_capture", {})
     if "ok" in g:
-        lines.append("\nCUDA-graph launcher on a real kernel (fp16 GEMM 2048^3, cuda-python stream):")
+        lines.append("\nCUDA-graph launcher on a real kernel (fp16 GEMM 2048^3, "
+                     "cuda-python stream):")
         for mode in ("ok", "false", "raise", "illegal"):
             v = g[mode]
             lines.append(f"- capture {mode}: graph used {v['graph_used']}, outputs correct "
@@ -351,7 +353,8 @@ def markdown(r: dict) -> str:
         lines.append(f"\nCUDA-graph launcher: {g['error']}")
     t = r.get("timer_validation", {})
     if "ratio" in t:
-        lines.append(f"\nTimer validation ({t['kernel']}): our CUDA events {t['ours_median_ms']:.4f}"
+        lines.append(f"\nTimer validation ({t['kernel']}): our CUDA events "
+                     f"{t['ours_median_ms']:.4f}"
                      f" ms vs torch.cuda.Event {t['torch_median_ms']:.4f} ms (ratio "
                      f"{t['ratio']:.3f}; {t['tflops_ours']:.0f} TFLOP/s)")
     return "\n".join(lines) + "\n"

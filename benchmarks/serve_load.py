@@ -1,8 +1,8 @@
-"""A bounded load test of `trt-mpq serve` on loopback: 20 real search jobs queued at once on the
-CPU device while bursts of 50 concurrent API requests (lists, job views, plan lists, event
-streams and refused requests) run every 15 s until they finish, then checks that nothing errs, no job is lost, and that the measurements
-of two jobs never overlapped on the device (each job's searches ran between its start and
-finish, and no two jobs' [start, finish] intervals on one device intersect).
+"""A bounded load test of `trt-mpq serve` on loopback: 20 real search jobs queued at once on the CPU
+device while bursts of 50 concurrent API requests (lists, job views, plan lists, event streams and
+refused requests) run every 15 s until they finish, then checks that nothing errs, no job is lost,
+and that the measurements of two jobs never overlapped on the device (each job's searches ran
+between its start and finish, and no two jobs' [start, finish] intervals on one device intersect).
 
     python benchmarks/serve_load.py [--jobs 20] [--requests 50]
 

@@ -31,7 +31,8 @@ class CalibrationError(TrtMpqError):
 
 
 class PlanError(TrtMpqError):
-    """A precision plan is malformed, names unknown groups, or asks for what the target cannot run."""
+    """A precision plan is malformed, names unknown groups, or asks for what the target cannot
+    run."""
 
 
 class MaterializeError(TrtMpqError):

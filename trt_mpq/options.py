@@ -117,4 +117,5 @@ def to_json_dict(config: Any) -> dict:
             for f in dataclasses.fields(config)}
 
 
-__all__ = ["flag", "flag_fields", "flag_names", "add_flags", "given", "flags_given", "build", "to_json_dict"]
+__all__ = ["flag", "flag_fields", "flag_names", "add_flags", "given", "flags_given", "build",
+           "to_json_dict"]

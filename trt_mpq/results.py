@@ -16,7 +16,6 @@ import numpy as np
 
 from trt_mpq.plan import Plan
 
-
 #: what a census records for a group whose precision no source could establish
 UNVERIFIED = "unverified"
 

@@ -10,9 +10,9 @@ import sys
 import time
 from pathlib import Path
 
+import models
 import pytest
 
-import models
 from trt_mpq.cli.main import main
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -28,7 +28,8 @@ def env(tmp_path, cache_dir, monkeypatch):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRT_MPQ_CACHE", str(cache_dir))
     monkeypatch.syspath_prepend(str(FIXTURES))
-    e = dict(os.environ, PYTHONPATH=os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")]),
+    path = os.pathsep.join([str(FIXTURES), os.environ.get("PYTHONPATH", "")])
+    e = dict(os.environ, PYTHONPATH=path,
              TRT_MPQ_CACHE=str(cache_dir))
     return e
 
@@ -164,7 +165,8 @@ def test_bad_inputs_exit_2_with_a_clear_message(digits_model, env, capsys):
           *FAST], "non-finite"),
         (["search", "resnet-digitz", "--max-drop", "1%"], "did you mean 'resnet-digits'"),
         (["search", digits_model, "--max-drop", "1%"], "needs a task"),
-        (["search", digits_model, "--task", "nomodule_xyz:f", "--max-drop", "1%"], "cannot find module"),
+        (["search", digits_model, "--task", "nomodule_xyz:f", "--max-drop", "1%"],
+         "cannot find module"),
         ([*search[:4], "--max-drop", "lots"], "cannot read the budget"),
         ([*search, "--precision", "fp8"], "fp8 is not available on ort-cpu"),
         ([*search, "--backend", "tpu"], "invalid choice: 'tpu'"),
@@ -172,7 +174,8 @@ def test_bad_inputs_exit_2_with_a_clear_message(digits_model, env, capsys):
          "--threads applies to ort-cpu, not tensorrt-rtx"),
         ([*search[:6], "--strategy", "greedy", "--ilp-steps", "2"],
          "--ilp-steps applies to ilp, not --strategy greedy"),
-        (["evaluate", digits_model, "--task", TASK, "--plan", "bad_plan.json"], "unknown precision"),
+        (["evaluate", digits_model, "--task", TASK, "--plan", "bad_plan.json"],
+         "unknown precision"),
         (["evaluate", digits_model, "--task", TASK, "--plan", "plan_unknown.json"],
          "does not have"),
         (["evaluate", digits_model, "--task", TASK, "--plan", "nofile.json"], "cannot read"),

@@ -14,7 +14,8 @@ pytestmark = pytest.mark.zoo
 
 def test_compare_methods_on_a_tiny_model(tmp_path):
     r = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "compare_methods.py"),
-                        "--models", "tiny", "--latency-models", "tiny", "--no-write", "--repeats", "5",
+                        "--models", "tiny", "--latency-models", "tiny", "--no-write",
+                        "--repeats", "5",
                         "--cache", str(tmp_path / "cache"), "--runs", str(tmp_path / "runs")],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]

@@ -6,10 +6,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
-
-import models
 
 ROOT = Path(__file__).parents[2]
 

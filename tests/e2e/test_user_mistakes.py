@@ -4,14 +4,12 @@ traceback (unless -v), nothing half-written in --out, no debris in the cache."""
 import os
 import subprocess
 import sys
-from pathlib import Path
 
+import models
 import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
-
-import models
 
 TASK_MODULE = '''
 import numpy as np

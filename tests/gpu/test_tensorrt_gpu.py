@@ -10,11 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
-
-import models
 from conftest import run_ort
+
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import materialize

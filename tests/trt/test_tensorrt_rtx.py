@@ -5,11 +5,11 @@ from the builder's layer report and checked against the plan. Needs `tensorrt_rt
 import json
 from pathlib import Path
 
+import models
 import numpy as np
 import onnx
 import pytest
 
-import models
 from trt_mpq.cli.main import main
 from trt_mpq.errors import ConfigError, PlanError
 from trt_mpq.plan import Plan

@@ -1,16 +1,16 @@
 """Orders, their quality, measured per-group gains, and the simulated sensitivities (accuracy,
 sqnr, inter-layer dependencies) on constructed cases with a known answer."""
 
+import models
 import numpy as np
 import pytest
 
-import models
 from trt_mpq.model.groups import Group, GroupOp
-from trt_mpq.sensitivity.ordering import order, order_quality
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect
 from trt_mpq.sensitivity import SensitivityConfig, SensitivityContext, get_metric
+from trt_mpq.sensitivity.ordering import order, order_quality
 from trt_mpq.sensitivity.simulated import (
     AccuracyDrop,
     Divergence,
@@ -135,7 +135,7 @@ def test_profile_groups_attributes_kernel_time(prepared_cnn, cnn_ranges):
         assert all(t > 0 for t in times.values()) and other >= 0
 
 
-# -- sensitivity values, not only their order -------------------------------------------------------
+# -- sensitivity values, not only their order ------------------------------------------------
 
 def _softmax(x):
     e = np.exp(x - x.max(axis=-1, keepdims=True))

@@ -6,12 +6,12 @@ and timing checks skip); TensorRT itself needs NVIDIA's container (skipped where
 import importlib.util
 import time
 
+import models
 import numpy as np
 import onnx
 import pytest
-
-import models
 from conftest import run_ort
+
 from trt_mpq.backends import BACKENDS, Census, get_backend
 from trt_mpq.errors import BuildError, ConfigError
 from trt_mpq.plan import Plan

@@ -183,7 +183,7 @@ def test_strategy_finds_the_region_plan_prefix_plans_cannot_reach():
     sens = {(g, I8): v for g, v in true_sens.items()}
     fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.06)
     budget = 0.45
-    accept = lambda e: e.ok and e.drop <= budget  # noqa: E731
+    accept = lambda e, budget=budget: e.ok and e.drop <= budget  # noqa: E731
     feasible = [p for p in _all_plans(names, list(gain)) if fake.drop(p) <= budget]
     optimum = min(feasible, key=fake.truth)
     assert optimum.groups_at(I8) == tuple(names[2:6])  # one region, no island at the ends
@@ -323,7 +323,7 @@ def test_polish_finds_faster_plans_where_sensitivity_estimates_are_off():
         true = {o: max(0.0, v + rng.gauss(0, 0.02)) for o, v in estimate.items()}
         fake = FakeEvaluator(names, edges, gain, true, c_edge=0.0)
         budget = 0.5 * sum(true.values())
-        accept = lambda e: e.ok and e.drop <= budget  # noqa: E731
+        accept = lambda e, budget=budget: e.ok and e.drop <= budget  # noqa: E731
         best = {}
         for polish in (0, 2):
             search = BoundarySearch(names, edges, F32, {g: I8 for g in names}, accept,

@@ -1,8 +1,8 @@
+import models
 import numpy as np
 import pytest
-
-import models
 from conftest import run_ort
+
 from trt_mpq.calib import CalibConfig, CalibMethod, Ranges, cache_key, calibrate
 from trt_mpq.errors import CalibrationError, ConfigError
 

@@ -3,10 +3,10 @@ gets its status from the error's type, and anything that is not a trt-mpq error 
 
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
 from trt_mpq.backends import get_backend
 from trt_mpq.backends.base import Artifact, Backend, Census, Runner
 from trt_mpq.errors import BuildError, MaterializeError, MeasurementError, PlanError

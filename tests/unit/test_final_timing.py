@@ -10,8 +10,8 @@ import pytest
 
 from trt_mpq.measure.latency import (
     MeasureConfig,
-    relative_halfwidth,
     ratio_interval,
+    relative_halfwidth,
     time_until_precise,
 )
 

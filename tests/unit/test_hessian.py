@@ -12,8 +12,7 @@ from trt_mpq.errors import ConfigError
 from trt_mpq.model import find_groups, prepare_model
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect
-from trt_mpq.sensitivity import ordering
-from trt_mpq.sensitivity import SensitivityConfig, SensitivityContext, SensitivityResult
+from trt_mpq.sensitivity import SensitivityConfig, SensitivityContext, SensitivityResult, ordering
 from trt_mpq.task import Split, Task, accuracy
 
 torch = pytest.importorskip("torch")

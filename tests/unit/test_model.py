@@ -1,7 +1,7 @@
+import models
 import onnx
 import pytest
 
-import models
 from trt_mpq.errors import ModelError
 from trt_mpq.model import find_groups, load_model, prepare_model
 from trt_mpq.model.load import name_nodes

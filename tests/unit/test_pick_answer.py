@@ -153,6 +153,7 @@ def test_finalists_are_tried_in_the_order_of_their_joint_re_measurement():
 
 def test_the_joint_re_measurement_is_stored_and_replayed(tmp_path, monkeypatch):
     import models
+
     from trt_mpq.backends import get_backend
     from trt_mpq.calib import CalibConfig
     from trt_mpq.measure import MeasureConfig

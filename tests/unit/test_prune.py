@@ -6,6 +6,7 @@ import itertools
 import random
 
 import pytest
+from test_boundary_search import FakeEvaluator, _chain
 
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.results import Evaluation, Status
@@ -13,8 +14,6 @@ from trt_mpq.search import Around, Bisection, PrefixPlans, PrefixSweep, drive
 from trt_mpq.search.boundary import solve_program
 from trt_mpq.search.latency_model import LatencyModel
 from trt_mpq.search.prune import Prune
-
-from test_boundary_search import FakeEvaluator, _chain
 
 F32, I8 = Precision.FP32, Precision.INT8
 
@@ -152,6 +151,7 @@ def test_a_failed_profile_leaves_the_default_search_without_prune(tmp_path, capl
     import logging
 
     import models
+
     from trt_mpq.backends import get_backend
     from trt_mpq.calib import CalibConfig
     from trt_mpq.errors import BuildError

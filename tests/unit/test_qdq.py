@@ -1,13 +1,13 @@
 """Materialized graphs, checked structurally (Q/DQ per group, types, checker), numerically
 (close to FP32) and for purity. The kernel census is checked in test_backend_contract.py."""
 
+import models
 import numpy as np
 import onnx
 import pytest
+from conftest import run_ort
 from onnx import TensorProto, numpy_helper
 
-import models
-from conftest import run_ort
 from trt_mpq.errors import PlanError
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P

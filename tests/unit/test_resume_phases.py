@@ -5,9 +5,9 @@ budget reuses the (budget-independent) measurements."""
 
 import json
 
+import models
 import pytest
 
-import models
 from trt_mpq.backends import get_backend
 from trt_mpq.calib import CalibConfig
 from trt_mpq.errors import StoreError

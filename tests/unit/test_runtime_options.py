@@ -4,11 +4,11 @@ to the artifact, its sidecar, result.json and config.json."""
 
 import json
 
+import models
 import numpy as np
 import onnx
 import pytest
 
-import models
 from trt_mpq.backends.base import Artifact, Runner
 from trt_mpq.backends.ort import DISABLED_OPTION, OrtBackend, OrtConfig
 from trt_mpq.calib import CalibConfig

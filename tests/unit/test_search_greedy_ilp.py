@@ -116,7 +116,7 @@ def test_greedy_invariants_on_a_non_additive_fake(seed, candidates):
     assert greedy.evaluations == greedy_evaluations(6, len(greedy.lowered), candidates)
     assert greedy.evaluations <= 1 + 6 * 7 // 2
     # every committed plan is in budget and lowers exactly one more group
-    for i, (g, e) in enumerate(greedy.history):
+    for i, (_g, e) in enumerate(greedy.history):
         assert accept(e) and len([h for h in names if e.plan[h] is low[h]]) == i + 1
     # with candidates, only the least sensitive remaining groups were tried at each step
     if candidates:
@@ -241,7 +241,7 @@ def test_ilp_finds_the_optimum_when_sensitivities_are_the_drops(seed, steps):
     if steps == 24:
         assert ilp.best.latency_ratio == pytest.approx(optimum.latency_ratio, abs=1e-9)
         assert ilp.evaluations < 24  # stopped because the interval closed, not by the cap
-    for t, plan, ok in ilp.trace:  # every plan respects its T
+    for t, plan, _ok in ilp.trace:  # every plan respects its T
         assert sum(drop[g] for g in names if plan[g] is P.INT8) <= t * (1 + 1e-6)
 
 
@@ -294,7 +294,7 @@ def test_ilp_bits_mode_respects_the_bit_budget(seed):
     evs = drive([ilp], evaluate)
     assert evs[0].plan == Plan.of(low) and evs[0].label.startswith("ilp-bits B=")
     assert ilp.evaluations == len(calls) == len(set(calls)) <= 31
-    for b, plan, ok in ilp.trace:
+    for b, plan, _ok in ilp.trace:
         assert plan_bits(plan, params) <= b + 1e-6 * ilp.base_bits
     assert ilp.best is not None and accept(ilp.best)
     in_budget = [e for e in evs if accept(e)]

@@ -1,20 +1,20 @@
+import models
 import numpy as np
 import onnx
 import pytest
+from conftest import run_ort
 from onnx import numpy_helper
 
-import models
-from conftest import run_ort
 from trt_mpq.calib import CalibConfig, calibrate
 from trt_mpq.model import find_groups
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect, materialize
-from trt_mpq.sensitivity import ordering
 from trt_mpq.sensitivity import (
     OutputNoise,
     SensitivityContext,
     SensitivityResult,
     get_metric,
+    ordering,
     output_divergence,
 )
 from trt_mpq.task import Split, Task, accuracy

@@ -4,10 +4,10 @@ search in another --out; any change to the context recomputes them."""
 
 from pathlib import Path
 
+import models
 import numpy as np
 import pytest
 
-import models
 from trt_mpq.backends import get_backend
 from trt_mpq.calib import CalibConfig
 from trt_mpq.measure import MeasureConfig

@@ -36,7 +36,8 @@ def _op(name, op_type, shape):
 
 GROUPS = [
     Group("/conv1/Conv", (_op("/conv1/Conv", "Conv", (64, 3, 7, 7)),)),
-    Group("/q/MatMul", (_op("/q/MatMul", "MatMul", (384, 384)), _op("/k/MatMul", "MatMul", (384, 384)),
+    Group("/q/MatMul", (_op("/q/MatMul", "MatMul", (384, 384)),
+                        _op("/k/MatMul", "MatMul", (384, 384)),
                         _op("/v/MatMul", "MatMul", (384, 384)))),
     Group("/fc/Gemm", (_op("/fc/Gemm", "Gemm", (10, 512)),)),
     Group("/out/MatMul", (_op("/out/MatMul", "MatMul", (384, 384)),)),
@@ -45,8 +46,8 @@ GROUPS = [
 
 def test_parse_layer_report():
     layers = parse_layer_report([REPORT])
-    assert [l.type for l in layers] == ["shape_call", "correlation", "gemm", "runtime_fusion",
-                                        "runtime_fusion"]
+    assert [layer.type for layer in layers] == ["shape_call", "correlation", "gemm",
+                                                "runtime_fusion", "runtime_fusion"]
     conv = layers[1]
     assert conv.inputs == ("int8",) and conv.constants == ("int8", "fp32")
     assert conv.constant_shapes == ((64, 3, 7, 7), (64,)) and conv.weight_sizes == {9408}

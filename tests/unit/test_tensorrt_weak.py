@@ -81,7 +81,8 @@ def test_weak_typing_sets_precisions_and_ranges(prepared_cnn, cnn_ranges):
     shape = Layer("shape_of", [Tensor("r0")], [Tensor("s", dtype="i32")])
     f = Tensor("f")
     fc = Layer("fc", [f], [Tensor("logits")])
-    conv_b, conv2 = Layer("conv_b", [Tensor("r0")], [Tensor("cb")]), Layer("conv2", [], [Tensor("c2")])
+    conv_b = Layer("conv_b", [Tensor("r0")], [Tensor("cb")])
+    conv2 = Layer("conv2", [], [Tensor("c2")])
     cfg = Config()
     chosen = apply_weak_typing(FAKE_TRT, Network([conv0, relu, conv_a, conv_b, shape, conv2, fc]),
                                cfg, annotated, groups)

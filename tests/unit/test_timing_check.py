@@ -6,9 +6,9 @@ import itertools
 import json
 import logging
 
+import models
 import pytest
 
-import models
 from trt_mpq.backends import get_backend
 from trt_mpq.backends.base import Backend, Runner
 from trt_mpq.calib import CalibConfig

@@ -209,7 +209,6 @@ def test_efficientnet_fidelity_views_and_transform():
 
 from test_zoo import _tar_gz  # noqa: E402 - one fake-sdist helper for both files
 
-
 SENTENCES = {
     "tweets": ["Loving this sunny day!", "ugh, mondays.", "Meh, it's a Tuesday.",
                "@anon great game last night :)"],

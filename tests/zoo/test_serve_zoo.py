@@ -31,7 +31,8 @@ def test_a_zoo_job_reaches_the_clis_answer(resnet_digits, tmp_path):
              for x in ((f"--{k}", str(v)) if not isinstance(v, bool) else
                        ((f"--{k}",) if v else (f"--no-{k}",)))]
     r = subprocess.run([sys.executable, "-m", "trt_mpq", "search", "resnet-digits",
-                        "--max-drop", "1%", "--backend", "ort-cpu", "--out", str(out), "--no-progress",
+                        "--max-drop", "1%", "--backend", "ort-cpu", "--out", str(out),
+                        "--no-progress",
                         *flags],
                        env=dict(os.environ, TRT_MPQ_CACHE=str(cache)), capture_output=True,
                        text=True)

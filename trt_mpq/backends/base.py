@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import onnx
 
-from trt_mpq.model.groups import Group
 from trt_mpq.errors import PlanError
+from trt_mpq.model.groups import Group
 from trt_mpq.plan import Plan
 from trt_mpq.qdq import Dialect
 from trt_mpq.results import Census

@@ -220,7 +220,8 @@ class OrtBackend(Backend):
         try:
             sess.run(None, dict(sample_feed))
         except Exception as e:
-            raise MeasurementError(f"ONNX Runtime failed to run the model: {_first_line(e)}") from None
+            raise MeasurementError(
+                f"ONNX Runtime failed to run the model: {_first_line(e)}") from None
         profile_path = Path(sess.end_profiling())
         try:
             events = json.loads(profile_path.read_text())
@@ -294,7 +295,8 @@ class OrtBackend(Backend):
         try:
             sess = self._session(artifact.path, qdq, artifact.options)
         except Exception as e:
-            raise BuildError(f"ONNX Runtime could not load {artifact.path}: {_first_line(e)}") from None
+            raise BuildError(
+                f"ONNX Runtime could not load {artifact.path}: {_first_line(e)}") from None
         return OrtRunner(sess)
 
 

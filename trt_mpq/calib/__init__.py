@@ -99,7 +99,8 @@ class Ranges:
     def to_json_dict(self) -> dict:
         return {"format": "trt-mpq-ranges/1", "method": self.method.value,
                 "num_samples": self.num_samples,
-                "ranges": {k: [float(lo), float(hi)] for k, (lo, hi) in sorted(self.values.items())}}
+                "ranges": {k: [float(lo), float(hi)]
+                           for k, (lo, hi) in sorted(self.values.items())}}
 
     @classmethod
     def from_json_dict(cls, data: dict) -> Ranges:
@@ -186,7 +187,8 @@ def calibrate(model_path: Path, batches: list[dict[str, np.ndarray]], config: Ca
     With `cache_dir` and `cache_tag` (see `cache_key`), a previous result is loaded instead of
     recomputed, and a new result is stored.
     """
-    cache_file = cache_dir / "calibration" / f"{cache_tag}.json" if cache_dir and cache_tag else None
+    cache_file = (cache_dir / "calibration" / f"{cache_tag}.json"
+                  if cache_dir and cache_tag else None)
     if cache_file is not None and cache_file.exists():
         log.debug("calibration: reusing %s", cache_file)
         return Ranges.load(cache_file)

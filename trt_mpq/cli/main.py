@@ -384,7 +384,8 @@ def cmd_inspect(args) -> int:
     for o in model.graph.output:
         print(f"output: {o.name}")
     w = min(70, max(len(g.name) for g in groups))
-    print(f"\n{'group':<{w}}  {'op':<7} {'ops':>3}  {'weight shape':<18} {'MACs':>14} {'params':>11}")
+    print(f"\n{'group':<{w}}  {'op':<7} {'ops':>3}  {'weight shape':<18} {'MACs':>14} "
+          f"{'params':>11}")
     for g in groups:
         shape = "x".join(str(d) for d in g.ops[0].weight_shape)
         print(f"{g.name[-w:]:<{w}}  {g.op_type:<7} {len(g.ops):>3}  {shape:<18} "
@@ -433,7 +434,8 @@ def cmd_build(args) -> int:
     plan = _plan_arg(args, ws)
     backend.check_plan(plan, ws.groups)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("engines") / f"{ws.task.name}-{backend.name}-build-{stamp}"
+    out = (Path(args.out) if args.out
+           else Path("engines") / f"{ws.task.name}-{backend.name}-build-{stamp}")
     _check_writable(out, "--out", folder=True)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"output folder {out} is not empty; choose another --out")
@@ -580,10 +582,10 @@ def _executor(args):
 
 
 def cmd_search(args) -> int:
+    from trt_mpq.measure.stats import parse_confidence
     from trt_mpq.pipeline.job import SearchInterrupted, search_job
     from trt_mpq.pipeline.search import SearchConfig, low_precisions, resolvable
     from trt_mpq.plan import Precision
-    from trt_mpq.measure.stats import parse_confidence
     from trt_mpq.search import Budget
     from trt_mpq.sensitivity import get_metric
 
@@ -632,7 +634,8 @@ def cmd_search(args) -> int:
               if best.get("latency_ratio_ci") else "")
         print(f"budget met: {best['precision_counts']}{options} -> latency "
               f"x{best['latency_ratio']:.3f} {ci}"
-              f"of baseline ({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "
+              f"of baseline ({result['baseline']['latency_ms']:.3f} -> "
+              f"{best['latency_ms']:.3f} ms), "
               f"holdout drop {100 * best['holdout_rel_drop']:+.2f}% "
               + (f"(<= {100 * best['holdout_rel_drop_upper']:+.2f}% at "
                  f"{100 * best['confidence']:g}% confidence, certified on "

@@ -79,7 +79,8 @@ def _shape_of(vi: onnx.ValueInfoProto) -> tuple[int | str, ...]:
     t = vi.type.tensor_type
     if not t.HasField("shape"):
         return ()
-    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?") for d in t.shape.dim)
+    return tuple(d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                 for d in t.shape.dim)
 
 
 def _known(dims: tuple[int | str, ...]) -> list[int]:

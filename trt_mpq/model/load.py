@@ -105,7 +105,8 @@ def prepare_model(path: str | os.PathLike, cache_dir: Path) -> Path:
     digest = file_digest(src)
     import onnxruntime
 
-    target = cache_dir / "prepared" / f"{digest}-ort{onnxruntime.__version__}-p{PREPARE_VERSION}.onnx"
+    name = f"{digest}-ort{onnxruntime.__version__}-p{PREPARE_VERSION}.onnx"
+    target = cache_dir / "prepared" / name
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

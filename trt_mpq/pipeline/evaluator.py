@@ -30,13 +30,13 @@ from trt_mpq.errors import (
     NonFiniteOutputError,
 )
 from trt_mpq.measure.accuracy import compute_outputs
-from trt_mpq.measure.sequential import SequentialRule, sequential_drop
 from trt_mpq.measure.latency import (
     LatencyStats,
     MeasureConfig,
     measure_interleaved,
     measure_pair,
 )
+from trt_mpq.measure.sequential import SequentialRule, sequential_drop
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan
 from trt_mpq.qdq import BASELINE, materialize

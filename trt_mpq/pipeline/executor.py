@@ -96,9 +96,8 @@ def check_same_data(ws, expected: dict[str, str] | None) -> None:
 
 def open_evaluator(spec: WorkerSpec):
     """The evaluator a worker measures with, built as `trt-mpq search` builds its own."""
-    from trt_mpq.cli.main import (_backend, _calib_config, _measure, _workspace,
-                                  build_parser)
     from trt_mpq.calib import Ranges
+    from trt_mpq.cli.main import _backend, _calib_config, _measure, _workspace, build_parser
     from trt_mpq.measure.sequential import SequentialRule
     from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
 

@@ -75,7 +75,8 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
                        "holdout": len(task.holdout)},
             "latency_batch": task.latency_batch,
         },
-        "budget": {**budget.to_json_dict(), "allowed_drop": budget.allowed_drop(outcome.baseline_metric),
+        "budget": {**budget.to_json_dict(),
+                   "allowed_drop": budget.allowed_drop(outcome.baseline_metric),
                    "describe": budget.describe()},
         "baseline": {
             "precision": BASELINE[backend.dialect].value,

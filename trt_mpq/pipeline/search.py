@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping, Sequence
 import shutil
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,6 @@ from trt_mpq.backends.base import Backend
 from trt_mpq.calib import Ranges
 from trt_mpq.errors import ConfigError, PlanError, TrtMpqError
 from trt_mpq.measure.accuracy import compute_outputs
-from trt_mpq.measure.sequential import IN, SequentialRule, sequential_drop
 from trt_mpq.measure.latency import (
     LatencyStats,
     MeasureConfig,
@@ -31,11 +30,12 @@ from trt_mpq.measure.latency import (
     ratio_interval,
     time_until_precise,
 )
+from trt_mpq.measure.sequential import IN, SequentialRule, sequential_drop
 from trt_mpq.measure.stats import DropBound, samples_needed
+from trt_mpq.model.groups import group_edges
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.artifacts import install_artifact
 from trt_mpq.pipeline.evaluator import Evaluator, Gate, shared_cache
-from trt_mpq.model.groups import group_edges
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.qdq import BASELINE, SUPPORTED, default_low_precision, materialize

@@ -182,4 +182,5 @@ def materialize(model: onnx.ModelProto, groups: list[Group], plan: Plan, ranges:
 
 
 __all__ = ["Dialect", "DialectSpec", "PassContext", "Pass", "DIALECTS", "SUPPORTED", "BASELINE",
-           "calibration_tensors", "check_plan", "default_low_precision", "materialize", "dialect_spec"]
+           "calibration_tensors", "check_plan", "default_low_precision", "materialize",
+           "dialect_spec"]

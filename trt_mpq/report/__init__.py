@@ -201,7 +201,8 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
     resolution = result.get("holdout_resolution")
     if resolution:
         lines.append(
-            f"- Certification: the answer is in budget only if the {100 * resolution['confidence']:g}% "
+            f"- Certification: the answer is in budget only if the "
+            f"{100 * resolution['confidence']:g}% "
             f"upper bound of its paired holdout drop is within {resolution['allowed_drop']:.4g} "
             f"(the holdout's {resolution['holdout_n']} samples allow bounds down to "
             f"{resolution['best_case_upper']:.4g})")
@@ -242,7 +243,8 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             lines.append(f"| {name} | 1.000 | {value:.4f} |")
         lines += ["", f"Latencies were re-measured for the chosen plan and the baseline in the "
                   f"same process, interleaved ({best['latency']['n']} runs each); the ratio is "
-                  f"what to quote. Artifact: `{best.get('artifact', 'model.onnx')}` (plan in `plan.json`)."]
+                  f"what to quote. Artifact: `{best.get('artifact', 'model.onnx')}` "
+                  "(plan in `plan.json`)."]
         if best.get("census_kernels"):
             k = best["census_kernels"]
             lines += ["", "Kernels that ran (census): "

@@ -43,7 +43,8 @@ def plot_pareto(result: Mapping, evaluations: Sequence[Mapping], path: Path) -> 
     floor = base_metric - allowed if higher else base_metric + allowed
     if ok:
         xs = [e["latency_ratio"] for e in ok]
-        ax.axhspan(floor, max(max(e["metric"] for e in ok), base_metric) + 0.01 * abs(base_metric or 1),
+        top = max(max(e["metric"] for e in ok), base_metric) + 0.01 * abs(base_metric or 1)
+        ax.axhspan(floor, top,
                    color="tab:green", alpha=0.08, label="within budget (search split)")
         ax.scatter(xs, [e["metric"] for e in ok], s=22, c="0.55", label="evaluated plans",
                    zorder=2)

@@ -88,6 +88,7 @@ class Strategy(abc.ABC):
         """Every evaluation `drive` records, this strategy's own and those of the strategies
         run with it, in order (a strategy that learns from plans it did not propose, as
         `prune` does from a bisection's); the default ignores them."""
+        return None
 
     def fall_back(self) -> bool:
         """Called once the strategy is done and the holdout refused every answer its plans

@@ -43,7 +43,8 @@ class Budget:
         return drop is not None and drop <= self.allowed_drop(baseline_metric) + 1e-12
 
     def describe(self) -> str:
-        return f"{self.max_drop * 100:g}% of baseline" if self.relative else f"{self.max_drop:g} absolute"
+        return (f"{self.max_drop * 100:g}% of baseline" if self.relative
+                else f"{self.max_drop:g} absolute")
 
     def to_json_dict(self) -> dict:
         return {"max_drop": self.max_drop, "relative": self.relative}

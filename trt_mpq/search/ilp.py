@@ -21,9 +21,9 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trt_mpq.plan import Plan, Precision
 from trt_mpq.errors import ConfigError
 from trt_mpq.options import flag
+from trt_mpq.plan import Plan, Precision
 from trt_mpq.results import Evaluation
 from trt_mpq.search.base import (
     Accept,

@@ -40,8 +40,8 @@ def area_under_frontier(points: Sequence[Evaluation], max_drop: float) -> float:
     """Area of the region dominated by the frontier in (latency ratio, drop) space, with drop
     clipped to [0, max_drop] and ratio to [0, 1]; normalized to [0, 1]. Larger is better: a
     frontier that reaches low latency at small drop dominates more."""
-    pts = sorted(((min(max(e.latency_ratio, 0.0), 1.0), min(max(e.drop, 0.0), max_drop))
-                  for e in points if e.latency_ratio is not None and e.drop is not None))
+    pts = sorted((min(max(e.latency_ratio, 0.0), 1.0), min(max(e.drop, 0.0), max_drop))
+                  for e in points if e.latency_ratio is not None and e.drop is not None)
     if not pts or max_drop <= 0:
         return 0.0
     area = 0.0

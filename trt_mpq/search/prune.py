@@ -1,21 +1,20 @@
 """`prune`: after the strategies before it, raise back to the baseline precision the lowered
 groups that cost more latency than they gain, precision boundaries included.
 
-Every plan the strategies before it measured (a bisection's prefixes, its refinement, its
-sweep) is a measurement for the boundary-aware latency model (`LatencyModel`). Refitted on all
-of them, the model is asked (`solve_program`, exact) for the fastest plan that lowers only groups
-the fastest in-budget plan lowered when pruning began (the anchor), each to the same precision. Raising a group back to the
-baseline precision takes its quantizers out, so such a plan is expected to stay about as
-accurate; what it changes is latency: a group that runs slower lowered than in float
-(resnet-digits' layer4 convs on ONNX Runtime's CPU kernels), or an island of lowered groups
-whose two boundaries cost more than it gains. A prefix of any order keeps such groups lowered
-once the budget allows them. The plan is proposed only where the model predicts it faster than
-the in-budget plan by `improve`, and measured latency-first (it skips its accuracy pass if
-it times slower than the best), since the accuracy side may still move. An in-budget plan
-faster than the best becomes the best the next step must beat; the next step refits the model
-on it too and is again a subset of the anchor (a few prefix plans cannot tell apart groups that
-are always lowered together, so a first step may raise one too many). At most `steps` plans.
-"""
+Every plan the strategies before it measured (a bisection's prefixes, its refinement, its sweep) is
+a measurement for the boundary-aware latency model (`LatencyModel`). Refitted on all of them, the
+model is asked (`solve_program`, exact) for the fastest plan that lowers only groups the fastest
+in-budget plan lowered when pruning began (the anchor), each to the same precision. Raising a group
+back to the baseline precision takes its quantizers out, so such a plan is expected to stay about as
+accurate; what it changes is latency: a group that runs slower lowered than in float (resnet-digits'
+layer4 convs on ONNX Runtime's CPU kernels), or an island of lowered groups whose two boundaries
+cost more than it gains. A prefix of any order keeps such groups lowered once the budget allows
+them. The plan is proposed only where the model predicts it faster than the in-budget plan by
+`improve`, and measured latency-first (it skips its accuracy pass if it times slower than the best),
+since the accuracy side may still move. An in-budget plan faster than the best becomes the best the
+next step must beat; the next step refits the model on it too and is again a subset of the anchor (a
+few prefix plans cannot tell apart groups that are always lowered together, so a first step may
+raise one too many). At most `steps` plans. """
 
 from __future__ import annotations
 

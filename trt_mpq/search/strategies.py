@@ -29,6 +29,7 @@ from trt_mpq.search.base import (
     speculate_field,
 )
 
+
 class Bisection(Strategy):
     """Bisection on k: the largest prefix of the sensitivity order that stays in budget.
 
@@ -116,7 +117,8 @@ class PrefixSweep(Strategy):
         super().__init__()
         self.prefixes = prefixes
         n = prefixes.n
-        ks = sorted({min(n, max(0, round(i * n / points))) for i in range(1, points + 1)}) if points else []
+        ks = (sorted({min(n, max(0, round(i * n / points))) for i in range(1, points + 1)})
+              if points else [])
         self._todo = [k for k in ks if k not in set(skip)]
 
     def ask(self) -> list[Proposal]:  # the whole sweep at once: one batch

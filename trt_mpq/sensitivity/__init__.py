@@ -67,7 +67,7 @@ class SensitivityContext:
     input_names: tuple[str, ...] = ()  # ONNX graph inputs, in order (the torch twin's arguments)
     output_names: tuple[str, ...] = ()  # ONNX graph outputs, in order (the torch twin's returns)
     torch_model: Callable[[], Any] | None = field(default=None, repr=False)  # eval-mode twin
-    prior: Mapping[str, "SensitivityResult"] = field(default_factory=dict, repr=False)  # reuse
+    prior: Mapping[str, SensitivityResult] = field(default_factory=dict, repr=False)  # reuse
 
     def base_plan(self) -> Plan:
         return Plan.uniform([g.name for g in self.groups], self.base)

@@ -311,7 +311,7 @@ class HessianTrace(SensitivityMetric):
         cfg = ctx.config
         params: list[torch.Tensor] = []
         index: dict[int, int] = {}
-        for _, op, module, low in targets:
+        for _, _op, module, low in targets:
             if low is Precision.FP32:
                 continue
             w = module.weight
@@ -430,7 +430,7 @@ class Fisher(SensitivityMetric):
                     if not stash:
                         continue
                     grads = torch.autograd.grad(loss, [s[0] for s in stash], allow_unused=True)
-                    for (y, dys, mid), g in zip(stash, grads):
+                    for (_y, dys, mid), g in zip(stash, grads):
                         if g is None:
                             continue
                         g2 = g.detach().double() ** 2

@@ -27,7 +27,9 @@ CREATE TABLE IF NOT EXISTS evaluations (
     payload TEXT NOT NULL,
     created REAL NOT NULL
 );
-CREATE TABLE IF NOT EXISTS blobs (key TEXT PRIMARY KEY, payload TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS blobs (
+    key TEXT PRIMARY KEY, payload TEXT NOT NULL, created REAL NOT NULL
+);
 """
 
 

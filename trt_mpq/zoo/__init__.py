@@ -69,7 +69,8 @@ ZOO: dict[str, ZooEntry] = {
                  "trt_mpq.zoo.imagenet:build_resnet50", "pretrained-or-random",
                  ("torch", "torchvision", "skimage")),
         ZooEntry("mobilenet_v2",
-                 "torchvision MobileNetV2, 224x224; ImageNet weights if cached locally, else random "
+                 "torchvision MobileNetV2, 224x224; ImageNet weights if cached locally, else "
+                 "random "
                  "weights with re-estimated BatchNorm (latency studies only)",
                  "trt_mpq.zoo.imagenet:build_mobilenet_v2", "pretrained-or-random",
                  ("torch", "torchvision", "skimage")),

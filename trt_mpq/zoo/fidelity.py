@@ -27,7 +27,6 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-
 # ---------------------------------------------------------------------------------------------
 # Digits: affine views plus noise
 

@@ -18,9 +18,9 @@ import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from trt_mpq.results import UNVERIFIED, Census
 from trt_mpq.model.groups import Group
 from trt_mpq.plan.precision import TENSORRT, executed_word
+from trt_mpq.results import UNVERIFIED, Census
 
 _MYL = re.compile(r"_myl\d+_\d+$")
 _ONNX_LAYER = re.compile(r"\[ONNX Layer: ([^\]]*)\]")
