@@ -117,7 +117,8 @@ class Runner:
     def use_budget(self, budget):
         """Judge plans against `budget` as `trt-mpq search` does: the search split's adaptive
         rule, bound or point decision; returns the accept function."""
-        from trt_mpq.pipeline.search import SearchConfig, judge, rules
+        from trt_mpq.pipeline.config import SearchConfig
+        from trt_mpq.pipeline.judging import judge, rules
 
         config = SearchConfig(budget=budget, confidence=CONFIDENCE)
         _, self.holdout_rule = rules(config, self.holdout_metric)
@@ -183,7 +184,8 @@ class Runner:
 
     def final_measure(self):
         """The measurement `trt-mpq search` times its finalists with."""
-        from trt_mpq.pipeline.search import SearchConfig, final_measure
+        from trt_mpq.pipeline.config import SearchConfig
+        from trt_mpq.pipeline.timing import final_measure
 
         return final_measure(self.evaluator.measure, SearchConfig.final_repeats_factor)
 
@@ -191,12 +193,13 @@ class Runner:
         """The finalists in the order of one fresh timing of them all, interleaved with FP32, as
         `trt-mpq search` orders its finalists before the holdout tries them (the search-time
         ratios are each the minimum of noisy ones: the winner's curse); stored per set."""
-        from trt_mpq.pipeline.search import SearchConfig, _time_finalists
+        from trt_mpq.pipeline.config import SearchConfig
+        from trt_mpq.pipeline.timing import time_finalists
         from trt_mpq.search import Budget
 
         if len(finalists) < 2:
             return list(finalists)
-        timed, _ = _time_finalists(self.ws, self.backend, self.evaluator, list(finalists),
+        timed, _ = time_finalists(self.ws, self.backend, self.evaluator, list(finalists),
                                    self.final_measure(), SearchConfig(budget=Budget.parse("1%")),
                                    self.store, self.out)
         ratio = {d: lat.median_ms / base.median_ms for d, (lat, base, _) in timed.items()}
@@ -296,7 +299,8 @@ def run_ours(r: Runner, accept, scores, budget, sensitivity_s) -> dict:
     (or the baseline) skip their accuracy pass, as `trt-mpq search` gates them, and the
     strategy's safer plans are measured only if the holdout refuses every answer. Its cost: the
     sensitivity of every precision, the profiles and its evaluations."""
-    from trt_mpq.pipeline.search import FastestInBudget, SearchConfig
+    from trt_mpq.pipeline.config import SearchConfig
+    from trt_mpq.pipeline.search import FastestInBudget
     from trt_mpq.search import Budget, drive
 
     config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
@@ -361,7 +365,8 @@ def _median_of(r: Runner, runs, accept, budget) -> dict:
 def compare(name: str, cache: Path, runs: Path, repeats: int, methods,
             budgets=BUDGETS, metric: str = "auto") -> dict:
     from trt_mpq.errors import ConfigError
-    from trt_mpq.pipeline.search import SearchConfig, resolvable
+    from trt_mpq.pipeline.config import SearchConfig
+    from trt_mpq.pipeline.judging import resolvable
     from trt_mpq.search import Budget
     from trt_mpq.search.latency_model import model_report, standard_error
 
@@ -457,14 +462,15 @@ def remeasure(own: Runner, runners: dict, rows: dict, out: Path) -> None:
     as `trt-mpq search` times its finalists): cells compare ratios measured side by side, not
     the minimum of each method's noisy search-time measurements. Each row keeps its search-time
     ratio as `search_ratio`."""
-    from trt_mpq.pipeline.search import SearchConfig, _time_finalists
+    from trt_mpq.pipeline.config import SearchConfig
+    from trt_mpq.pipeline.timing import time_finalists
     from trt_mpq.search import Budget
 
     answers = {d: e for r in runners.values() for d, e in r.answers.items()}
     if not answers:
         return
     config = SearchConfig(budget=Budget.parse("1%"))
-    timed, precision = _time_finalists(own.ws, own.backend, own.evaluator,
+    timed, precision = time_finalists(own.ws, own.backend, own.evaluator,
                                        list(answers.values()), own.final_measure(), config,
                                        own.store, out)
     for by_budget in rows.values():
@@ -502,7 +508,7 @@ def compare_latency(name: str, cache: Path, runs: Path, repeats: int, points: in
         }
         # several formats per group: each format alone (uniform where its op allows), and the
         # boundary strategy choosing per group among all of them, accuracy ignored
-        from trt_mpq.pipeline.search import SearchConfig
+        from trt_mpq.pipeline.config import SearchConfig
         from trt_mpq.search import Budget
 
         config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")

@@ -169,7 +169,17 @@ def test_bad_inputs_exit_2_with_a_clear_message(digits_model, env, capsys):
          "cannot find module"),
         ([*search[:4], "--max-drop", "lots"], "cannot read the budget"),
         ([*search, "--precision", "fp8"], "fp8 is not available on ort-cpu"),
-        ([*search, "--backend", "tpu"], "invalid choice: 'tpu'"),
+        ([*search, "--backend", "tpu"],
+         "--backend takes one of ort-cpu, tensorrt, tensorrt-rtx, got 'tpu'"),
+        ([*search, "--threads", "0"], "--threads takes an integer in 1..1024, got '0'"),
+        ([*search, "--repeats", "-5"], "--repeats takes an integer in 3..100000, got '-5'"),
+        ([*search, "--confidence", "nan"], "--confidence"),
+        (["search", "--max-drop", "1%"], "give a MODEL"),
+        (["search", "--request", "nofile.json"], "cannot read --request nofile.json"),
+        (["search", "--request", "bad_plan.json"], "not a trt-mpq search request"),
+        (["search", "--request", "bad_plan.json", "--repeats", "5"],
+         "only --out and --resume go with it, not --repeats"),
+        (["search", digits_model, "--task", TASK], "--max-drop is required"),
         ([*search, "--threads", "2", "--backend", "tensorrt-rtx"],
          "--threads applies to ort-cpu, not tensorrt-rtx"),
         ([*search[:6], "--strategy", "greedy", "--ilp-steps", "2"],
@@ -257,9 +267,10 @@ def test_killed_search_resumes_without_repeating_an_evaluation(digits_model, env
         digests = [r[0] for r in db.execute("SELECT plan_digest FROM evaluations")]
     assert len(digests) == len(set(digests)) == res["evaluations"]
 
-    # resuming a finished search measures nothing again and gives the same answer
+    # resuming a finished search from its request file measures nothing again and gives the
+    # same answer (request.json holds every setting of the search)
     (out / "result.json").unlink()
-    r = cli(*args, "--resume", env=env)
+    r = cli("search", "--request", out / "request.json", "--resume", env=env)
     assert r.returncode == 0, r.stderr
     again = json.loads((out / "result.json").read_text())
     assert again["fresh_evaluations"] == 0
@@ -273,7 +284,8 @@ def test_interrupt_exits_130_and_says_how_to_resume(digits_model, env):
     proc.send_signal(signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stderr
-    assert "--resume" in stderr and "Traceback" not in stderr
+    assert f"--request {out / 'request.json'} --resume" in stderr and "Traceback" not in stderr
+    assert json.loads((out / "request.json").read_text())["output"]["out"] == str(out)
 
 
 def test_main_without_command_prints_help(capsys):
@@ -373,9 +385,9 @@ def test_when_the_holdout_refuses_every_answer_the_search_measures_its_safer_pla
     measured after it, tried on the holdout, and one of them is the answer."""
     import dataclasses
 
-    from trt_mpq.pipeline import search as search_module
+    from trt_mpq.pipeline import answer, search as search_module
 
-    real = search_module._confirm
+    real = answer.confirm
     judged = []
 
     def refusing(ws, backend, evaluator, ev, *args, **kwargs):
@@ -393,7 +405,7 @@ def test_when_the_holdout_refuses_every_answer_the_search_measures_its_safer_pla
     assert any(label.startswith("boundary t=") for label in labels)
     assert not any("fallback" in label for label in labels)
 
-    monkeypatch.setattr(search_module, "_confirm", refusing)
+    monkeypatch.setattr(search_module, "confirm", refusing)
     code = main([*args, "--out", "refused"])
     err = capsys.readouterr().err
     assert "the holdout refused every answer" in err

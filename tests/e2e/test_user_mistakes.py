@@ -190,12 +190,13 @@ def test_a_metric_that_raises_is_the_users_error(setup):
 
 
 def test_a_bug_exits_3_with_one_line_and_the_traceback_in_a_file(tmp_path, monkeypatch, capsys):
+    from trt_mpq.cli import commands
     from trt_mpq.cli import main as cli_main
 
     def broken(args):
         return {}["a key trt-mpq forgot"]
 
-    monkeypatch.setitem(cli_main.COMMANDS, "zoo", broken)
+    monkeypatch.setattr(commands, "cmd_zoo", broken)
     monkeypatch.setenv("TRT_MPQ_CACHE", str(tmp_path))
     assert cli_main.main(["zoo"]) == 3
     err = capsys.readouterr().err

@@ -6,7 +6,7 @@ with other precisions; at most `candidates` are confirmed."""
 import pytest
 
 from trt_mpq.measure import LatencyStats
-from trt_mpq.pipeline.search import Confirmation, pick_answer
+from trt_mpq.pipeline.answer import Confirmation, pick_answer
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.search import Budget, Evaluation, Status
@@ -157,7 +157,8 @@ def test_the_joint_re_measurement_is_stored_and_replayed(tmp_path, monkeypatch):
     from trt_mpq.backends import get_backend
     from trt_mpq.calib import CalibConfig
     from trt_mpq.measure import MeasureConfig
-    from trt_mpq.pipeline import search as search_module
+    from trt_mpq.pipeline import timing as timing_module
+    from trt_mpq.pipeline.config import SearchConfig
     from trt_mpq.pipeline.evaluator import Evaluator
     from trt_mpq.store import Store
 
@@ -171,9 +172,9 @@ def test_the_joint_re_measurement_is_stored_and_replayed(tmp_path, monkeypatch):
     with Store(tmp_path / "s.sqlite", {"m": 1}) as store, \
             Evaluator(ws, backend, ranges, measure, store, tmp_path / "w") as evaluator:
         finalists = [evaluator.evaluate(p, f"p{i}") for i, p in enumerate(plans)]
-        config = search_module.SearchConfig(budget=BUDGET, final_halfwidth=0.5)
-        first, precision = search_module._time_finalists(ws, backend, evaluator, finalists,
-                                                         measure, config, store, tmp_path)
+        config = SearchConfig(budget=BUDGET, final_halfwidth=0.5)
+        first, precision = timing_module.time_finalists(ws, backend, evaluator, finalists,
+                                                        measure, config, store, tmp_path)
         assert set(first) == {p.digest for p in plans}
         rounds = precision["rounds"]
         assert rounds >= 5 and rounds % 5 == 0 and precision["target_halfwidth"] == 0.5
@@ -183,9 +184,9 @@ def test_the_joint_re_measurement_is_stored_and_replayed(tmp_path, monkeypatch):
         def no_timing(*a, **k):
             raise AssertionError("a resumed search must not time the finalists again")
 
-        monkeypatch.setattr(search_module, "time_until_precise", no_timing)
-        again, replayed = search_module._time_finalists(ws, backend, evaluator, finalists[::-1],
-                                                        measure, config, store, tmp_path)
+        monkeypatch.setattr(timing_module, "time_until_precise", no_timing)
+        again, replayed = timing_module.time_finalists(ws, backend, evaluator, finalists[::-1],
+                                                       measure, config, store, tmp_path)
     assert again == first and replayed == precision
     assert not (tmp_path / ".final").exists()
 

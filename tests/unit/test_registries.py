@@ -12,7 +12,7 @@ from trt_mpq import options
 from trt_mpq.backends import BACKENDS, backend_spec, get_backend
 from trt_mpq.cli.main import build_parser, main
 from trt_mpq.errors import ConfigError, PlanError
-from trt_mpq.pipeline.search import SearchConfig
+from trt_mpq.pipeline.config import SearchConfig
 from trt_mpq.plan import SPECS, Precision
 from trt_mpq.plan.precision import ONNXRUNTIME, TENSORRT, census_words, from_census
 from trt_mpq.qdq import BASELINE, SUPPORTED, Dialect, check_plan, dialect_spec
@@ -100,9 +100,9 @@ def test_a_new_strategy_is_one_module_and_one_registry_line(tmp_path, monkeypatc
     try:
         args = build_parser().parse_args(["search", "m.onnx", "--max-drop", "1%", "--strategy",
                                           "every-other", "--every-other-stride", "3"])
-        from trt_mpq.cli.main import _strategy_config
+        from trt_mpq.cli.search import search_request
 
-        config = _strategy_config(args)
+        config = search_request(args).search.strategy_config
         assert config.stride == 3
         assert SearchConfig(budget=Budget.parse("1%"), strategy="every-other",
                             strategy_config=config).strategy == "every-other"

@@ -230,39 +230,42 @@ def test_speculative_bisection_takes_the_same_path_in_fewer_rounds(max_drop, dep
         Bisection(prefixes(), accept_for(max_drop), speculate=-1)
 
 
-def test_ray_workers_get_the_search_arguments_without_the_drivers_own(tmp_path, monkeypatch):
+def test_ray_workers_get_the_request_without_the_drivers_own_settings(tmp_path, monkeypatch):
     pytest.importorskip("ray")
 
-    from trt_mpq.cli.main import _executor, build_parser
+    from trt_mpq.cli.parser import build_parser
+    from trt_mpq.cli.search import search_request
+    from trt_mpq.errors import ConfigError
+    from trt_mpq.pipeline.executor import make_executor
+    from trt_mpq.pipeline.request import SearchRequest
+
+    class Backend:
+        name = "ort-cpu"
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("TRT_MPQ_CACHE", str(tmp_path / "cache"))
     argv = ["-v", "search", "m.onnx", "--task", "t:f", "--max-drop", "1%", "--out", "x",
             "--executor", "ray", "--ray-address=auto", "--resume", "--repeats", "7",
             "--mix-devices", "--no-progress"]
-    args = build_parser().parse_args(argv)
-    args.argv = argv
-    ex = _executor(args)
+    request = search_request(build_parser().parse_args(argv))
+    ex = make_executor(request, Backend())
     assert ex.address == "auto" and ex.mix_devices and not ex.gpu
-    assert ex.spec.argv == [str(tmp_path / "m.onnx"), "--task", "t:f", "--max-drop", "1%",
-                            "--repeats", "7"]
+    worker = SearchRequest.from_json_dict(ex.spec.request)  # what a worker receives
+    assert worker.model.model == str(tmp_path / "m.onnx") and worker.model.task == "t:f"
+    assert worker.measure.repeats == 7 and worker.search.budget == request.search.budget
+    assert worker.output.out is None and not worker.output.resume  # the driver's own
+    assert worker.executor.kind == "local" and worker.model.cache_dir == tmp_path / "cache"
     assert ex.spec.env["TRT_MPQ_CACHE"] == str(tmp_path / "cache")
     assert str(tmp_path) in ex.spec.env["PYTHONPATH"].split(":")
-    args = build_parser().parse_args(["search", "m.onnx", "--max-drop", "1%",
-                                      "--ray-address", "auto"])
-    args.argv = []
-    from trt_mpq.errors import ConfigError
-
-    with pytest.raises(ConfigError, match="needs --executor ray"):
-        _executor(args)
-    args = build_parser().parse_args(["search", "m.onnx", "--max-drop", "1%", "--mix-devices"])
-    args.argv = []
-    with pytest.raises(ConfigError, match="--mix-devices needs --executor ray"):
-        _executor(args)
-    args = build_parser().parse_args(["search", "m.onnx", "--max-drop", "1%", "--backend",
-                                      "tensorrt", "--executor", "ray"])
-    args.argv = ["search", "m.onnx", "--max-drop", "1%", "--backend", "tensorrt"]
-    assert _executor(args).gpu  # a GPU backend: one worker per GPU
+    for flags, message in [(["--ray-address", "auto"], "needs --executor ray"),
+                           (["--mix-devices"], "--mix-devices needs --executor ray")]:
+        with pytest.raises(ConfigError, match=message):
+            search_request(build_parser().parse_args(["search", "m.onnx", "--max-drop", "1%",
+                                                      *flags]))
+    request = search_request(build_parser().parse_args(
+        ["search", "m.onnx", "--max-drop", "1%", "--backend", "tensorrt", "--executor", "ray"]))
+    Backend.name = "tensorrt"
+    assert make_executor(request, Backend()).gpu  # a GPU backend: one worker per GPU
 
 
 def test_ray_workers_go_one_per_timing_device():

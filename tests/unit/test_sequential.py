@@ -228,7 +228,8 @@ def test_lazy_splits_transform_per_batch_and_key_caches_by_transform():
 
 
 def test_a_relative_budget_on_kl_is_refused():
-    from trt_mpq.pipeline.search import SearchConfig, resolvable
+    from trt_mpq.pipeline.config import SearchConfig
+    from trt_mpq.pipeline.judging import resolvable
     from trt_mpq.search import Budget
 
     task = _task(None).with_metric("kl")
@@ -238,7 +239,8 @@ def test_a_relative_budget_on_kl_is_refused():
 
 
 def test_resolvability_before_any_run():
-    from trt_mpq.pipeline.search import SearchConfig, resolvable
+    from trt_mpq.pipeline.config import SearchConfig
+    from trt_mpq.pipeline.judging import resolvable
     from trt_mpq.search import Budget
 
     task = _task(None)  # a 12-sample holdout
@@ -253,7 +255,8 @@ def test_auto_judges_by_the_bound_only_where_the_search_split_has_room():
     on the search split, else the point estimate (and the holdout certifies)."""
     from types import SimpleNamespace
 
-    from trt_mpq.pipeline.search import SearchConfig, judge
+    from trt_mpq.pipeline.config import SearchConfig
+    from trt_mpq.pipeline.judging import judge
     from trt_mpq.search import Budget
 
     def decision(n, metric, budget, base):

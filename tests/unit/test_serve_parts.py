@@ -4,6 +4,7 @@ resume), and the frontier the page draws."""
 
 from __future__ import annotations
 
+import shlex
 import threading
 from pathlib import Path
 
@@ -25,27 +26,37 @@ def uploads(tmp_path):
     return d
 
 
-def test_a_zoo_job_becomes_the_clis_search_arguments(uploads):
-    spec, argv = validate({"model": "resnet-digits", "max_drop": "1%",
-                           "options": {"strategy": "boundary", "repeats": 20,
-                                       "runtime-options": False, "full-frontier": True,
-                                       "metric": "agreement"}}, uploads, None)
-    assert argv == ["resnet-digits", "--max-drop", "1%", "--backend", "ort-cpu",
-                    "--strategy", "boundary", "--repeats", "20", "--no-runtime-options",
-                    "--full-frontier", "--metric", "agreement"]
-    assert spec["model"] == "resnet-digits" and spec["backend"] == "ort-cpu"
-    # the CLI's own parser accepts exactly these
-    from trt_mpq.cli.main import build_parser
+def test_a_zoo_job_becomes_the_search_request_the_cli_would_make(uploads):
+    from trt_mpq.cli.parser import build_parser
+    from trt_mpq.cli.search import search_request
 
-    args = build_parser().parse_args(["search", *argv])
-    assert args.strategy == "boundary" and args.repeats == 20 and not args.runtime_options
+    spec, request = validate({"model": "resnet-digits", "max_drop": "1%",
+                              "options": {"strategy": "boundary", "repeats": 20,
+                                          "runtime-options": False, "full-frontier": True,
+                                          "metric": "agreement"}}, uploads, None)
+    assert spec["model"] == "resnet-digits" and spec["backend"] == "ort-cpu"
+    assert request.search.strategy == "boundary" and request.measure.repeats == 20
+    assert not request.search.runtime_options and request.search.full_frontier
+    assert request.model.metric == "agreement"
+    # the same request as the command line with the same settings
+    argv = ["search", "resnet-digits", "--max-drop", "1%", "--strategy", "boundary",
+            "--repeats", "20", "--no-runtime-options", "--full-frontier", "--metric",
+            "agreement"]
+    assert search_request(build_parser().parse_args(argv)) == request
+    # and the command line it prints makes it again
+    again = shlex.split(request.command_line())
+    assert again[:3] == ["trt-mpq", "search", "resnet-digits"] and set(again) == {"trt-mpq",
+                                                                                  *argv}
+    assert search_request(build_parser().parse_args(again[1:])) == request
 
 
 def test_an_upload_job_names_a_task_module_of_the_tasks_folder(uploads):
-    spec, argv = validate({"upload": UPLOAD, "task": "digits_task:make_task",
-                           "max_drop": 0.02}, uploads, FIXTURES)
-    assert argv[:3] == [str(uploads / f"{UPLOAD}.onnx"), "--task", "digits_task:make_task"]
+    spec, request = validate({"upload": UPLOAD, "task": "digits_task:make_task",
+                              "max_drop": 0.02}, uploads, FIXTURES)
+    assert request.model.model == str(uploads / f"{UPLOAD}.onnx")
+    assert request.model.task == "digits_task:make_task"
     assert spec["upload"] == UPLOAD and spec["max_drop"] == "0.02"
+    assert not request.search.budget.relative and request.search.budget.max_drop == 0.02
 
 
 @pytest.mark.parametrize("body, message", [
@@ -55,7 +66,8 @@ def test_an_upload_job_names_a_task_module_of_the_tasks_folder(uploads):
     ({"model": "no-such-model", "max_drop": "1%"}, "unknown model 'no-such-model'"),
     ({"model": "resnet-digits"}, '"max_drop" is required'),
     ({"model": "resnet-digits", "max_drop": "lots"}, "budget|max-drop|drop"),
-    ({"model": "resnet-digits", "max_drop": "1%", "backend": "cuda"}, "unknown backend"),
+    ({"model": "resnet-digits", "max_drop": "1%", "backend": "cuda"},
+     "--backend takes one of ort-cpu"),
     ({"model": "resnet-digits", "max_drop": "1%", "options": {"out": "/etc"}},
      "set by the server"),
     ({"model": "resnet-digits", "max_drop": "1%", "options": {"--torch": "os:system"}},
@@ -63,13 +75,34 @@ def test_an_upload_job_names_a_task_module_of_the_tasks_folder(uploads):
     ({"model": "resnet-digits", "max_drop": "1%", "options": {"cache-dir": "/"}},
      "set by the server"),
     ({"model": "resnet-digits", "max_drop": "1%", "options": {"frobnicate": 1}},
-     "unknown search option"),
+     "unknown setting --frobnicate"),
     ({"model": "resnet-digits", "max_drop": "1%", "options": {"strategy": "magic"}},
-     "invalid choice"),
+     "--strategy takes one of bisection"),
     ({"model": "resnet-digits", "max_drop": "1%", "options": {"repeats": "many"}},
-     "invalid int value"),
-    ({"model": "resnet-digits", "max_drop": "1%", "options": {"repeats": [1]}}, "one value"),
-    ({"model": "resnet-digits", "max_drop": "1%", "options": {"probes": "yes"}}, "true or false"),
+     "--repeats takes an integer in 3..100000, got 'many'"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"repeats": [1]}},
+     "--repeats takes an integer"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"repeats": -5}},
+     "--repeats takes an integer in 3..100000, got -5"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"threads": 100000}},
+     "--threads takes an integer in 1..1024"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"final-cap": float("nan")}},
+     "--final-cap takes a finite value"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"confidence": float("inf")}},
+     "--confidence takes a finite value"),
+    ({"model": "resnet-digits", "max_drop": float("nan")}, "cannot read the budget"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"executor": "ray",
+                                                               "ray-address": "h:1"}},
+     "set by the server"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"mix-devices": True}},
+     "set by the server"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"max-drop": "5%"}},
+     "field of the job"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"strategy": "boundary",
+                                                               "probes": "yes"}},
+     "--probes takes true or false"),
+    ({"model": "resnet-digits", "max_drop": "1%", "options": {"probes": True}},
+     "--probes applies to boundary, not --strategy bisection"),
     ({"model": "resnet-digits", "max_drop": "1%", "extra": 1}, "unknown field"),
     ({"model": "resnet-digits", "max_drop": "1%", "task": "digits_task:make_task"},
      "for an uploaded model"),

@@ -18,7 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from trt_mpq import options
 from trt_mpq.errors import CalibrationError, ConfigError
+from trt_mpq.options import flag
 
 log = logging.getLogger(__name__)
 
@@ -39,15 +41,18 @@ class CalibMethod(enum.Enum):
 
 @dataclass(frozen=True)
 class CalibConfig:
-    method: CalibMethod = CalibMethod.MINMAX
-    num_samples: int = 256  # taken from the task's calibration split (all of it if smaller)
+    method: CalibMethod = field(default=CalibMethod.MINMAX, metadata=flag(
+        "--calib-method", "how activation ranges are calibrated",
+        choices=("minmax", "percentile", "entropy")))
+    #: taken from the task's calibration split (all of it if smaller)
+    num_samples: int = field(default=256, metadata=flag(
+        "--calib-samples", "calibration samples", lo=1, hi=1_000_000))
     batch_size: int = 16
     percentile: float = 99.999  # PERCENTILE only
     num_bins: int = 2048  # PERCENTILE / ENTROPY histograms
 
     def __post_init__(self) -> None:
-        if self.num_samples < 1:
-            raise ConfigError("calibration needs at least one sample (num_samples >= 1)")
+        options.check(self)
         if self.batch_size < 1:
             raise ConfigError("calibration batch_size must be >= 1")
         if not 50.0 < self.percentile <= 100.0:

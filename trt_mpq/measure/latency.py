@@ -17,33 +17,37 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from trt_mpq import options
 from trt_mpq.backends.base import Runner
 from trt_mpq.errors import ConfigError
+from trt_mpq.options import flag
 from trt_mpq.results import LatencyStats
 
 
 @dataclass(frozen=True)
 class MeasureConfig:
-    warmup: int = 10
-    repeats: int = 60  # timed runs per runner
+    warmup: int = field(default=10, metadata=flag(
+        "--warmup", "untimed runs before timing", lo=0, hi=10_000))
+    repeats: int = field(default=60, metadata=flag(
+        "--repeats", "timed runs per plan and baseline", lo=3, hi=100_000))
     max_seconds: float = 60.0  # stop early (with at least min_repeats) past this wall time
-    min_repeats: int = 15
-    settle: int = 2  # untimed runs at the start of each runner's turn (module doc)
+    min_repeats: int | None = None  # None: min(15, repeats)
+    settle: int = field(default=2, metadata=flag(
+        "--settle", "untimed runs at the start of each timed turn, so that a plan timed "
+        "interleaved with the baseline runs with its own weights in the caches, as deployed "
+        "(0: time cold turns)", lo=0, hi=1_000))
     per_turn: int = 3  # timed runs per turn, after the settling ones
 
     def __post_init__(self) -> None:
-        if self.warmup < 0:
-            raise ConfigError("warmup must be >= 0")
-        if self.settle < 0:
-            raise ConfigError("settle must be >= 0 (untimed runs at the start of each turn)")
+        options.check(self)
+        if self.min_repeats is None:
+            object.__setattr__(self, "min_repeats", min(15, self.repeats))
         if self.per_turn < 1:
             raise ConfigError("per_turn must be >= 1 (timed runs per turn)")
-        if self.repeats < 3:
-            raise ConfigError("repeats must be >= 3 (medians of fewer runs are noise)")
         if not 3 <= self.min_repeats <= self.repeats:
             raise ConfigError("min_repeats must be in [3, repeats]")
         if self.max_seconds <= 0:

@@ -3,8 +3,8 @@ spread over a Ray cluster (`--executor ray`).
 
 With Ray the driver keeps the strategy and the store (one writer); each batch a strategy
 proposes is spread over one worker per timing device (per node for a CPU backend, per GPU for a
-GPU backend), an actor that builds the same workspace, backend and evaluator as the CLI (from
-the same `trt-mpq search` arguments, so the model, the task and the cache folder must be
+GPU backend), an actor that builds the same workspace, backend and evaluator as the driver
+(from the driver's `SearchRequest`, serialized; so the model, the task and the cache folder must be
 reachable from every node: a shared filesystem, or the same path on each) with the driver's
 calibration, and materializes, builds, evaluates and times one plan at a time. A worker whose
 model or data digests differ from the driver's refuses to start: its accuracies would not be
@@ -42,12 +42,13 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXECUTORS = ("local", "ray")
 
 
 @dataclass(frozen=True)
 class WorkerSpec:
-    argv: list[str]  # `trt-mpq search` arguments: model, --task, backend and measure flags
+    #: the driver's SearchRequest (`for_workers`, as JSON): the model, task, backend,
+    #: calibration and measurement a worker evaluates with
+    request: dict
     env: dict[str, str]  # TRT_MPQ_CACHE, PYTHONPATH (a task module's folder)
     rule: dict | None = None  # the search split's adaptive rule (SequentialRule's fields)
     ranges: dict | None = None  # the driver's calibration (Ranges.to_json_dict): calibrated once
@@ -95,24 +96,25 @@ def check_same_data(ws, expected: dict[str, str] | None) -> None:
 
 
 def open_evaluator(spec: WorkerSpec):
-    """The evaluator a worker measures with, built as `trt-mpq search` builds its own."""
+    """The evaluator a worker measures with, built from the driver's request as the driver
+    builds its own."""
     from trt_mpq.calib import Ranges
-    from trt_mpq.cli.main import _backend, _calib_config, _measure, _workspace, build_parser
     from trt_mpq.measure.sequential import SequentialRule
     from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
+    from trt_mpq.pipeline.request import SearchRequest
 
     os.environ.update(spec.env)
     for p in reversed(spec.env.get("PYTHONPATH", "").split(os.pathsep)):
         if p and p not in sys.path:
             sys.path.insert(0, p)
-    args = build_parser().parse_args(["search", *spec.argv])
-    ws = _workspace(args)
+    request = SearchRequest.from_json_dict(spec.request)
+    ws = request.model.open(progress=False)
     check_same_data(ws, spec.digests)
-    backend = _backend(args)
+    backend = request.backend.create(request.model.cache)
     backend.check_can_run()
     ranges = (Ranges.from_json_dict(spec.ranges) if spec.ranges is not None
-              else ws.calibrate(_calib_config(args)))
-    evaluator = Evaluator(ws, backend, ranges, _measure(args), None,
+              else ws.calibrate(request.calibration))
+    evaluator = Evaluator(ws, backend, ranges, request.measure, None,
                           Path(tempfile.mkdtemp(prefix="trt-mpq-worker-")),
                           shared=shared_cache(ws, backend),
                           rule=SequentialRule(**spec.rule) if spec.rule else None)
@@ -286,6 +288,21 @@ class RayExecutor:
         self.actors = []
 
 
-__all__ = ["EXECUTORS", "THREAD_VARS", "EvalWorker", "RayExecutor", "WorkerSpec",
-           "check_same_data", "data_digests", "like_the_driver", "open_evaluator",
-           "placements"]
+def make_executor(request, backend) -> RayExecutor | None:
+    """None (evaluate here) or a RayExecutor whose workers rebuild `request`'s workspace,
+    backend and measurement (`SearchRequest.for_workers`); Ray not installed: ConfigError."""
+    from trt_mpq.backends import backend_spec
+
+    ex = request.executor
+    if ex.kind == "local":
+        return None
+    path = os.pathsep.join(p for p in [os.environ.get("PYTHONPATH", ""), os.getcwd()] if p)
+    worker_request = request.for_workers()
+    env = {"TRT_MPQ_CACHE": str(worker_request.model.cache), "PYTHONPATH": path}
+    return RayExecutor(WorkerSpec(request=worker_request.to_json_dict(), env=env),
+                       ex.ray_address, gpu=backend_spec(backend.name).gpu,
+                       mix_devices=ex.mix_devices)
+
+
+__all__ = ["THREAD_VARS", "EvalWorker", "RayExecutor", "WorkerSpec", "check_same_data",
+           "data_digests", "like_the_driver", "make_executor", "open_evaluator", "placements"]

@@ -58,7 +58,8 @@ def speculate_field():
     return field(default=0, metadata=flag(
         "--speculate", "bisection, ilp: with each step's plan also propose the plans of the next "
                        "D steps, either way each goes, as one batch (up to 2^(D+1)-1 plans per "
-                       "round, D+1 steps decided per round; for --executor ray)"))
+                       "round, D+1 steps decided per round; for --executor ray)",
+        lo=0, hi=MAX_SPECULATE))
 
 
 def check_speculate(depth: int) -> None:

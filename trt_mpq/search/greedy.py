@@ -13,7 +13,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trt_mpq.errors import ConfigError
+from trt_mpq import options
 from trt_mpq.options import flag
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.results import Evaluation
@@ -196,11 +196,11 @@ class Greedy(Strategy):
 @dataclass(frozen=True)
 class GreedyConfig:
     candidates: int = field(default=8, metadata=flag(
-        "--greedy-candidates", "greedy: flips tried per step, least sensitive first (0: all)"))
+        "--greedy-candidates", "greedy: flips tried per step, least sensitive first (0: all)",
+        lo=0, hi=10_000))
 
     def __post_init__(self) -> None:
-        if self.candidates < 0:
-            raise ConfigError("greedy candidates must be >= 0 (0: every group)")
+        options.check(self)
 
 
 SPEC = StrategySpec(

@@ -21,7 +21,7 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trt_mpq.errors import ConfigError
+from trt_mpq import options
 from trt_mpq.options import flag
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.results import Evaluation
@@ -31,7 +31,6 @@ from trt_mpq.search.base import (
     SearchInputs,
     Strategy,
     StrategySpec,
-    check_speculate,
     checked_groups,
     speculate_field,
 )
@@ -331,13 +330,12 @@ class IlpSearch(Strategy):
 @dataclass(frozen=True)
 class IlpConfig:
     steps: int = field(default=8, metadata=flag("--ilp-steps",
-                                                "ilp: evaluations after the first"))
+                                                "ilp: evaluations after the first",
+                                                lo=1, hi=1_000))
     speculate: int = speculate_field()
 
     def __post_init__(self) -> None:
-        if self.steps < 1:
-            raise ConfigError("ilp steps must be >= 1")
-        check_speculate(self.speculate)
+        options.check(self)
 
 
 def _ilp(config: IlpConfig, inputs: SearchInputs) -> list[Strategy]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from trt_mpq import options
 from trt_mpq.errors import ConfigError
 from trt_mpq.options import flag
 from trt_mpq.plan import Plan
@@ -25,7 +26,6 @@ from trt_mpq.search.base import (
     SearchInputs,
     Strategy,
     StrategySpec,
-    check_speculate,
     speculate_field,
 )
 
@@ -170,29 +170,28 @@ class Around(Strategy):
 @dataclass(frozen=True)
 class BisectionConfig:
     sweep_points: int = field(default=6, metadata=flag(
-        "--sweep", "bisection, frontier: prefixes of the order measured for the frontier"))
+        "--sweep", "bisection, frontier: prefixes of the order measured for the frontier",
+        lo=0, hi=1_000))
     refine: int = field(default=2, metadata=flag(
-        "--refine", "bisection: also measure k +- this around the boundary"))
+        "--refine", "bisection: also measure k +- this around the boundary", lo=0, hi=100))
     speculate: int = speculate_field()
     prune: int = field(default=2, metadata=flag(
         "--prune", "bisection: plans measured at most that raise back to the baseline the "
                    "lowered groups a boundary-aware latency model, fitted on every measured "
-                   "plan, says cost more latency than they gain (0: none)"))
+                   "plan, says cost more latency than they gain (0: none)", lo=0, hi=100))
 
     def __post_init__(self) -> None:
-        if self.sweep_points < 0 or self.refine < 0:
-            raise ConfigError("sweep points and refine width must be >= 0")
-        if self.prune < 0:
-            raise ConfigError("--prune must be >= 0")
-        check_speculate(self.speculate)
+        options.check(self)
 
 
 @dataclass(frozen=True)
 class FrontierConfig:
     sweep_points: int = field(default=6, metadata=flag(
-        "--sweep", "bisection, frontier: prefixes of the order measured for the frontier"))
+        "--sweep", "bisection, frontier: prefixes of the order measured for the frontier",
+        lo=0, hi=1_000))
 
     def __post_init__(self) -> None:
+        options.check(self)
         if self.sweep_points < 1:
             raise ConfigError("the frontier strategy needs --sweep >= 1")
 

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 import onnx
 
+from trt_mpq import options
 from trt_mpq.calib import Ranges
 from trt_mpq.errors import ConfigError
 from trt_mpq.model.groups import Group
+from trt_mpq.options import flag
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.qdq import Dialect
 from trt_mpq.task import Split, Task
@@ -29,24 +31,27 @@ from trt_mpq.task import Split, Task
 
 @dataclass(frozen=True)
 class SensitivityConfig:
-    samples: int = 64  # calibration-split samples a metric may use
+    samples: int = field(default=64, metadata=flag(  # calibration-split samples a metric uses
+        "--sensitivity-samples", "calibration samples the sensitivity metrics use",
+        lo=1, hi=100_000))
     batch_size: int = 16  # batch size of torch passes (Hessian, Fisher)
     hutchinson_rel_tol: float = 0.05  # stop when the trace's relative standard error is below
     hutchinson_min_iter: int = 8
     hutchinson_max_iter: int = 100
-    neighbours: int = 1  # hessian+deps: pairs (i, j) with j among the next k groups in order
-    conditional: bool = False  # hessian+deps: also the greedy conditional ordering
+    neighbours: int = field(default=1, metadata=flag(  # pairs (i, j), j among the next k
+        "--neighbours", "hessian+deps: pair each group with the next N groups", lo=1, hi=64))
+    conditional: bool = field(default=False, metadata=flag(
+        "--conditional", "hessian+deps: greedy conditional order instead of pairwise folding"))
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.samples < 1 or self.batch_size < 1:
-            raise ConfigError("sensitivity needs at least one sample and a batch size >= 1")
+        options.check(self)
+        if self.batch_size < 1:
+            raise ConfigError("the sensitivity batch size must be >= 1")
         if not 0 < self.hutchinson_rel_tol < 1:
             raise ConfigError("the Hutchinson tolerance must be in (0, 1)")
         if not 2 <= self.hutchinson_min_iter <= self.hutchinson_max_iter:
             raise ConfigError("Hutchinson iterations: need 2 <= min <= max")
-        if self.neighbours < 1:
-            raise ConfigError("neighbours must be >= 1")
 
     def to_json_dict(self) -> dict:
         return dict(self.__dict__)

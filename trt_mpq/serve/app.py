@@ -295,8 +295,9 @@ def create_app(config: ServeConfig, start_workers: bool = True) -> Starlette:
             return _error(400, f"the request body is not JSON ({e})")
 
         def queue() -> dict:
-            spec, argv = validate(body, service.uploads, config.tasks_dir)
-            job = service.jobs.submit(spec, argv, service.device_for(spec["backend"]))
+            spec, request = validate(body, service.uploads, config.tasks_dir)
+            job = service.jobs.submit(spec, request.to_json_dict(),
+                                      service.device_for(spec["backend"]))
             return service.summary(job)
 
         try:

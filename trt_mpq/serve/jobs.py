@@ -2,6 +2,9 @@
 them again: what each job asked for (its validated `trt-mpq search` arguments), the timing
 device it queues for, and where it stands.
 
+A job's `request` is the `SearchRequest` it runs, as JSON (jobs queued by servers before the
+request type have `argv`, the `trt-mpq search` arguments they were validated into, instead).
+
 States: queued -> running -> done | failed | cancelled; a cancelled or failed job can be queued
 again (resume), and a job found `running` when the server starts was interrupted (the server
 died), so it is queued again and resumed from its stored evaluations. Every write is one
@@ -38,9 +41,14 @@ CREATE TABLE IF NOT EXISTS jobs (
     attempts INTEGER NOT NULL DEFAULT 0,
     exit_code INTEGER,
     message TEXT NOT NULL DEFAULT '',
-    cancel INTEGER NOT NULL DEFAULT 0
+    cancel INTEGER NOT NULL DEFAULT 0,
+    request TEXT
 )
 """
+#: the columns in the order `Job` takes them (a table made before `request` existed has it
+#: added at the end, so SELECT * is not used)
+COLUMNS = ("id, seq, state, device, spec, argv, created, started, finished, attempts, "
+           "exit_code, message, cancel, request")
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,8 @@ class Job:
     seq: int
     state: str
     device: str
-    spec: dict  # the request as validated (what the user asked for)
-    argv: list[str]  # `trt-mpq search` arguments it runs with (no --out / --resume)
+    spec: dict  # the request as the user sent it (validated)
+    argv: list[str]  # a job from an older server: its `trt-mpq search` arguments
     created: float
     started: float | None
     finished: float | None
@@ -58,6 +66,7 @@ class Job:
     exit_code: int | None
     message: str
     cancel: bool  # cancellation requested
+    request: dict | None = None  # the SearchRequest it runs (JSON), None for an `argv` job
 
     def to_json_dict(self) -> dict:
         return {"id": self.id, "state": self.state, "device": self.device, "spec": self.spec,
@@ -73,6 +82,9 @@ class JobStore:
         self._local = threading.local()
         with self._write() as db:
             db.execute(SCHEMA)
+            have = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
+            if "request" not in have:  # a table an older server made
+                db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -98,28 +110,31 @@ class JobStore:
     @staticmethod
     def _job(row) -> Job:
         (id_, seq, state, device, spec, argv, created, started, finished, attempts, exit_code,
-         message, cancel) = row
+         message, cancel, request) = row
         return Job(id_, seq, state, device, json.loads(spec), json.loads(argv), created, started,
-                   finished, attempts, exit_code, message, bool(cancel))
+                   finished, attempts, exit_code, message, bool(cancel),
+                   json.loads(request) if request else None)
 
-    def submit(self, spec: dict, argv: list[str], device: str) -> Job:
+    def submit(self, spec: dict, request: dict, device: str) -> Job:
         with self._write() as db:
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             job_id = f"{seq:04d}-{uuid.uuid4().hex[:8]}"
-            db.execute("INSERT INTO jobs (id, seq, state, device, spec, argv, created) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                       (job_id, seq, QUEUED, device, json.dumps(spec), json.dumps(argv),
-                        time.time()))
+            db.execute("INSERT INTO jobs (id, seq, state, device, spec, argv, created, request) "
+                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, seq, QUEUED, device, json.dumps(spec), "[]", time.time(),
+                        json.dumps(request)))
         job = self.get(job_id)
         assert job is not None
         return job
 
     def get(self, job_id: str) -> Job | None:
-        row = self._db().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        row = self._db().execute(f"SELECT {COLUMNS} FROM jobs WHERE id=?",
+                                 (job_id,)).fetchone()
         return self._job(row) if row else None
 
     def all(self) -> list[Job]:
-        return [self._job(r) for r in self._db().execute("SELECT * FROM jobs ORDER BY seq")]
+        return [self._job(r) for r in self._db().execute(f"SELECT {COLUMNS} FROM jobs "
+                                                         "ORDER BY seq")]
 
     def claim(self, device: str) -> Job | None:
         """The oldest queued job of `device`, now running (atomically: one worker gets it)."""

@@ -1,25 +1,26 @@
-"""A submitted job, validated into the `trt-mpq search` arguments it runs with.
+"""A submitted job, validated into the `SearchRequest` it runs.
 
 The request names a zoo model or an uploaded ONNX file (by the id its upload returned) with a
-task module from the server's `--tasks-dir`, a budget, a backend and any of the CLI's search
-options by their flag names (`{"strategy": "boundary", "repeats": 20, "runtime-options":
-false}`). The options are checked against the search command's own argument parser, so the API
-and the CLI accept exactly the same things; the flags that would reach outside the job (its
-folder, the cache, Python modules to import: --out, --resume, --cache-dir, --task, --torch) are
-the server's to set and refused in a request. Every refusal is a `SpecError` whose message
-says what to send instead (the API answers 400 with it).
+task module from the server's `--tasks-dir`, a budget, a backend and any of the search's
+settings by their flag names (`{"strategy": "boundary", "repeats": 20, "runtime-options":
+false}`). The settings go through the same validation as the CLI's flags
+(`SearchRequest.from_options`: type, finiteness, choices, range), so the API and the CLI accept
+exactly the same things; the settings that would reach outside the job (its folder, the cache,
+Python modules to import, where the search connects: `SERVER_KEYS`) are the server's and
+refused in a request. Every refusal is a `SpecError` whose message says what to send instead
+(the API answers 400 with it).
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import io
 import re
 from pathlib import Path
 
-SERVER_FLAGS = {"out", "resume", "cache-dir", "task", "torch", "verbose", "quiet", "no-progress",
-                "help", "max-drop", "backend"}
+from trt_mpq.errors import TrtMpqError
+from trt_mpq.pipeline.request import SERVER_KEYS, SearchRequest
+
+#: given as the job's own fields, not as options
+JOB_KEYS = frozenset({"max-drop", "backend"})
 UPLOAD_ID = re.compile(r"^[0-9a-f]{64}$")
 TASK = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*):([A-Za-z_][A-Za-z0-9_]*)$")
 FIELDS = {"model", "upload", "task", "max_drop", "backend", "options"}
@@ -29,67 +30,27 @@ class SpecError(ValueError):
     """A request the server refuses (HTTP 400), with what to send instead."""
 
 
-def _search_parser() -> argparse.ArgumentParser:
-    from trt_mpq.cli.main import build_parser
-
-    parser = build_parser()
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    return sub.choices["search"]
-
-
-def _flags(parser: argparse.ArgumentParser) -> dict[str, argparse.Action]:
-    return {s[2:]: a for a in parser._actions for s in a.option_strings if s.startswith("--")}
-
-
-def option_args(options: dict, parser: argparse.ArgumentParser) -> list[str]:
-    """{"repeats": 20, "probes": false} -> ["--repeats", "20", "--no-probes"]."""
+def settings_of(options) -> dict:
+    """The request's `options` as settings by flag key; the server's own are refused."""
     if not isinstance(options, dict):
-        raise SpecError('"options" must be an object of search flags, e.g. {"strategy": '
+        raise SpecError('"options" must be an object of search settings, e.g. {"strategy": '
                         '"boundary"}')
-    flags = _flags(parser)
-    argv: list[str] = []
+    out = {}
     for key, value in options.items():
         name = str(key).lstrip("-")
-        if name in SERVER_FLAGS or (name.startswith("no-") and name[3:] in SERVER_FLAGS):
+        base = name[3:] if name.startswith("no-") else name
+        if name in SERVER_KEYS or base in SERVER_KEYS:
             raise SpecError(f"option {key!r} is set by the server, not by a request")
-        action = flags.get(name)
-        if action is None:
-            raise SpecError(f"unknown search option {key!r}; the options are the flags of "
-                            "`trt-mpq search --help`, without the dashes")
-        if isinstance(action, argparse.BooleanOptionalAction):
-            if not isinstance(value, bool):
-                raise SpecError(f"option {key!r} takes true or false, got {value!r}")
-            argv.append(f"--{name}" if value else f"--no-{name}")
-        elif action.nargs == 0:  # store_true
-            if not isinstance(value, bool):
-                raise SpecError(f"option {key!r} takes true or false, got {value!r}")
-            if value:
-                argv.append(f"--{name}")
-        else:
-            if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-                raise SpecError(f"option {key!r} takes one value (a string or number), "
-                                f"got {value!r}")
-            argv += [f"--{name}", str(value)]
-    return argv
+        if name in JOB_KEYS:
+            raise SpecError(f"option {key!r} is a field of the job: send "
+                            f"\"{name.replace('-', '_')}\" beside \"options\"")
+        out[name] = value
+    return out
 
 
-def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
-    err = io.StringIO()
-    try:
-        with contextlib.redirect_stderr(err):
-            return parser.parse_args(argv)
-    except SystemExit:
-        lines = [ln for ln in err.getvalue().strip().splitlines() if ln.strip()]
-        text = lines[-1] if lines else "invalid search options"
-        raise SpecError(text.split("error: ", 1)[-1]) from None
-
-
-def validate(body, uploads: Path, tasks_dir: Path | None) -> tuple[dict, list[str]]:
-    """The request body (parsed JSON) -> (the spec as stored, `trt-mpq search` argv without
-    --out/--resume). Raises SpecError."""
-    from trt_mpq.backends import BACKENDS
-    from trt_mpq.errors import TrtMpqError
-    from trt_mpq.search import Budget
+def validate(body, uploads: Path, tasks_dir: Path | None) -> tuple[dict, SearchRequest]:
+    """The request body (parsed JSON) -> (the spec as the job shows it, the SearchRequest it
+    runs). Raises SpecError."""
     from trt_mpq.zoo import ZOO
 
     if not isinstance(body, dict):
@@ -109,7 +70,7 @@ def validate(body, uploads: Path, tasks_dir: Path | None) -> tuple[dict, list[st
             raise SpecError(f"unknown model {model!r}; the zoo has {', '.join(sorted(ZOO))}")
         if task is not None:
             raise SpecError('"task" is for an uploaded model; a zoo model brings its own')
-        argv = [model]
+        model_arg = model
         spec["model"] = model
     else:
         if not isinstance(upload, str) or not UPLOAD_ID.match(upload) or \
@@ -128,25 +89,23 @@ def validate(body, uploads: Path, tasks_dir: Path | None) -> tuple[dict, list[st
             available = sorted(p.stem for p in tasks_dir.glob("*.py"))
             raise SpecError(f"no task module {m.group(1)!r} in the server's tasks folder; it "
                             f"has {', '.join(available) or 'none'}")
-        argv = [str(uploads / f"{upload}.onnx"), "--task", task]
+        model_arg = str(uploads / f"{upload}.onnx")
         spec.update(upload=upload, task=task)
     budget = body.get("max_drop")
     if not isinstance(budget, (str, int, float)) or isinstance(budget, bool):
         raise SpecError('"max_drop" is required: a relative budget like "1%" or an absolute '
                         "one like 0.005")
-    try:
-        Budget.parse(str(budget))
-    except TrtMpqError as e:  # BudgetError
-        raise SpecError(str(e)) from None
     backend = body.get("backend", "ort-cpu")
-    if backend not in BACKENDS:
-        raise SpecError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    parser = _search_parser()
     options = body.get("options") or {}
-    argv += ["--max-drop", str(budget), "--backend", backend, *option_args(options, parser)]
-    _parse(parser, argv)  # the CLI's own checks (choices, types)
+    values = {**settings_of(options), "max-drop": str(budget), "backend": backend}
+    if task is not None:
+        values["task"] = task
+    try:
+        request = SearchRequest.from_options(model_arg, values)
+    except TrtMpqError as e:  # ConfigError, BudgetError: the CLI's own checks
+        raise SpecError(str(e)) from None
     spec.update(max_drop=str(budget), backend=backend, options=options)
-    return spec, argv
+    return spec, request
 
 
-__all__ = ["SpecError", "option_args", "validate"]
+__all__ = ["SERVER_KEYS", "SpecError", "settings_of", "validate"]

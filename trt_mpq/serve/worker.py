@@ -1,8 +1,9 @@
 """One worker per timing device: it takes that device's queued jobs one at a time, so two
 searches never time each other's noise on one device.
 
-Each job runs the CLI itself (`python -m trt_mpq search ... --out <job>/out`) in a child
-process: the API and the CLI run one and the same search, a job's outputs are the files a CLI
+Each job runs the CLI itself on its request (`python -m trt_mpq search --request
+<job>/request.json --out <job>/out`) in a child process: the API and the CLI run one and the
+same search, a job's outputs are the files a CLI
 search writes, and a crash or a cancel cannot take the server down. A cancel interrupts the
 child (SIGINT, as Ctrl-C: the search saves its state); a job started again resumes with
 `--resume` from its stored evaluations. The child dies with the server (PR_SET_PDEATHSIG), so
@@ -22,7 +23,8 @@ import sys
 import threading
 from pathlib import Path
 
-from trt_mpq.pipeline.job import STORE_FILE
+from trt_mpq.pipeline.job import REQUEST_FILE, STORE_FILE
+from trt_mpq.report import write_json
 from trt_mpq.serve.jobs import CANCELLED, DONE, FAILED, QUEUED, Job, JobStore
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,13 @@ class Worker(threading.Thread):
                 self.current = None
 
     def command(self, job: Job, out: Path) -> list[str]:
-        argv = [sys.executable, "-m", "trt_mpq", "search", *job.argv, "--out", str(out),
+        if job.request is not None:
+            request = out.parent / REQUEST_FILE
+            write_json(request, job.request)
+            search = ["--request", str(request)]
+        else:  # queued by an older server: the arguments it was validated into
+            search = list(job.argv)
+        argv = [sys.executable, "-m", "trt_mpq", "search", *search, "--out", str(out),
                 "--no-progress"]
         if (out / STORE_FILE).is_file():
             argv.append("--resume")

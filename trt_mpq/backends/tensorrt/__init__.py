@@ -87,9 +87,10 @@ def _targets(text: str) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class TrtConfig:
     optimization_level: int = field(default=3, metadata=flag(
-        "--opt-level", "builder optimization level 0..5"))
+        "--opt-level", "builder optimization level", lo=0, hi=5))
     workspace_mb: int | None = field(default=None, metadata=flag(
-        "--workspace-mb", "workspace limit in MiB (default: the device's memory)"))
+        "--workspace-mb", "workspace limit in MiB (default: the device's memory)",
+        lo=1, hi=2**24))
     compute_capabilities: tuple[str, ...] = field(default=(), metadata=flag(
         "--compute-capability", "tensorrt-rtx: GPUs to build for, e.g. sm86,sm89 (default: the "
         "GPU present; needed without a GPU)", parse=_targets, metavar="SM[,SM...]"))
@@ -104,12 +105,7 @@ class TrtConfig:
         "(--no-require-census: measure them, and the report says which groups are unverified)"))
 
     def __post_init__(self) -> None:
-        if not 0 <= self.optimization_level <= 5:
-            raise ConfigError("the builder optimization level must be in 0..5")
-        if self.workspace_mb is not None and self.workspace_mb < 1:
-            raise ConfigError("workspace must be >= 1 MiB")
-        if self.typing not in ("strong", "weak"):
-            raise ConfigError("typing must be strong or weak")
+        options.check(self)
         bad = [c for c in self.compute_capabilities if c not in RTX_TARGETS]
         if bad:
             raise ConfigError(f"unknown compute capability {bad[0]!r}; TensorRT-RTX targets "

@@ -1,0 +1,112 @@
+"""The budget rules: how plans are judged in budget on the search split (point estimate or
+upper confidence bound, `judge`), the sequential rules of the search and holdout splits
+(`rules`), and whether the holdout can certify a budget at all (`resolvable`), checked before
+any work."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from trt_mpq.errors import ConfigError
+from trt_mpq.measure.sequential import SequentialRule
+from trt_mpq.measure.stats import samples_needed
+from trt_mpq.pipeline.config import SearchConfig
+from trt_mpq.pipeline.workspace import Workspace
+from trt_mpq.search import BudgetAccept
+
+
+def rules(config: SearchConfig, baseline_metric: float
+          ) -> tuple[SequentialRule | None, SequentialRule | None]:
+    """The sequential rules of the search and holdout splits (None when --confidence off)."""
+    if config.confidence is None:
+        return None, None
+    rule = SequentialRule(config.confidence, config.budget.allowed_drop(baseline_metric))
+    holdout = rule if config.adaptive else replace(rule, max_looks=1)
+    return rule, holdout
+
+
+def judge(ws: Workspace, config: SearchConfig, baseline_metric: float
+          ) -> tuple[SequentialRule | None, str, BudgetAccept]:
+    """How the search split judges plans against the budget: its adaptive rule (None with
+    --confidence off; it knows whether the search judges by point estimates, for its futility
+    stops), the decision ("bound" or "point", `search_decision`) and the accept function."""
+    rule, _ = rules(config, baseline_metric)
+    decision = search_decision(ws, config, rule)
+    if rule is not None:
+        rule = replace(rule, point=decision == "point")
+    accept = BudgetAccept.judging(config.budget, baseline_metric, decision)
+    return rule, decision, accept
+
+
+#: "auto" judges plans by their upper bound only when the search split can certify a plan that
+#: changes a few results, not only a perfect one: the bound of a plan that changes nothing must
+#: be at most this share of the allowed drop. (efficientnet-lite0 at 1%: 500 search samples
+#: give a perfect plan 0.78% against 0.92% allowed, so any plan with a discordant pair or two
+#: failed the bound and the search saw no plan in budget at all.)
+BOUND_MARGIN = 0.5
+
+
+def search_decision(ws: Workspace, config: SearchConfig, rule: SequentialRule | None) -> str:
+    """"bound" or "point" (`SearchConfig.search_decision`); "auto" is "bound" when the search
+    split can certify the budget with room to spare (a 0/1 metric on enough samples:
+    `BOUND_MARGIN`), else "point"."""
+    if config.search_decision != "auto":
+        return config.search_decision
+    metric = ws.task.metric
+    if rule is None or not metric.binary:
+        return "point"
+    floor = rule.best_case_upper(len(ws.task.search), metric.reference)
+    return "bound" if floor <= BOUND_MARGIN * rule.allowed else "point"
+
+
+def resolvable(task, config: SearchConfig, baseline_metric: float | None = None) -> None:
+    """Refuse (ConfigError, exit 2) a budget the holdout split cannot certify at the confidence
+    level, before any work: for a 0/1 metric even a plan that changes no sample's result gets
+    an upper bound of about 3.7 / n at 95% (3.0 / n for a fidelity metric). Without the
+    baseline's metric yet, a relative budget is checked at the largest metric (1), which only
+    lets through budgets that may still fail once the metric is known."""
+    metric = task.metric
+    if metric.reference and not metric.higher_is_better and config.budget.relative:
+        raise ConfigError(f"the {metric.name} of the unquantized model with itself is 0, so a "
+                          f"relative budget ({config.budget.describe()}) allows nothing; give "
+                          "an absolute one, e.g. --max-drop 0.001")
+    if config.confidence is None or not metric.binary:
+        return
+    base = 1.0 if baseline_metric is None else baseline_metric
+    allowed = config.budget.allowed_drop(base)
+    _, rule = rules(config, base)
+    n = len(task.holdout)
+    floor = rule.best_case_upper(n, metric.reference)
+    if floor <= allowed:
+        return
+    level = rule.levels(len(rule.looks(n)))[-1]
+    need = samples_needed(allowed, level, reference=metric.reference) if allowed > 0 else None
+    fidelity = ("" if metric.reference else
+                ", a fidelity metric (--metric agreement: no labels needed"
+                + (f"; this task has a {len(task.fidelity)}-sample fidelity split"
+                   if task.fidelity is not None else "") + ")")
+    raise ConfigError(
+        f"the holdout split ({n} samples) cannot certify a drop in {metric.name} of at most "
+        f"{allowed:.4g} ({config.budget.describe()}) at {100 * config.confidence:g}% "
+        f"confidence: even a plan that changes no result has an upper bound of {floor:.4g}"
+        + (f"; certifying it needs about {need} holdout samples" if need else "")
+        + f". Use a larger holdout split{fidelity}, a looser budget, or --confidence off "
+        "(point estimates, not certified)")
+
+
+def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: float
+                       ) -> dict | None:
+    """Whether the holdout split can certify the budget at the confidence level (0/1 metrics;
+    `resolvable`), recorded in result.json. Raises ConfigError when it cannot."""
+    if config.confidence is None or not ws.task.metric.binary:
+        return None
+    resolvable(ws.task, config, baseline_metric)
+    _, rule = rules(config, baseline_metric)
+    n = len(ws.task.holdout)
+    return {"holdout_n": n, "confidence": config.confidence,
+            "best_case_upper": rule.best_case_upper(n, ws.task.metric.reference),
+            "allowed_drop": rule.allowed, "certifiable": True}
+
+
+__all__ = ["BOUND_MARGIN", "holdout_resolution", "judge", "resolvable", "rules",
+           "search_decision"]
