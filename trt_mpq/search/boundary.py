@@ -1,20 +1,13 @@
 """`boundary`: search with a latency model that sees precision boundaries.
 
-Each step solves an integer program exactly (HiGHS through `scipy.optimize.milp`):
-
-    minimize   predicted ratio = 1 - sum_o gain[o] x[o] + sum_e cost[e] z[e]
-    subject to sum_o sens[o] x[o] <= t                  (the accuracy side, t bisected)
-               sum_{f} x[g, f] <= 1                      (one precision per group)
-               z[e] >= y[a, k] - y[b, k], y[b, k] - y[a, k]   for every edge e = (a, b) and
-                                                          activation type k
-               x binary, 0 <= z <= 1
-
-where an option o = (group g, precision f) lowers g to f, y[g, k] is 1 when g's activations are
-of type k (its precision's `edge_type`; the baseline's for an unlowered group and for the
-graph's inputs and outputs), so z[e] = 1 exactly where the plan switches type across edge e and
-pays that edge's boundary cost (`LatencyModel`, refitted on every measured plan). Prefix plans,
-contiguous int8 regions with few switches, and plans that leave a group float because it is
-slower lowered are all feasible points; the program picks among them by predicted latency.
+Each step solves an integer program exactly (`boundary_program.solve_program`, where it is
+written out): the plan of least predicted latency ratio whose summed estimated sensitivity is at
+most t, the ratio predicted by a `LatencyModel` that charges every edge where the plan switches
+activation type its boundary cost (`boundary_program.BoundaryModels`, refitted on every measured
+plan). Prefix plans, contiguous int8 regions with few switches, and plans that leave a group
+float because it is slower lowered are all feasible points; the program picks among them by
+predicted latency. The interval of t and how it moves are `boundary_bisection.BudgetInterval`;
+this module holds the strategy's ask/tell state machine, its phases below, and its flags.
 
 The search: the all-lowered plan first (if it is in budget, t has no limit), two latency probes
 that teach the model what boundaries cost (alternate groups lowered: many boundaries; the first
@@ -45,144 +38,24 @@ agrees, as it mostly does on large fidelity splits, they are not measured. At mo
 from __future__ import annotations
 
 import math
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from trt_mpq.errors import ConfigError
-from trt_mpq.graph import GRAPH_INPUT, GRAPH_OUTPUT, Edge
+from trt_mpq.graph import Edge
 from trt_mpq.options import flag
 from trt_mpq.plan import Plan, Precision
-from trt_mpq.plan.precision import edge_type
 from trt_mpq.results import Evaluation, Status
 from trt_mpq.search.base import (
     Accept,
-    BudgetAccept,
     Proposal,
     SearchInputs,
     Strategy,
     StrategySpec,
 )
-from trt_mpq.search.latency_model import (
-    LatencyModel,
-    Measured,
-    Option,
-    median_abs,
-    standard_error,
-)
-
-
-def solve_program(model: LatencyModel, sensitivity: Mapping[Option, float], t: float, *,
-                  exclude: Iterable[Plan] = (), allowed: Collection[Option] | None = None,
-                  time_limit: float | None = 10.0, tie_break: float = 1e-6) -> Plan | None:
-    """The plan with the least predicted latency whose summed sensitivity is <= t, other than
-    the plans in `exclude`, lowering only `allowed` options where given; None if the program
-    has no proven optimum (infeasible, time limit). Ties are broken toward less sensitivity,
-    then fewer lowered groups (`tie_break` per option, in ratio units: far below any measurable
-    gain)."""
-    import numpy as np
-    from scipy.optimize import Bounds, LinearConstraint, milp
-
-    options = model.options
-    n, m = len(options), len(model.edges)
-    if n == 0:
-        return Plan.of({g: model.base for g in model.groups})
-    fit = model.fit_
-    base_kind = edge_type(model.base, model.base)
-    kinds = sorted({base_kind} | {edge_type(p, model.base) for _, p in options})
-    by_group: dict[str, list[int]] = {}
-    for i, (g, _) in enumerate(options):
-        by_group.setdefault(g, []).append(i)
-    sens = np.array([max(float(sensitivity[o]), 0.0) for o in options])
-    s_scale = float(sens.max()) or 1.0
-    c = np.zeros(n + m)
-    for i, o in enumerate(options):
-        c[i] = -fit.gain[o] + tie_break * (1.0 + sens[i] / s_scale)
-    for j, e in enumerate(model.edges):
-        c[n + j] = max(model.edge_cost(e), 0.0)
-    rows: list[np.ndarray] = []
-    lo: list[float] = []
-    hi: list[float] = []
-
-    def add(row: np.ndarray, lower: float, upper: float) -> None:
-        rows.append(row)
-        lo.append(lower)
-        hi.append(upper)
-
-    row = np.zeros(n + m)
-    row[:n] = sens / s_scale
-    add(row, -np.inf, t / s_scale + 1e-9)
-    for idx in by_group.values():
-        row = np.zeros(n + m)
-        row[idx] = 1.0
-        add(row, -np.inf, 1.0)
-
-    def indicator(end: str, k: str) -> tuple[float, dict[int, float]]:
-        """y[end, k] as constant + sum coef * x."""
-        if end in (GRAPH_INPUT, GRAPH_OUTPUT):
-            return (1.0 if k == base_kind else 0.0), {}
-        const = 1.0 if k == base_kind else 0.0
-        coef: dict[int, float] = {}
-        for i in by_group.get(end, []):
-            v = (1.0 if edge_type(options[i][1], model.base) == k else 0.0) - const
-            if v:
-                coef[i] = v
-        return const, coef
-
-    if model.boundaries:
-        for j, e in enumerate(model.edges):
-            if c[n + j] <= 0:
-                continue
-            for k in kinds:
-                ca, xa = indicator(e.src, k)
-                cb, xb = indicator(e.dst, k)
-                for sign in (1.0, -1.0):  # z >= sign * (y_a - y_b)
-                    row = np.zeros(n + m)
-                    row[n + j] = 1.0
-                    for i, v in xa.items():
-                        row[i] -= sign * v
-                    for i, v in xb.items():
-                        row[i] += sign * v
-                    add(row, sign * (ca - cb), np.inf)
-    index = {o: i for i, o in enumerate(options)}
-    for plan in exclude:  # no-good cuts
-        chosen = {index[(g, plan[g])] for g in model.groups if plan[g] is not model.base
-                  and (g, plan[g]) in index}
-        row = np.zeros(n + m)
-        row[:n] = -1.0
-        row[list(chosen)] = 1.0
-        add(row, -np.inf, len(chosen) - 1.0)
-    integrality = np.concatenate([np.ones(n), np.zeros(m)])
-    ub = np.ones(n + m)
-    if allowed is not None:
-        allowed = set(allowed)
-        ub[:n] = [1.0 if o in allowed else 0.0 for o in options]
-    opts: dict = {"mip_rel_gap": 0.0}
-    if time_limit is not None:
-        opts["time_limit"] = float(time_limit)
-    try:
-        res = milp(c, integrality=integrality, bounds=Bounds(0, ub),
-                   constraints=LinearConstraint(np.array(rows), np.array(lo), np.array(hi)),
-                   options=opts)
-    except (ValueError, TypeError, ArithmeticError, RuntimeError):
-        return None
-    if res.status != 0 or res.x is None:
-        return None
-    x = [int(round(v)) for v in res.x[:n]]
-    if sum(sens[i] for i in range(n) if x[i]) > t * (1 + 1e-6) + 1e-9 * s_scale:
-        return None
-    chosen = {options[i][0]: options[i][1] for i in range(n) if x[i]}
-    return Plan.of({g: chosen.get(g, model.base) for g in model.groups})
-
-
-@dataclass(frozen=True)
-class Prediction:
-    """What the models said of a plan before it was measured, and what it measured."""
-
-    label: str
-    plan: Plan
-    predicted: float  # boundary model, as fitted before this measurement
-    additive: float  # additive model (no boundary term), as fitted before
-    measured: float | None
+from trt_mpq.search.boundary_bisection import BudgetInterval
+from trt_mpq.search.boundary_program import BoundaryModels, Prediction, solve_program
+from trt_mpq.search.latency_model import Option
 
 
 class BoundarySearch(Strategy):
@@ -215,8 +88,9 @@ class BoundarySearch(Strategy):
         self.sensitivity = {o: max(float(v), 0.0) for o, v in sensitivity.items()}
         if any(not math.isfinite(v) for v in self.sensitivity.values()):
             raise ValueError("sensitivities must be finite")
-        self.model = LatencyModel(self.groups, edges, base, prior_gain)
-        self.additive = LatencyModel(self.groups, edges, base, prior_gain, boundaries=False)
+        self.models = BoundaryModels(self.groups, edges, base, prior_gain)
+        self.model, self.additive = self.models.model, self.models.additive
+        self.data, self.predictions = self.models.data, self.models.predictions
         self.max_evaluations = max_evaluations
         # the accuracy side's bisection stops when hi/lo is within this: the sensitivities that
         # make t are estimates, and narrowing t further mostly re-measures plans that differ in
@@ -238,16 +112,8 @@ class BoundarySearch(Strategy):
                          for g in self.groups) if self.sensitivity else 0.0
         positive = [v for v in self.sensitivity.values() if v > 0]
         self._floor = min(positive) / 2 if positive else None
-        self.lo, self.hi = 0.0, self.t_max
-        # where the accept function says how far in or out of budget a plan measured (a
-        # BudgetAccept), t -> that statistic for the plans measured at t: the secant steps
-        self._steer = accept if isinstance(accept, BudgetAccept) else None
-        self._stat_at: dict[float, float] = {}
-        self._sides: list[bool] = []  # how each t step settled, for the secant's safeguard
-        self.secant_steps = 0
-        self.data: list[Measured] = []
+        self.interval = BudgetInterval(self.t_max, accept)  # [lo, hi] on t
         self.seen: dict[str, Evaluation] = {}
-        self.predictions: list[Prediction] = []
         self.best: Evaluation | None = None
         self.solver_failures = 0
         self.skipped = 0  # bisection steps whose plan was predicted no faster than the best
@@ -277,8 +143,7 @@ class BoundarySearch(Strategy):
                 return []
         plan, label, _, latency_only = self._pending
         self.latency_first = latency_only  # `drive` reads it per ask
-        self.predictions.append(Prediction(label, plan, self.model.predict(plan),
-                                           self.additive.predict(plan), None))
+        self.models.predicting(label, plan)
         return [(plan, label)]
 
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
@@ -288,48 +153,26 @@ class BoundarySearch(Strategy):
         self._pending = None
         self.evaluations += 1
         self.seen[plan.digest] = evaluation
-        last = self.predictions[-1]
-        self.predictions[-1] = Prediction(last.label, last.plan, last.predicted, last.additive,
-                                          evaluation.latency_ratio)
-        if evaluation.latency_ratio is not None and math.isfinite(evaluation.latency_ratio):
-            self.data.append((plan, evaluation.latency_ratio,
-                              standard_error(evaluation.ratio_ci)))
-            self.model.fit(self.data)
-            self.additive.fit(self.data)
+        self.models.measured(plan, evaluation)
         ok = self._in_budget(evaluation)
         if ok and (self.best is None or evaluation.latency_ratio < self.best.latency_ratio):
             self.best = evaluation
-        stat = self._steer.statistic(evaluation) if self._steer and evaluation.ok else None
         at = ([self.t_low] if plan == self.low_plan else []) + ([t] if t is not None else [])
-        for x in at:
-            if stat is not None and math.isfinite(stat):
-                self._stat_at[x] = stat
+        self.interval.measured(at, evaluation)
         if plan == self.low_plan:  # in budget: with one format per group, t has no limit
-            self._settle(self.t_low, ok)
+            self.interval.settle(self.t_low, ok)
         if t is not None:
             # timed slower than the fastest in-budget plan, its accuracy was not measured (a
             # latency-first step): whatever it is, this t cannot improve the answer, and smaller t
             # only keeps more groups float, so look at larger t, as for a plan predicted slower
             gated = evaluation.status is Status.SLOWER
             self.gated += gated
-            self._settle_step(t, ok or gated)
+            self.interval.settle_step(t, ok or gated)
 
     # -- internals --------------------------------------------------------------------------------
     def _in_budget(self, e: Evaluation) -> bool:
         return (e.ok and e.latency_ratio is not None and math.isfinite(e.latency_ratio)
                 and bool(self.accept(e)))
-
-    def _settle(self, t: float, in_budget: bool) -> None:
-        if in_budget:
-            self.lo = max(self.lo, t)
-        else:
-            self.hi = min(self.hi, t)
-
-    def _settle_step(self, t: float, in_budget: bool) -> None:
-        """Settle a bisection step at t, and remember which side it settled (the secant's
-        safeguard reads the last two)."""
-        self._settle(t, in_budget)
-        self._sides.append(in_budget)
 
     def _solve(self, t: float, exclude: Sequence[Plan] = ()) -> Plan | None:
         plan = solve_program(self.model, self.sensitivity, t, exclude=exclude,
@@ -345,21 +188,22 @@ class BoundarySearch(Strategy):
             item = self._queue.pop(0)
             if item[0].digest not in self.seen:
                 return item
+        iv = self.interval
         for _ in range(10_000):  # each pass narrows [lo, hi] or excludes a plan; ends long before
             if self._reserved():
                 return None  # the rest is the fallbacks', should the holdout need them
-            low_end = self.lo if self.lo > 0 else self._floor
-            if not self._converging and low_end is not None and self.hi > low_end * (1 + self.rtol):
-                t = self._step(low_end)
+            low_end = iv.lo if iv.lo > 0 else self._floor
+            if not self._converging and low_end is not None and iv.hi > low_end * (1 + self.rtol):
+                t = iv.step(low_end)
                 plan = self._solve(t)
                 if plan is None:
-                    self._settle_step(t, False)
+                    iv.settle_step(t, False)
                     continue
                 if plan == self.base_plan:
-                    self._settle_step(t, True)
+                    iv.settle_step(t, True)
                     continue
                 if (known := self.seen.get(plan.digest)) is not None:
-                    self._settle_step(t, self._in_budget(known))
+                    iv.settle_step(t, self._in_budget(known))
                     continue
                 best = self.best.latency_ratio if self.best is not None else 1.0
                 if self.model.predict(plan) >= best - self.improve:
@@ -367,7 +211,7 @@ class BoundarySearch(Strategy):
                     # answer, so look at larger t (more lowered) without spending a measurement;
                     # whatever this t holds is measured before it counts (the refit phase)
                     self.skipped += 1
-                    self._settle_step(t, True)
+                    iv.settle_step(t, True)
                     continue
                 return plan, f"boundary t={t:.4g}", t, True
             # the accuracy side is settled: the best plan the refitted model predicts at the
@@ -379,11 +223,11 @@ class BoundarySearch(Strategy):
             self._converging = True
             if self.best is None:
                 return None
-            plan = self._solve(self.lo, exclude=[e.plan for e in self.seen.values()])
+            plan = self._solve(iv.lo, exclude=[e.plan for e in self.seen.values()])
             if plan is None or plan == self.base_plan \
                     or self.model.predict(plan) >= self.best.latency_ratio - self.improve:
                 return self._polish()  # agreement: nothing unmeasured is predicted faster
-            return plan, f"boundary refit t={self.lo:.4g}", None, True
+            return plan, f"boundary refit t={iv.lo:.4g}", None, True
         return None
 
     def _polish(self) -> tuple[Plan, str, float | None, bool] | None:
@@ -428,32 +272,6 @@ class BoundarySearch(Strategy):
         self.done = False
         return True
 
-    def _step(self, low_end: float) -> float:
-        """The next t in [low_end, hi]. Where the accept function says how far out of budget the
-        plan at hi measured (and how far in the one at lo, else 0 at t=0): the secant, the t
-        where the line through them meets the allowed drop (drops grow about in proportion to t,
-        the lowered options' summed sensitivity), kept within the middle 80% of the interval on
-        a log scale so that each step narrows it; after two steps that settled the same side
-        (noise, or a curved drop), and where nothing says the distance, the geometric midpoint.
-        resnet-digits at 0.1%: the all-lowered plan measured just out (bound 0.12% against
-        0.10%), so the answer lies just below t_low, where geometric steps from the smallest
-        sensitivity took five measurements to come back up."""
-        geo = math.sqrt(low_end * self.hi)
-        if self._steer is None or self._sides[-2:] in ([True, True], [False, False]):
-            return geo
-        s_hi = self._stat_at.get(self.hi)
-        if s_hi is None or s_hi <= self._steer.allowed:
-            return geo
-        t_in, s_in = ((self.lo, self._stat_at[self.lo]) if self.lo in self._stat_at
-                      else (0.0, 0.0))
-        if s_hi <= s_in or t_in >= self.hi:
-            return geo
-        t = t_in + (self._steer.allowed - s_in) * (self.hi - t_in) / (s_hi - s_in)
-        a, b = math.log(low_end), math.log(self.hi)
-        x = min(max(math.log(t) if t > 0 else a, a + 0.1 * (b - a)), b - 0.1 * (b - a))
-        self.secant_steps += 1
-        return math.exp(x)
-
     def _reserved(self) -> bool:
         """At an accuracy boundary (the all-lowered plan out of budget) with an in-budget t
         known, the last evaluations belong to the fallback plans the holdout may need: the
@@ -465,17 +283,18 @@ class BoundarySearch(Strategy):
         """The all-lowered plan out of budget, an in-budget t known and a plan measured in
         budget (without one, the holdout has nothing to refuse and lo may rest on plans only
         predicted or timed slower)."""
-        return 0 < self.lo < self.t_low and self.best is not None
+        return 0 < self.interval.lo < self.t_low and self.best is not None
 
     def _fallback(self) -> tuple[Plan, str, float | None, bool] | None:
         """After `fall_back`: the answers the search found were judged in budget on the search
         split alone, and the holdout refused them all: up to `fallbacks` safer plans, the best
         predicted at t halved and halved again, while they are predicted faster than the
         baseline."""
-        if self.lo >= self.t_low:
+        lo = self.interval.lo
+        if lo >= self.t_low:
             return None
         while self._fallbacks_left > 0:
-            self._fallback_t = (self._fallback_t if self._fallback_t is not None else self.lo) / 2
+            self._fallback_t = (self._fallback_t if self._fallback_t is not None else lo) / 2
             if self._floor is None or self._fallback_t < self._floor:
                 return None
             plan = self._solve(self._fallback_t, exclude=[e.plan for e in self.seen.values()])
@@ -486,15 +305,15 @@ class BoundarySearch(Strategy):
             return plan, f"boundary fallback t={self._fallback_t:.4g}", None, False
         return None
 
+    @property
+    def secant_steps(self) -> int:
+        """Bisection steps that took the secant (`BudgetInterval.step`)."""
+        return self.interval.secant_steps
+
     def report(self) -> dict:
         """The models' predictions (made before each measurement) against the measurements."""
-        rows = [p for p in self.predictions if p.measured is not None]
         return {
-            "fit": self.model.fit_.to_json_dict(),
-            "predictions": [{"label": p.label, "plan": p.plan.digest, "predicted": p.predicted,
-                             "additive": p.additive, "measured": p.measured} for p in rows],
-            "median_abs_error": median_abs([p.predicted - p.measured for p in rows]),
-            "additive_median_abs_error": median_abs([p.additive - p.measured for p in rows]),
+            **self.models.report(),
             "solver_failures": self.solver_failures, "skipped": self.skipped, "gated": self.gated,
             "secant_steps": self.secant_steps, "polish_steps": self.polish_steps,
         }
@@ -537,3 +356,7 @@ SPEC = StrategySpec(
     name="boundary", config=BoundaryConfig, build=_boundary, needs_gains=True, needs_graph=True,
     description="integer program on a latency model with precision-boundary costs, refitted "
                 "on every measured plan; its accuracy budget bisected on measured accuracy")
+
+# the program and the models also live here for callers that import them from this module
+__all__ = ["SPEC", "BoundaryConfig", "BoundaryModels", "BoundarySearch", "BudgetInterval",
+           "Prediction", "solve_program"]

@@ -25,7 +25,7 @@ from trt_mpq.graph import Edge
 from trt_mpq.plan import Plan, Precision
 from trt_mpq.results import Evaluation
 from trt_mpq.search.base import Accept, Proposal, Strategy
-from trt_mpq.search.boundary import solve_program
+from trt_mpq.search.boundary_program import solve_program
 from trt_mpq.search.latency_model import LatencyModel, Measured, Option, standard_error
 
 
