@@ -573,12 +573,14 @@ def plot(result: dict, path: Path) -> None:
 
 def table(results: list[dict]) -> str:
     import onnxruntime
+    from results_md import commit
 
     from trt_mpq.report import machine_info
 
     cpu = machine_info()["cpu"]
     lines = [f"Backend `ort-cpu` (ONNX Runtime {onnxruntime.__version__}), {cpu}; "
-             f"run on {time.strftime('%Y-%m-%d')} with `python benchmarks/compare_methods.py`. "
+             f"run on {time.strftime('%Y-%m-%d')}, commit {commit()}, with `python "
+             "benchmarks/compare_methods.py`. "
              "Each cell: latency ratio of the method's answer (its fastest in-budget measured plan "
              "faster than FP32 whose holdout drop is certified), re-measured with every other "
              "answer of the model and FP32 in one interleaved measurement, with its 95% "

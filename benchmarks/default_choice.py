@@ -3,7 +3,8 @@
 both answers, the uniform plan (every group at its default low precision) and FP32 together in
 one interleaved measurement (each turn settled, until every ratio's 95% interval is within
 +-1%, cap 120 s), so the answers are compared in one run, not across runs' timings. Prints a
-table (and writes benchmarks/runs/default-choice-<date>.json).
+table (and writes benchmarks/runs/default-choice-<date>.json) for the "Default choice" section of
+benchmarks/RESULTS.md.
 
     python benchmarks/default_choice.py                            # every case below
     python benchmarks/default_choice.py --cases resnet-digits:1%:agreement

@@ -1,5 +1,6 @@
 """Several formats per layer against one format everywhere: the latency-accuracy frontier each
 reaches, as `trt-mpq search` runs on the same model, backend and budget (issue 14, item 3).
+Prints the table of RESULTS.md's "Several formats per layer" section.
 
 Families (each one `trt-mpq search MODEL --max-drop B --full-frontier`, so every plan it
 proposes is measured for accuracy and latency; the caches are shared, the stores are not):

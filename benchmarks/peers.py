@@ -222,6 +222,7 @@ def evaluate(ws, rows: list[dict], repeats: int, threads: int) -> None:
 
 def table(results: dict, max_drop: float) -> str:
     import onnxruntime
+    from results_md import commit
 
     from trt_mpq.report import machine_info
 
@@ -229,7 +230,8 @@ def table(results: dict, max_drop: float) -> str:
     lines = [
         f"Budget: holdout accuracy drop at most {max_drop:.0%} of FP32. ONNX Runtime "
         f"{onnxruntime.__version__} (CPU) for every timing, {m['cpu']}, {m['cores']} cores, "
-        f"run on {time.strftime('%Y-%m-%d')} with `python benchmarks/peers.py`. Latency ratio: "
+        f"run on {time.strftime('%Y-%m-%d')}, commit {commit()}, with `python "
+        "benchmarks/peers.py`. Latency ratio: "
         "median over rounds interleaved with FP32 in one process, batch 1, with a 95% bootstrap "
         "interval; *in budget* = holdout drop within the budget. Wall time: the tool's whole "
         "process to its answer (zoo builds cached); *trt-mpq* is the first search of a model "

@@ -78,6 +78,7 @@ def fmt_row(r: dict) -> str:
 
 def table(rows: list[dict], max_drop: str) -> str:
     import onnxruntime
+    from results_md import commit
 
     from trt_mpq.report import machine_info
 
@@ -86,7 +87,8 @@ def table(rows: list[dict], max_drop: str) -> str:
         f"Budget `--max-drop {max_drop}` (relative to the FP32 baseline), backend `ort-cpu` "
         f"(ONNX Runtime {onnxruntime.__version__}, CPU provider), latency at batch 1 (the task's "
         f"latency batch), median of interleaved runs. Machine: {machine['cpu']}, "
-        f"{machine['cores']} cores; run on {time.strftime('%Y-%m-%d')}.",
+        f"{machine['cores']} cores; run on {time.strftime('%Y-%m-%d')}, commit {commit()}, "
+        "with `python benchmarks/search_cpu.py`.",
         "",
         "Ratios are latency / baseline latency measured side by side in one process; "
         "*uniform low* lowers every group (int8-dynamic for MatMul, int8 for Conv/Gemm), "

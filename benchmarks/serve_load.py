@@ -6,8 +6,9 @@ between its start and finish, and no two jobs' [start, finish] intervals on one 
 
     python benchmarks/serve_load.py [--jobs 20] [--requests 50]
 
-Prints a table (paste into RESULTS.md). The jobs are real: resnet-digits judged by agreement at
-a 1% budget, with short timing settings so that 20 of them finish in minutes on 2 cores.
+Prints a table (for RESULTS.md's "The search service under load"). The jobs are real:
+resnet-digits judged by agreement at a 1% budget, with short timing settings so that 20 of them
+finish in minutes on 2 cores.
 """
 
 from __future__ import annotations
