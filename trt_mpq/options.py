@@ -3,16 +3,16 @@ range.
 
 Every setting a user can give (on the command line, in a service request, in a request file
 a Ray worker receives) is a field of one config class with `flag(...)` metadata. From that one
-declaration come the CLI's argparse flags (`add_flags`), the one validation every entry point
-goes through (`coerce`: the text of a command-line flag and the typed value of a JSON request
+declaration come the CLI's argparse flags (`trt_mpq.cli.flags`), the one validation every entry
+point goes through (`coerce`: the text of a command-line flag and the typed value of a JSON request
 are checked alike, for type, finiteness, choices and range), the config objects themselves
 (`build`), their JSON form (`to_json_dict` / `from_json_dict`) and the options reference
-(docs/options.md, `trt_mpq.options_doc`). No import here is heavier than argparse.
+(docs/options.md, `trt_mpq.cli.reference`). Nothing here imports more than the standard
+library.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import enum
 import math
@@ -87,16 +87,22 @@ class Option:
         choices = self.choices
         if choices:
             return "one of " + ", ".join(choices)
-        what = {int: "an integer", float: "a number"}.get(self.kind, "a value")
-        if self.lo is not None and self.hi is not None and not (self.above or self.below):
-            what += f" in {self.lo:g}..{self.hi:g}"
-        elif self.lo is not None:
-            what += f" {'>' if self.above else '>='} {self.lo:g}"
-            if self.hi is not None:
-                what += f" and {'<' if self.below else '<='} {self.hi:g}"
-        elif self.hi is not None:
-            what += f" {'<' if self.below else '<='} {self.hi:g}"
-        return what + (" (or none)" if self.optional else "")
+        what = {int: "an integer", float: "a number", str: "text", Path: "a path",
+                tuple: "a comma-separated list"}.get(self.kind, "a value")
+        lo, hi = _number(self.lo), _number(self.hi)
+        if lo is not None and hi is not None and not (self.above or self.below):
+            what += f" in {lo}..{hi}"
+        elif lo is not None:
+            what += f" {'>' if self.above else '>='} {lo}"
+            if hi is not None:
+                what += f" and {'<' if self.below else '<='} {hi}"
+        elif hi is not None:
+            what += f" {'<' if self.below else '<='} {hi}"
+        return what
+
+
+def _number(x: float | None) -> str | None:
+    return None if x is None else str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def _default(f: dataclasses.Field) -> Any:
@@ -168,8 +174,10 @@ def coerce(opt: Option, value: Any) -> Any:
     """`value` (a command-line flag's text, a JSON value, or already the field's value) as the
     field's value, checked for type, finiteness, choices and range; ConfigError says which
     setting, what it takes and what it got."""
+    given = value
+
     def bad(why: str | None = None) -> ConfigError:
-        shown = repr(value) if len(repr(value)) <= 80 else repr(value)[:77] + "..."
+        shown = repr(given) if len(repr(given)) <= 80 else repr(given)[:77] + "..."
         return ConfigError(f"{opt.name} takes {why or opt.accepts()}, got {shown}")
 
     if value is None:
@@ -329,60 +337,6 @@ def from_json_dict(config_cls: type, data: Mapping[str, Any], where: str = "") -
         raise ConfigError(f"{where or config_cls.__name__}: {e}") from None
 
 
-# -- the command line ------------------------------------------------------------------------
-def _dest(name: str) -> str:
-    return "opt_" + name.lstrip("-").replace("-", "_")
-
-
-def add_flags(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config_cls: type,
-              seen: dict[str, tuple] | None = None, only: Iterable[str] | None = None) -> None:
-    """Add `config_cls`'s flags (those whose key is in `only`, if given) to `parser`, as raw
-    text (`coerce` checks them when the config is built). Flags already in `seen` (shared by
-    several config classes, e.g. `--sweep`) are added once; they must agree on default and
-    meaning."""
-    seen = {} if seen is None else seen
-    only = None if only is None else set(only)
-    for opt in _options_of(config_cls):
-        if only is not None and opt.key not in only:
-            continue
-        signature = (opt.default, opt.parse, opt.choices_of, opt.lo, opt.hi)
-        if opt.name in seen:
-            if seen[opt.name] != signature:
-                raise AssertionError(f"flag {opt.name} is declared twice with different "
-                                     f"defaults, parsers or ranges ({config_cls.__name__})")
-            continue
-        seen[opt.name] = signature
-        shown = dump(opt, opt.default)
-        shown = ",".join(shown) if isinstance(shown, list) else shown
-        text = (opt.help + ("" if isinstance(opt.default, bool) or shown in (None, "")
-                            else f" (default: {shown})")).replace("%", "%%")  # argparse's %
-        if opt.kind is bool:  # default off: --flag; default on: --flag / --no-flag
-            if opt.default:
-                parser.add_argument(opt.name, dest=_dest(opt.name), default=None,
-                                    action=argparse.BooleanOptionalAction,
-                                    help=text + " (default: on)")
-            else:
-                parser.add_argument(opt.name, dest=_dest(opt.name), default=None,
-                                    action="store_const", const=True, help=text)
-            continue
-        choices = opt.choices
-        metavar = opt.metavar or ("{" + ",".join(choices) + "}" if choices
-                                  else {int: "N", float: "X"}.get(opt.kind, opt.field.upper()))
-        parser.add_argument(opt.name, dest=_dest(opt.name), default=None, metavar=metavar,
-                            help=text)
-
-
-def given(args: argparse.Namespace, config_classes: Iterable[type]) -> dict[str, Any]:
-    """Flag key -> raw value, for the flags of `config_classes` given on the command line."""
-    out = {}
-    for cls in config_classes:
-        for opt in _options_of(cls):
-            value = getattr(args, _dest(opt.name), None)
-            if value is not None:
-                out[opt.key] = value
-    return out
-
-
 def keys(config_cls: type) -> set[str]:
     return {o.key for o in _options_of(config_cls)}
 
@@ -398,5 +352,5 @@ def refuse_foreign(values: Mapping[str, Any], mine: type, others: Mapping[str, t
             raise ConfigError(f"--{key} applies to {', '.join(users)}, not {owner}")
 
 
-__all__ = ["Option", "add_flags", "build", "check", "coerce", "dump", "flag", "from_json_dict",
-           "given", "keys", "options_of", "refuse_foreign", "to_json_dict"]
+__all__ = ["Option", "build", "check", "coerce", "dump", "flag", "from_json_dict", "keys",
+           "options_of", "refuse_foreign", "to_json_dict"]

@@ -385,7 +385,8 @@ def test_when_the_holdout_refuses_every_answer_the_search_measures_its_safer_pla
     measured after it, tried on the holdout, and one of them is the answer."""
     import dataclasses
 
-    from trt_mpq.pipeline import answer, search as search_module
+    from trt_mpq.pipeline import answer
+    from trt_mpq.pipeline import search as search_module
 
     real = answer.confirm
     judged = []

@@ -109,7 +109,7 @@ def test_settings_are_checked(tmp_path):
         get_backend("tensorrt-rtx", compute_capabilities=("sm90",))
     with pytest.raises(ConfigError, match="strongly typed"):
         get_backend("tensorrt-rtx", compute_capabilities=TARGET, typing="weak")
-    with pytest.raises(ConfigError, match="optimization level"):
+    with pytest.raises(ConfigError, match="--opt-level takes an integer in 0..5, got 9"):
         get_backend("tensorrt-rtx", compute_capabilities=TARGET, optimization_level=9)
     rtx = get_backend("tensorrt-rtx", compute_capabilities=TARGET)
     if rtx.gpu is None:

@@ -156,8 +156,8 @@ def test_a_failed_profile_leaves_the_default_search_without_prune(tmp_path, capl
     from trt_mpq.calib import CalibConfig
     from trt_mpq.errors import BuildError
     from trt_mpq.measure import MeasureConfig
-    from trt_mpq.pipeline.job import search_job
     from trt_mpq.pipeline.config import SearchConfig
+    from trt_mpq.pipeline.job import search_job
     from trt_mpq.search import Budget
 
     backend = get_backend("ort-cpu", threads=1)

@@ -10,6 +10,7 @@ import pytest
 
 from trt_mpq import options
 from trt_mpq.backends import BACKENDS, backend_spec, get_backend
+from trt_mpq.cli.flags import add_flags
 from trt_mpq.cli.main import build_parser, main
 from trt_mpq.errors import ConfigError, PlanError
 from trt_mpq.pipeline.config import SearchConfig
@@ -136,9 +137,9 @@ def test_shared_flags_must_agree():
 
     p = argparse.ArgumentParser()
     seen: dict = {}
-    options.add_flags(p, A, seen)
+    add_flags(p, A, seen)
     with pytest.raises(AssertionError, match="declared twice"):
-        options.add_flags(p, B, seen)
+        add_flags(p, B, seen)
 
 
 # -- precisions --------------------------------------------------------------------------------

@@ -14,11 +14,11 @@ from trt_mpq.errors import StoreError
 from trt_mpq.measure import MeasureConfig
 from trt_mpq.pipeline import analysis, job
 from trt_mpq.pipeline import search as search_module
+from trt_mpq.pipeline.config import SearchConfig
 from trt_mpq.pipeline.evaluator import Evaluator
 from trt_mpq.pipeline.job import SearchInterrupted, search_job
-from trt_mpq.pipeline.config import SearchConfig
-from trt_mpq.sensitivity import SensitivityConfig
 from trt_mpq.search import Budget
+from trt_mpq.sensitivity import SensitivityConfig
 from trt_mpq.store import Store
 
 MEASURE = MeasureConfig(warmup=1, repeats=5, min_repeats=3)
@@ -36,7 +36,8 @@ def ranges(workspace):
 
 
 # the timing guard and certification have their own tests: point estimates on these 24 samples
-CONFIG = SearchConfig(budget=Budget.parse("50%"), sensitivity_config=SensitivityConfig(samples=8),
+SENS = SensitivityConfig(samples=8)
+CONFIG = SearchConfig(budget=Budget.parse("50%"), sensitivity_config=SENS,
                       timing_tolerance=0.99, timing_max_spread=100.0, confidence=None)
 
 
@@ -118,7 +119,7 @@ def test_resume_with_another_budget_reuses_the_measurements(workspace, ranges, t
     out = tmp_path / "out"
     _run(workspace, ranges, out)
     before = _stored(out)
-    stricter = SearchConfig(budget=Budget.parse("0.1%"), sensitivity_config=SensitivityConfig(samples=8),
+    stricter = SearchConfig(budget=Budget.parse("0.1%"), sensitivity_config=SENS,
                             timing_tolerance=0.99, timing_max_spread=100.0, confidence=None)
     (out / "result.json").unlink()
     second = _run(workspace, ranges, out, config=stricter)
@@ -133,14 +134,14 @@ def test_a_budget_the_holdout_cannot_certify_is_refused_before_the_search(worksp
                                                                            tmp_path):
     from trt_mpq.errors import ConfigError
 
-    tight = SearchConfig(budget=Budget.parse("0.1%"), sensitivity_config=SensitivityConfig(samples=8),
+    tight = SearchConfig(budget=Budget.parse("0.1%"), sensitivity_config=SENS,
                          timing_tolerance=0.99, timing_max_spread=100.0)
     with pytest.raises(ConfigError, match=r"holdout split \(24 samples\) cannot certify.*"
                                           r"upper bound of 0\.14.*needs about \d+ holdout "
                                           r"samples.*--confidence off"):
         _run(workspace, ranges, tmp_path / "out", config=tight)
     assert not (tmp_path / "out" / "result.json").exists()
-    loose = SearchConfig(budget=Budget.parse("0.9"), sensitivity_config=SensitivityConfig(samples=8),  # absolute
+    loose = SearchConfig(budget=Budget.parse("0.9"), sensitivity_config=SENS,  # absolute
                          timing_tolerance=0.99, timing_max_spread=100.0)
     result = _run(workspace, ranges, tmp_path / "loose", config=loose)
     res = result["holdout_resolution"]

@@ -15,8 +15,8 @@ from trt_mpq.calib import CalibConfig
 from trt_mpq.errors import PlanError
 from trt_mpq.measure import MeasureConfig
 from trt_mpq.model import find_groups, prepare_model
-from trt_mpq.pipeline.job import search_job
 from trt_mpq.pipeline.config import SearchConfig
+from trt_mpq.pipeline.job import search_job
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P

@@ -13,9 +13,9 @@ from trt_mpq.backends import get_backend
 from trt_mpq.backends.base import Backend, Runner
 from trt_mpq.calib import CalibConfig
 from trt_mpq.measure import MeasureConfig
+from trt_mpq.pipeline.config import SearchConfig
 from trt_mpq.pipeline.evaluator import Evaluator
 from trt_mpq.pipeline.job import search_job
-from trt_mpq.pipeline.config import SearchConfig
 from trt_mpq.pipeline.timing import check_timing
 from trt_mpq.qdq import Dialect
 from trt_mpq.search import Budget

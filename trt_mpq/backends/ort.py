@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from trt_mpq import options
 from trt_mpq.backends.base import Artifact, Backend, BackendSpec, Runner
 from trt_mpq.backends.ort_census import (
     COMPUTE_KERNELS,
@@ -68,14 +69,14 @@ QDQ_DISABLED_OPTIMIZERS = ("WeightBiasQuantization", "MatMulAddFusion")
 @dataclass(frozen=True)
 class OrtConfig:
     threads: int | None = field(default=None, metadata=flag(
-        "--threads", "intra-op threads (default: every core this process may use)"))
+        "--threads", "intra-op threads (default: every core this process may use)",
+        lo=1, hi=1024))
     inter_op_threads: int = 1
     allow_spinning: bool = False  # spinning pools of interleaved sessions steal each other's cores
     optimization_level: str = "all"  # "basic" | "extended" | "all"
 
     def __post_init__(self) -> None:
-        if self.threads is not None and self.threads < 1:
-            raise ConfigError("ONNX Runtime threads must be >= 1")
+        options.check(self)
         if self.inter_op_threads < 1:
             raise ConfigError("inter-op threads must be >= 1")
         if self.optimization_level not in ("basic", "extended", "all"):

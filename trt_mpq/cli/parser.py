@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 
 from trt_mpq import options
+from trt_mpq.cli import flags
 
 
 def _backends():
@@ -26,7 +27,7 @@ def _model(p: argparse.ArgumentParser, task: bool = True, optional: bool = False
 
     p.add_argument("model", metavar="MODEL", nargs="?" if optional else None,
                    help="a zoo name (`trt-mpq zoo`) or an .onnx file")
-    options.add_flags(p, ModelRef, only={"task", "metric", "cache-dir"} if task
+    flags.add_flags(p, ModelRef, only={"task", "metric", "cache-dir"} if task
                       else {"cache-dir"})
 
 
@@ -40,7 +41,7 @@ def _per_owner(p: argparse.ArgumentParser, specs, what: str, seen: dict) -> None
             group = p.add_argument_group(
                 f"{what} {', '.join(s.name for s in owners)}",
                 "; ".join(f"{s.name}: {s.description}" for s in owners))
-            options.add_flags(group, config, seen)
+            flags.add_flags(group, config, seen)
 
 
 def _backend(p: argparse.ArgumentParser, measure: bool = True) -> None:
@@ -48,11 +49,11 @@ def _backend(p: argparse.ArgumentParser, measure: bool = True) -> None:
     from trt_mpq.measure import MeasureConfig
     from trt_mpq.pipeline.request import BackendChoice
 
-    options.add_flags(p, BackendChoice)
+    flags.add_flags(p, BackendChoice)
     _per_owner(p, _backends(), "backend", {})
-    options.add_flags(p.add_argument_group("calibration"), CalibConfig)
+    flags.add_flags(p.add_argument_group("calibration"), CalibConfig)
     if measure:
-        options.add_flags(p.add_argument_group("measurement"), MeasureConfig)
+        flags.add_flags(p.add_argument_group("measurement"), MeasureConfig)
 
 
 def _plan(p: argparse.ArgumentParser) -> None:
@@ -73,11 +74,11 @@ def _search(p: argparse.ArgumentParser) -> None:
                    help="run the search a request file describes (request.json of an earlier "
                         "search, or written by hand; docs/options.md); only --out, --resume "
                         "and the logging flags may be given with it")
-    options.add_flags(p.add_argument_group("search"), SearchConfig)
-    options.add_flags(p.add_argument_group("sensitivity"), SensitivityConfig)
+    flags.add_flags(p.add_argument_group("search"), SearchConfig)
+    flags.add_flags(p.add_argument_group("sensitivity"), SensitivityConfig)
     _per_owner(p, _strategies(), "strategy", {})
-    options.add_flags(p.add_argument_group("output"), OutputConfig)
-    options.add_flags(p.add_argument_group("executor"), ExecutorConfig)
+    flags.add_flags(p.add_argument_group("output"), OutputConfig)
+    flags.add_flags(p.add_argument_group("executor"), ExecutorConfig)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,21 +86,21 @@ def build_parser() -> argparse.ArgumentParser:
     from trt_mpq.sensitivity import SensitivityConfig
 
     # -v/-q/--no-progress work before or after the command
-    flags = argparse.ArgumentParser(add_help=False)
-    flags.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("-v", "--verbose", action="count", default=argparse.SUPPRESS,
                        help="more log lines (-vv: debug)")
-    flags.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
+    common.add_argument("-q", "--quiet", action="count", default=argparse.SUPPRESS,
                        help="warnings and errors only")
-    flags.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS,
+    common.add_argument("--no-progress", action="store_true", default=argparse.SUPPRESS,
                        help="no progress bars (they are off anyway when stderr is not a terminal)")
     parser = argparse.ArgumentParser(
-        prog="trt-mpq", parents=[flags],
+        prog="trt-mpq", parents=[common],
         description="Latency-measured mixed-precision post-training quantization search.")
     parser.set_defaults(verbose=0, quiet=0, no_progress=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(name: str, help: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, help=help, parents=[flags])
+        return sub.add_parser(name, help=help, parents=[common])
 
     command("zoo", "list the built-in models and tasks")
 
@@ -111,7 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("calibrate", "collect (and cache) activation ranges")
     _model(p)
-    options.add_flags(p, CalibConfig)
+    flags.add_flags(p, CalibConfig)
 
     p = command("evaluate", "measure one plan: accuracy, latency ratio, census")
     _model(p)
@@ -127,8 +128,8 @@ def build_parser() -> argparse.ArgumentParser:
     _backend(p)
     p.add_argument("--metrics", default="noise,sqnr,accuracy,hessian,hessian+deps,fisher",
                    help="comma-separated: noise, sqnr, accuracy, hessian, hessian+deps, fisher")
-    options.add_flags(p, SensitivityConfig)
-    options.add_flags(p, SearchConfig, only={"precision", "torch"})
+    flags.add_flags(p, SensitivityConfig)
+    flags.add_flags(p, SearchConfig, only={"precision", "torch"})
     p.add_argument("--no-reference", action="store_true",
                    help="skip the measured one-at-a-time drop on the search split")
     p.add_argument("--gains", action="store_true",

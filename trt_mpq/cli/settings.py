@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from trt_mpq import options
+from trt_mpq.cli import flags
 
 
 def values(args: argparse.Namespace) -> dict[str, Any]:
@@ -18,7 +19,7 @@ def values(args: argparse.Namespace) -> dict[str, Any]:
 
     classes = [*SearchRequest.FLAT, *(backend_spec(n).config for n in BACKENDS),
                *(strategy_spec(n).config for n in STRATEGIES)]
-    return options.given(args, classes)
+    return flags.given(args, classes)
 
 
 def progress(args: argparse.Namespace) -> bool | None:

@@ -15,7 +15,7 @@ def save_figure(fig, path: Path, dpi: int) -> None:
     """Write the PNG whole or not at all (temporary file, then rename), and close `fig`."""
     import matplotlib.pyplot as plt
 
-    from trt_mpq.report import file_mode
+    from trt_mpq.report.files import file_mode
 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")

@@ -41,7 +41,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from trt_mpq.errors import ConfigError
+from trt_mpq import options
 from trt_mpq.graph import Edge
 from trt_mpq.options import flag
 from trt_mpq.plan import Plan, Precision
@@ -322,24 +322,20 @@ class BoundarySearch(Strategy):
 @dataclass(frozen=True)
 class BoundaryConfig:
     max_evaluations: int = field(default=12, metadata=flag(
-        "--max-evaluations", "boundary: plans measured at most (probes included)"))
+        "--max-evaluations", "boundary: plans measured at most (probes included)",
+        lo=1, hi=1_000))
     fallbacks: int = field(default=2, metadata=flag(
         "--fallbacks", "boundary: safer plans measured after an accuracy boundary when the "
-                       "holdout refuses every answer"))
+                       "holdout refuses every answer", lo=0, hi=100))
     polish: int = field(default=2, metadata=flag(
         "--polish", "boundary: plans measured at most, once the program and the budget agree, "
-                    "that lower one more group than the fastest in-budget plan"))
+                    "that lower one more group than the fastest in-budget plan", lo=0, hi=100))
     probes: bool = field(default=True, metadata=flag(
         "--probes", "boundary: measure two latency probes (alternate groups, first half "
                     "lowered) that show the model what boundaries cost"))
 
     def __post_init__(self) -> None:
-        if self.max_evaluations < 1:
-            raise ConfigError("--max-evaluations must be >= 1")
-        if self.fallbacks < 0:
-            raise ConfigError("--fallbacks must be >= 0")
-        if self.polish < 0:
-            raise ConfigError("--polish must be >= 0")
+        options.check(self)
 
 
 def _boundary(config: BoundaryConfig, inputs: SearchInputs) -> list[Strategy]:

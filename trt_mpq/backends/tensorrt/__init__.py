@@ -37,6 +37,7 @@ from trt_mpq.backends.tensorrt.layers import (
     parse_inspector_json,
     parse_layer_report,
 )
+from trt_mpq.backends.tensorrt.logger import _Logger
 from trt_mpq.errors import BuildError, ConfigError
 from trt_mpq.model.groups import Group
 from trt_mpq.options import flag
@@ -113,29 +114,6 @@ class TrtConfig:
 
     def to_json_dict(self) -> dict:
         return options.to_json_dict(self)
-
-
-class _Logger:
-    """A TensorRT logger that keeps every line (the layer report arrives at VERBOSE)."""
-
-    def __new__(cls, trt):
-        class Capture(trt.ILogger):
-            def __init__(self):
-                trt.ILogger.__init__(self)
-                self.lines: list[tuple[str, str]] = []
-
-            def log(self, severity, msg):
-                self.lines.append((str(severity).split(".")[-1], msg))
-                if str(severity).endswith(("ERROR", "INTERNAL_ERROR")):
-                    log.debug("TensorRT: %s", msg)
-
-            def errors(self) -> list[str]:
-                return [m for s, m in self.lines if s in ("ERROR", "INTERNAL_ERROR")]
-
-            def text(self) -> list[str]:
-                return [m for _, m in self.lines]
-
-        return Capture()
 
 
 class TensorRTBackend(Backend):

@@ -115,7 +115,7 @@ class TrtRunner(Runner):
         self.trt = trt
         rt = cudart()
         self._rt = rt
-        from trt_mpq.backends.tensorrt import _Logger
+        from trt_mpq.backends.tensorrt.logger import _Logger
 
         self._logger = _Logger(trt)
         self._runtime = trt.Runtime(self._logger)
