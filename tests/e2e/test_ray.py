@@ -132,7 +132,11 @@ def test_a_worker_takes_the_drivers_calibration_and_refuses_other_data(
     monkeypatch.setenv("TRT_MPQ_CACHE", str(cache_dir))  # restored after the test
     monkeypatch.setenv("PYTHONPATH", str(FIXTURES))
     monkeypatch.syspath_prepend(str(FIXTURES))
-    spec = WorkerSpec(argv=[str(digits_model), *FLAGS],
+    from trt_mpq.cli.parser import build_parser
+    from trt_mpq.cli.search import search_request
+
+    request = search_request(build_parser().parse_args(["search", str(digits_model), *FLAGS]))
+    spec = WorkerSpec(request=request.for_workers().to_json_dict(),
                       env={"TRT_MPQ_CACHE": str(cache_dir), "PYTHONPATH": str(FIXTURES)})
     ev = open_evaluator(spec)
     ev.__exit__(None, None, None)
@@ -140,12 +144,13 @@ def test_a_worker_takes_the_drivers_calibration_and_refuses_other_data(
     name = sorted(given["ranges"])[0]
     given["ranges"][name] = [v * 2 for v in given["ranges"][name]]
     digests = data_digests(ev.ws)
-    ev2 = open_evaluator(WorkerSpec(argv=spec.argv, env=spec.env, ranges=given, digests=digests))
+    ev2 = open_evaluator(WorkerSpec(request=spec.request, env=spec.env, ranges=given,
+                                     digests=digests))
     ev2.__exit__(None, None, None)
     assert ev2.ranges[name] == tuple(given["ranges"][name]) != ev.ranges[name]
     assert ev2.ranges.digest == Ranges.from_json_dict(given).digest
     with pytest.raises(ConfigError, match="different search inputs .*OMP_NUM_THREADS"):
-        open_evaluator(WorkerSpec(argv=spec.argv, env=spec.env, ranges=given,
+        open_evaluator(WorkerSpec(request=spec.request, env=spec.env, ranges=given,
                                   digests={**digests, "search inputs": "0" * 16}))
 
 
