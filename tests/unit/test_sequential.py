@@ -139,17 +139,29 @@ def test_a_stored_evaluation_stopped_for_futility_counts_as_decided():
     assert ev._undecided(stopped)
 
 
-def test_certificates_hold_under_the_stopping_rule():
-    """Simulated: plans whose true drop is just above the budget must be certified "in" at
-    most alpha of the time, whatever look it happens at."""
+def _certified(rule_cls, trials: int) -> float:
+    """The share of plans whose true drop is exactly the budget (4,000 samples, 5 looks)
+    that the sequential rule certifies "in": each is a false certificate."""
     certified = 0
-    trials = 300
     for t in range(trials):
-        split, base, run, _ = _fake(4000, error_rate=0.012, seed=100 + t)
+        split, base, run, _ = _fake(4000, error_rate=0.0095, seed=100 + t)
         res = sequential_drop(agreement("logits"), split, base, run,
-                              SequentialRule(0.95, 0.0095, min_look=250, seed=t))
+                              rule_cls(0.95, 0.0095, min_look=250, seed=t))
         certified += res.decision == IN
-    assert certified / trials <= 0.05 + 0.03  # 0.05 plus Monte-Carlo slack
+    return certified / trials
+
+
+def test_certificates_hold_under_the_stopping_rule():
+    """Simulated at true drop = budget, the worst case: certified "in" at most alpha of the
+    time, whatever look it happens at (measured: 4.0%). The same simulation without the error
+    level spent across the looks certifies 11%: the test has the power to see it."""
+    assert _certified(SequentialRule, 600) <= 0.05
+
+    class EveryLookAtFullLevel(SequentialRule):
+        def levels(self, looks):
+            return (self.confidence,) * looks
+
+    assert _certified(EveryLookAtFullLevel, 600) > 0.075
 
 
 def test_without_a_certificate_the_search_sees_the_point_estimate():
@@ -272,3 +284,14 @@ def test_auto_judges_by_the_bound_only_where_the_search_split_has_room():
     rule = judge(SimpleNamespace(task=SimpleNamespace(search=range(500), metric=accuracy())),
                  SearchConfig(budget=Budget.parse("1%")), 0.92)[0]
     assert rule.point  # the search's rule knows, for its futility stops
+
+
+def test_a_bootstrap_metric_is_judged_at_one_look():
+    """KL divergence has no exact bound: its plans are judged on the whole split at the whole
+    level, not stopped early on a bootstrap bound read at an early look's 99.9%."""
+    split, base, run, ran = _fake(4000, error_rate=0.3, seed=3)
+    rule = SequentialRule(0.95, 0.5, min_look=250)
+    assert len(rule.looks(4000)) == 5
+    res = sequential_drop(kl_divergence("logits"), split, base, run, rule)
+    assert res.looks == 1 and res.samples == 4000 and ran == [4000]
+    assert res.bound.confidence == 0.95 and "sequential" not in res.bound.method

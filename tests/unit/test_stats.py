@@ -119,3 +119,24 @@ def test_best_case_upper_is_the_bound_of_a_plan_that_changes_nothing():
         assert best_case_upper(n, 0.95) == pytest.approx(discordant_bound(right, right, 0.95).upper)
     # 0.01% of an accuracy near 1 needs about 37,000 samples at 95% (3.7 / n)
     assert best_case_upper(30000, 0.95) > 1e-4 > best_case_upper(40000, 0.95)
+
+
+def test_bootstrap_resamples_grow_with_the_level():
+    """At least BOOTSTRAP_TAIL resamples lie beyond the percentile a bound is read at: 2,000 at
+    95%, 25,000 at 99.8% (an early look's or a late holdout try's level)."""
+    import numpy as np
+
+    from trt_mpq.measure.stats import BOOTSTRAP_TAIL
+
+    calls = []
+    values = np.random.default_rng(0).normal(size=300)
+
+    def metric(idx):
+        calls.append(1)
+        return 0.0, float(values[idx].mean())
+
+    for confidence, rounds in [(0.95, 2000), (0.998, 25000)]:
+        calls.clear()
+        bound = bootstrap_bound(metric, 300, confidence, higher_is_better=True)
+        assert len(calls) == rounds + 1 and (1 - confidence) * rounds >= BOOTSTRAP_TAIL - 1e-9
+        assert f"({rounds} resamples)" in bound.method

@@ -80,10 +80,11 @@ def summary(result: dict, out: Path, confidence: float | None) -> str:
     options = "".join(f", {k}={v}" for k, v in sorted(best["runtime_options"].items()))
     ci = ("(95% CI {:.3f}-{:.3f}) ".format(*best["latency_ratio_ci"])
           if best.get("latency_ratio_ci") else "")
+    judged = (result.get("holdout_tests") or {}).get("judged") or 1
     bound = (f"(<= {100 * best['holdout_rel_drop_upper']:+.2f}% at "
-             f"{100 * best['confidence']:g}% confidence, certified on "
-             f"{best['holdout_samples_used']} of {best['holdout_n']} samples) "
-             if best.get("holdout_rel_drop_upper") is not None else "")
+             f"{100 * best['confidence']:g}% confidence over the {judged} plan(s) the holdout "
+             f"judged, certified on {best['holdout_samples_used']} of {best['holdout_n']} "
+             "samples) " if best.get("holdout_rel_drop_upper") is not None else "")
     return (f"budget met: {best['precision_counts']}{options} -> latency "
             f"x{best['latency_ratio']:.3f} {ci}of baseline "
             f"({result['baseline']['latency_ms']:.3f} -> {best['latency_ms']:.3f} ms), "

@@ -27,6 +27,11 @@ ones. The probability that any look's upper bound lies below the true drop is at
 alpha, so "in" at whatever look it is reached is a certificate at `confidence`. ("out" decisions
 cannot make a certificate wrong; they can only cost a candidate, with probability at most alpha.)
 With a single look (a split under 2 x `min_look` samples) the whole alpha goes to it.
+
+Early looks stop only on exact bounds: a metric whose bound is a bootstrap (not a 0/1
+per-sample metric, `Metric.binary` False) gets one look, the whole split at the whole level,
+since an early look's level (99.86% with 8 looks) would rest the bound on a few extreme
+resamples.
 """
 
 from __future__ import annotations
@@ -116,7 +121,7 @@ def sequential_drop(metric: Metric, split: Split, base_outputs: dict[str, np.nda
     """Evaluate a plan on `split` look by look (module doc). `run(part) -> outputs` runs the
     plan on a part of the split; `base_outputs` are the baseline's outputs on the whole split."""
     n = len(split)
-    sizes = rule.looks(n)
+    sizes = rule.looks(n) if metric.binary else (n,)
     levels = rule.levels(len(sizes))
     perm = rule.order(n)
     parts: list[dict[str, np.ndarray]] = []

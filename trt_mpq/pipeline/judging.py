@@ -1,11 +1,20 @@
 """The budget rules: how plans are judged in budget on the search split (point estimate or
 upper confidence bound, `judge`), the sequential rules of the search and holdout splits
-(`rules`), and whether the holdout can certify a budget at all (`resolvable`), checked before
-any work."""
+(`rules`), how the holdout's error level is split over every plan it may judge (`HoldoutTests`),
+and whether the holdout can certify a budget at all (`resolvable`), checked before any work.
+
+The answer's guarantee: with probability at least `confidence`, the plan returned has a true
+drop within the budget, however many finalists and fallbacks the holdout judged. The holdout
+may judge up to `declared_tries` plans, a number fixed by the settings before the holdout is
+read; the i-th plan it judges is certified at level 1 - alpha * w_i with w = 1/2, 1/4, ...,
+and the last weight repeated so that the weights sum to 1 (Bonferroni: the chance that any
+judged plan whose true drop exceeds the budget is certified is at most the sum, alpha). The
+first, fastest finalist gets half of alpha. Within one plan's test, its level is spent again
+across the adaptive looks (`trt_mpq.measure.sequential`)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from trt_mpq.errors import ConfigError
 from trt_mpq.measure.sequential import SequentialRule
@@ -23,6 +32,51 @@ def rules(config: SearchConfig, baseline_metric: float
     rule = SequentialRule(config.confidence, config.budget.allowed_drop(baseline_metric))
     holdout = rule if config.adaptive else replace(rule, max_looks=1)
     return rule, holdout
+
+
+def declared_tries(config: SearchConfig) -> int:
+    """How many plans the holdout may judge: up to `confirm_candidates` finalists, and as many
+    again after a fallback when the strategy can fall back. Fixed by the settings alone, before
+    any plan is measured."""
+    spec = config.strategy_spec
+    return config.confirm_candidates * (2 if spec.can_fall_back(config.strategy_config) else 1)
+
+
+def holdout_levels(confidence: float, tries: int) -> tuple[float, ...]:
+    """The level each of `tries` holdout tests is certified at (module doc): their alphas are
+    alpha/2, alpha/4, ..., the last repeated, summing to alpha."""
+    alpha = 1 - confidence
+    weights = [0.5 ** (i + 1) for i in range(tries - 1)] + [0.5 ** (tries - 1)]
+    return tuple(1 - alpha * w for w in weights)
+
+
+@dataclass
+class HoldoutTests:
+    """The holdout's tests, in the order the plans are judged: each gets the next declared
+    level (`holdout_levels`); None with --confidence off."""
+
+    rule: SequentialRule | None  # at the overall confidence
+    declared: int
+    judged: int = 0
+
+    def next_rule(self) -> SequentialRule | None:
+        if self.rule is None:
+            self.judged += 1
+            return None
+        if self.judged >= self.declared:
+            raise AssertionError(f"the holdout judged more plans than the {self.declared} "
+                                 "declared before it was read")
+        level = holdout_levels(self.rule.confidence, self.declared)[self.judged]
+        self.judged += 1
+        return replace(self.rule, confidence=level)
+
+    def to_json_dict(self) -> dict:
+        levels = (list(holdout_levels(self.rule.confidence, self.declared))
+                  if self.rule is not None else None)
+        return {"confidence": self.rule.confidence if self.rule else None,
+                "declared": self.declared, "judged": self.judged, "levels": levels,
+                "method": "Bonferroni over the plans the holdout may judge, declared before it "
+                          "is read (alpha/2, alpha/4, ... in the order they are judged)"}
 
 
 def judge(ws: Workspace, config: SearchConfig, baseline_metric: float
@@ -74,7 +128,7 @@ def resolvable(task, config: SearchConfig, baseline_metric: float | None = None)
         return
     base = 1.0 if baseline_metric is None else baseline_metric
     allowed = config.budget.allowed_drop(base)
-    _, rule = rules(config, base)
+    rule = first_holdout_rule(config, base)
     n = len(task.holdout)
     floor = rule.best_case_upper(n, metric.reference)
     if floor <= allowed:
@@ -88,10 +142,18 @@ def resolvable(task, config: SearchConfig, baseline_metric: float | None = None)
     raise ConfigError(
         f"the holdout split ({n} samples) cannot certify a drop in {metric.name} of at most "
         f"{allowed:.4g} ({config.budget.describe()}) at {100 * config.confidence:g}% "
-        f"confidence: even a plan that changes no result has an upper bound of {floor:.4g}"
+        f"confidence (its first test, at {100 * rule.confidence:g}%): even a plan that "
+        f"changes no result has an upper bound of {floor:.4g}"
         + (f"; certifying it needs about {need} holdout samples" if need else "")
         + f". Use a larger holdout split{fidelity}, a looser budget, or --confidence off "
         "(point estimates, not certified)")
+
+
+def first_holdout_rule(config: SearchConfig, baseline_metric: float) -> SequentialRule:
+    """The holdout's rule at its first (most lenient) test's level."""
+    _, rule = rules(config, baseline_metric)
+    assert rule is not None
+    return replace(rule, confidence=holdout_levels(rule.confidence, declared_tries(config))[0])
 
 
 def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: float
@@ -101,12 +163,13 @@ def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: flo
     if config.confidence is None or not ws.task.metric.binary:
         return None
     resolvable(ws.task, config, baseline_metric)
-    _, rule = rules(config, baseline_metric)
+    rule = first_holdout_rule(config, baseline_metric)
     n = len(ws.task.holdout)
-    return {"holdout_n": n, "confidence": config.confidence,
+    return {"holdout_n": n, "confidence": config.confidence, "first_level": rule.confidence,
             "best_case_upper": rule.best_case_upper(n, ws.task.metric.reference),
             "allowed_drop": rule.allowed, "certifiable": True}
 
 
-__all__ = ["BOUND_MARGIN", "holdout_resolution", "judge", "resolvable", "rules",
+__all__ = ["BOUND_MARGIN", "HoldoutTests", "declared_tries", "first_holdout_rule",
+           "holdout_levels", "holdout_resolution", "judge", "resolvable", "rules",
            "search_decision"]

@@ -30,7 +30,8 @@ def _confirmation_dict(c: Confirmation) -> dict:
             "holdout_bound": c.bound.to_json_dict() if c.bound else None,
             "latency_ratio": c.latency_ratio,
             "latency_ratio_ci": list(c.ratio_ci) if c.ratio_ci else None,
-            "holdout_samples_used": c.samples, "in_budget": c.in_budget}
+            "holdout_samples_used": c.samples, "in_budget": c.in_budget,
+            "test_level": c.bound.confidence if c.bound else None}
 
 
 def _samples_summary(evaluations: list[Evaluation], n: int) -> dict:
@@ -114,6 +115,10 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "latency_model": outcome.latency_model,
         "low_precisions": {g: p.value for g, p in outcome.low.items()},
         "tried_on_holdout": [_confirmation_dict(c) for c in outcome.tried],
+        # the holdout's tests: how many plans it may judge (declared before it was read), the
+        # level each is judged at (their error levels sum to 1 - confidence) and how many it
+        # judged; the answer's certificate holds at `confidence` over all of them
+        "holdout_tests": outcome.holdout_tests,
         "versions": versions(),
         "machine": machine_info(),
         "command": argv or [],
@@ -137,7 +142,11 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
             "holdout_n": len(task.holdout),
             "holdout_samples_used": best.samples,
             "certified": best.bound is not None,
-            "confidence": best.bound.confidence if best.bound else None,
+            # the guarantee, over every plan the holdout judged (`holdout_tests`)
+            "confidence": (outcome.holdout_tests or {}).get("confidence") if best.bound
+            else None,
+            # the level this plan's own test was run at (its share of the error level)
+            "test_level": best.bound.confidence if best.bound else None,
             "holdout_bound": best.bound.to_json_dict() if best.bound else None,
             "latency_ms": best.latency.median_ms,
             "latency": best.latency.to_json_dict(),

@@ -3,7 +3,10 @@
 The answer is the in-budget plan with the lowest *measured* latency (latency is not monotone in
 the number of quantized groups on CPU), if it is faster than the baseline, re-measured against
 the baseline and confirmed on the holdout split that the search never saw. If the fastest fails
-on the holdout, the next fastest in-budget plans are tried (up to `confirm_candidates`).
+on the holdout, the next fastest in-budget plans are tried (up to `confirm_candidates`, and as
+many again after a strategy's fallback); the holdout's error level is split over every plan it
+may judge, declared before it is read (`judging.HoldoutTests`), so the answer's certificate
+holds at the stated confidence after all of them.
 """
 
 from __future__ import annotations
@@ -25,7 +28,13 @@ from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.answer import Confirmation, confirm, holdout_baseline, pick_answer
 from trt_mpq.pipeline.config import SearchConfig
 from trt_mpq.pipeline.evaluator import Evaluator, Gate, shared_cache
-from trt_mpq.pipeline.judging import holdout_resolution, judge, rules
+from trt_mpq.pipeline.judging import (
+    HoldoutTests,
+    declared_tries,
+    holdout_resolution,
+    judge,
+    rules,
+)
 from trt_mpq.pipeline.timing import check_timing, final_measure, time_finalists
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan, Precision
@@ -62,6 +71,7 @@ class SearchOutcome:
     cached: int
     wall_s: float
     phases: dict[str, float]
+    holdout_tests: dict | None = None  # `HoldoutTests`: declared tries, their levels, judged
     gains: analysis.Gains | None = None
     shared: dict = field(default_factory=dict)  # what came from the cache of earlier runs
     timing: TimingCheck | None = None  # the baseline timed against itself
@@ -198,6 +208,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         holdout_base, base_holdout_outputs = holdout_baseline(ws, evaluator)
         resolution = holdout_resolution(ws, config, holdout_base)
         _, holdout_rule = rules(config, holdout_base)
+        # declared before the holdout judges any plan: how many it may judge, at what levels
+        holdout_tests = HoldoutTests(holdout_rule, declared_tries(config))
         search_rule, decision, accept = judge(ws, config, baseline_metric)
         evaluator.rule = search_rule if config.adaptive else None
         log.info("plans are judged in budget on the search split by %s",
@@ -298,7 +310,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
 
             def confirm_one(ev: Evaluation) -> Confirmation:
                 return confirm(ws, backend, evaluator, ev, final, config, out_dir, holdout_base,
-                               base_holdout_outputs, timings.get(ev.plan.digest), holdout_rule)
+                               base_holdout_outputs, timings.get(ev.plan.digest),
+                               holdout_tests.next_rule())
 
             best, tried = pick_answer(evaluations, accept, evaluator.baseline_plan,
                                       config.confirm_candidates, confirm_one, remeasure)
@@ -334,7 +347,8 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         baseline_plan=evaluator.baseline_plan, baseline_metric=baseline_metric,
         baseline_holdout_metric=holdout_base, evaluations=evaluations,
         frontier=frontier(evaluations), sensitivity=sens, order=order, low=low, best=best,
-        tried=tried, fresh=fresh, cached=cached, wall_s=time.perf_counter() - t_start,
+        tried=tried, holdout_tests=holdout_tests.to_json_dict(), fresh=fresh, cached=cached,
+        wall_s=time.perf_counter() - t_start,
         phases=phases, gains=gains,
         shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses},
         timing=timing, resolution=resolution, decision=decision, latency_model=model,

@@ -167,13 +167,18 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
                f"**not trusted** (tolerance ±{timing['tolerance']:.0%}, spread at most "
                f"{timing['max_spread']:.2f}); latency differences below that are noise"))
     resolution = result.get("holdout_resolution")
-    if resolution:
+    tests = result.get("holdout_tests") or {}
+    if tests.get("confidence"):
         lines.append(
-            f"- Certification: the answer is in budget only if the "
-            f"{100 * resolution['confidence']:g}% "
-            f"upper bound of its paired holdout drop is within {resolution['allowed_drop']:.4g} "
-            f"(the holdout's {resolution['holdout_n']} samples allow bounds down to "
-            f"{resolution['best_case_upper']:.4g})")
+            f"- Certification: the answer is in budget only if the upper bound of its paired "
+            f"holdout drop is within {result['budget']['allowed_drop']:.4g}. The certificate "
+            f"holds at {100 * tests['confidence']:g}% confidence over every plan the holdout "
+            f"judged: it may judge up to {tests['declared']} (declared before it was read), "
+            f"each at its own level ("
+            + ", ".join(f"{100 * v:.4g}%" for v in tests["levels"])
+            + f", in the order judged), and it judged {tests['judged']}"
+            + (f"; its {resolution['holdout_n']} samples allow bounds down to "
+               f"{resolution['best_case_upper']:.4g} at the first level" if resolution else ""))
     if result.get("search_decision"):
         samples = result.get("search_samples") or {}
         lines.append(
@@ -191,7 +196,8 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             f"({_pct(-best['rel_drop'])}) |",
             f"| metric, holdout split | {_f(b['holdout_metric'])} | "
             f"{_f(best['holdout_metric'])} ({_pct(-best['holdout_rel_drop'])}) |",
-            *([f"| holdout drop, {100 * best['confidence']:g}% upper bound (paired, "
+            *([f"| holdout drop, upper bound certified at {100 * best['confidence']:g}% "
+               f"(its test at {100 * best.get('test_level', best['confidence']):.4g}%; paired, "
                f"{best.get('holdout_samples_used') or best['holdout_n']} of "
                f"{best['holdout_n']} samples) | | "
                f"{_pct(best['holdout_rel_drop_upper'])} of baseline "
@@ -228,14 +234,18 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
         lines += [f"| metric, search split | {_f(b['metric'])} | n/a |",
                   f"| metric, holdout split | {_f(b['holdout_metric'])} | n/a |"]
     tried = result.get("tried_on_holdout", [])
-    if len(tried) > (1 if best else 0):
-        lines += ["", "Plans tried on the holdout split (fastest in-budget first):", ""]
+    if tried:
+        lines += ["", "Plans the holdout judged, in order (the fastest in-budget finalists "
+                  "first, by their joint re-timing):", ""]
         for t in tried:
             verdict = ("accepted" if t["in_budget"] and t["latency_ratio"] < 1.0 else
                        "rejected: out of budget" if not t["in_budget"] else
                        "rejected: re-measured no faster than the baseline")
+            bound = t.get("holdout_bound") or {}
+            level = (f", upper bound {_pct(bound['rel_drop_upper'])} at "
+                     f"{100 * t['test_level']:.4g}%" if t.get("test_level") and bound else "")
             lines.append(f"- {t['label']}: latency x{t['latency_ratio']:.3f} (re-measured), "
-                         f"holdout drop {_pct(t['holdout_rel_drop'])} -> {verdict}")
+                         f"holdout drop {_pct(t['holdout_rel_drop'])}{level} -> {verdict}")
     s = result["sensitivity"]
     lines += ["", "## How it was found", "",
               f"Sensitivity metric `{s['metric']}` ({s['passes']} passes over {s['samples']} "

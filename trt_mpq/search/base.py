@@ -175,6 +175,10 @@ class StrategySpec:
     #: without them where it cannot (`SearchInputs.gain` then None)
     wants_gains: bool = False
     needs_graph: bool = False  # the group graph and per-option numbers (`edges`, `options`)
+    #: whether a strategy built from this config may propose safer plans after the holdout
+    #: refused every answer (`Strategy.fall_back`): the holdout then judges a second round of
+    #: finalists, which its error split must count before it is read
+    can_fall_back: Callable[[Any], bool] = lambda config: False
 
 
 #: evaluates several proposals at once (e.g. on a cluster); the flag: the proposing strategy is

@@ -350,6 +350,7 @@ def _boundary(config: BoundaryConfig, inputs: SearchInputs) -> list[Strategy]:
 
 SPEC = StrategySpec(
     name="boundary", config=BoundaryConfig, build=_boundary, needs_gains=True, needs_graph=True,
+    can_fall_back=lambda config: config.fallbacks > 0,
     description="integer program on a latency model with precision-boundary costs, refitted "
                 "on every measured plan; its accuracy budget bisected on measured accuracy")
 
