@@ -183,3 +183,28 @@ def test_a_failed_profile_leaves_the_default_search_without_prune(tmp_path, capl
         search_job(ws, backend, ranges, CalibConfig(num_samples=16), measure,
                    SearchConfig(budget=Budget.parse("50%"), strategy="ilp", confidence=None),
                    tmp_path / "out-ilp")
+
+
+def test_prune_never_lowers_a_group_its_anchor_kept_in_float():
+    """Pruning only raises: its plans lower a subset of what the fastest in-budget plan (the
+    anchor) lowered. Here g5 kept float by the anchor has no estimated sensitivity and a large
+    gain, so a program free to choose would lower it (its accuracy was never measured there);
+    and g2, lowered by the anchor, is slower lowered, so there is something to prune."""
+    names, edges = _chain(6)
+    gain = {(g, I8): 0.06 for g in names}
+    gain[("g2", I8)] = -0.05
+    gain[("g5", I8)] = 0.2
+    sens = {(g, I8): 0.01 for g in names}
+    sens[("g5", I8)] = 0.0
+    fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.0)
+    anchor = Plan.of({g: I8 if g in ("g0", "g1", "g2", "g3") else F32 for g in names})
+    pruner = Prune(names, edges, F32, gain, lambda e: e.ok and e.plan == anchor,
+                   sensitivity=sens, steps=2)
+    for plan in (anchor, Plan.uniform(names, I8), Plan.uniform(names, F32),
+                 Plan.of({g: I8 if g in ("g0", "g1") else F32 for g in names})):
+        pruner.observe(fake(plan))
+    proposed = drive([pruner], fake)
+    assert proposed, "the slower-lowered g2 is a prune the model sees"
+    for e in proposed:
+        assert set(e.plan.groups_at(I8)) <= set(anchor.groups_at(I8)), e.plan.groups_at(I8)
+    assert "g2" not in proposed[0].plan.groups_at(I8)

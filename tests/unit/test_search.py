@@ -132,6 +132,11 @@ def test_budget_accepts():
     b = Budget.parse("1%")
     assert b.allowed_drop(0.8) == pytest.approx(0.008)
     assert b.accepts(0.008, 0.8) and not b.accepts(0.0081, 0.8) and not b.accepts(None, 0.8)
+    # the allowed drop itself is in budget (up to float rounding), a hair above it is not
+    allowed = Budget.parse("0.1%").allowed_drop(0.9123)
+    assert Budget.parse("0.1%").accepts(allowed, 0.9123)
+    assert not Budget.parse("0.1%").accepts(allowed * (1 + 1e-6), 0.9123)
+    assert not Budget.parse("0.005").accepts(0.005 + 1e-9, 0.5)
 
 
 def test_drive_sends_latency_first_strategies_to_the_latency_first_evaluator():
@@ -172,6 +177,33 @@ def test_the_accuracy_gate_is_the_best_plan_with_its_margin_capped_at_the_baseli
     assert accuracy_gate(best(0.99), 0.03, 0.15).recheck == 1.0
     assert accuracy_gate(best(0.5), 0.0).ratio == 0.5
     assert Gate.from_json_dict(gate.to_json_dict()) == gate  # as it travels to a Ray worker
+
+
+def test_the_gates_rival_is_the_fastest_plan_in_budget_only():
+    """A plan out of budget or no faster than the baseline never becomes the rival that sets
+    the accuracy gate, however fast it timed: a faster rival would make later plans skip
+    their accuracy pass against a plan that cannot be the answer."""
+    from trt_mpq.pipeline.search import FastestInBudget
+    from trt_mpq.results import Evaluation, Status
+
+    base = Plan.of({"a": P.FP32, "b": P.FP32})
+
+    def e(name, ratio, drop, plan=None):
+        plan = plan or Plan.of({"a": P.INT8, "b": P.INT8 if name.endswith("2") else P.FP32})
+        return Evaluation(plan=plan, status=Status.OK, label=name, metric=1.0 - drop,
+                          drop=drop, rel_drop=drop, latency_ratio=ratio)
+
+    fastest = FastestInBudget(lambda ev: ev.ok and ev.drop <= 0.01, 0.03, 0.15, base)
+    fastest.see(e("in budget", 0.6, 0.005))
+    fastest.see(e("out of budget 2", 0.4, 0.2))  # faster, but over the budget
+    fastest.see(e("baseline", 0.5, 0.0, plan=base))  # the baseline is never the rival
+    assert fastest.best.label == "in budget"
+    assert fastest.gate().rival == fastest.best.plan
+    assert fastest.gate().ratio == pytest.approx(0.6 * 1.03)
+    fastest.see(e("faster in budget 2", 0.5, 0.0))
+    assert fastest.best.label == "faster in budget 2"
+    fastest.see(e("slower in budget", 0.55, 0.0))
+    assert fastest.best.label == "faster in budget 2"
 
 
 def test_drive_in_batches_evaluates_and_tells_what_one_at_a_time_does():

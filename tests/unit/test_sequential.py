@@ -295,3 +295,20 @@ def test_a_bootstrap_metric_is_judged_at_one_look():
     res = sequential_drop(kl_divergence("logits"), split, base, run, rule)
     assert res.looks == 1 and res.samples == 4000 and ran == [4000]
     assert res.bound.confidence == 0.95 and "sequential" not in res.bound.method
+
+
+def test_the_looks_follow_a_seeded_shuffle_not_the_files_order():
+    """A split sorted by class, and a plan wrong on every sample of the last class (a quarter
+    of the split): in file order the first looks would see only right answers and certify it;
+    the seeded permutation makes every look a fair sample, so it is refused."""
+    n = 4000
+    y = np.repeat(np.arange(N_CLASSES), n // N_CLASSES)  # sorted by class
+    plan_y = np.where(y == N_CLASSES - 1, 0, y)
+    base, plan_logits = {"logits": np.eye(N_CLASSES)[y]}, np.eye(N_CLASSES)[plan_y]
+    split = Split({"row": np.arange(n)}, y)
+    res = sequential_drop(agreement("logits"), split, base,
+                          lambda part: {"logits": plan_logits[part.inputs["row"]]},
+                          SequentialRule(0.95, 0.05, min_look=250))
+    assert res.decision == OUT and res.looks == 1  # a quarter wrong shows at the first look
+    first = SequentialRule(0.95, 0.05, min_look=250).order(n)[:250]
+    assert 0.15 < np.mean(y[first] == N_CLASSES - 1) < 0.35

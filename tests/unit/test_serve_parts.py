@@ -148,6 +148,45 @@ def test_each_queued_job_is_claimed_once_per_device(tmp_path):
     assert [j.spec["i"] for j in jobs.all()][:3] == [0, 1, 2]  # kept in submission order
 
 
+def test_a_claim_is_one_transaction_even_when_workers_interleave(tmp_path, monkeypatch):
+    """Two workers whose every read is followed by a pause (so the other runs in between, as a
+    busy machine schedules them): each queued job is still claimed by exactly one. A claim
+    that read the oldest queued job and marked it running in two steps would hand it to
+    both."""
+    import time
+
+    class Pausing:
+        def __init__(self, db):
+            self.db = db
+
+        def execute(self, sql, *args):
+            cursor = self.db.execute(sql, *args)
+            if sql.lstrip().upper().startswith("SELECT"):
+                time.sleep(0.02)  # the other worker's turn
+            return cursor
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    jobs = JobStore(tmp_path / "jobs.sqlite")
+    for i in range(8):
+        jobs.submit({"i": i}, {}, "cpu")
+    real = JobStore._db
+    monkeypatch.setattr(JobStore, "_db", lambda self: Pausing(real(self)))
+    claimed: list[str] = []
+
+    def worker():
+        while (job := jobs.claim("cpu")) is not None:
+            claimed.append(job.id)
+
+    threads = [threading.Thread(target=worker) for _ in range(2)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    assert len(claimed) == len(set(claimed)) == 8
+
+
 def test_recovery_cancel_and_resume(tmp_path):
     jobs = JobStore(tmp_path / "jobs.sqlite")
     a, b = jobs.submit({}, [], "cpu"), jobs.submit({}, [], "cpu")

@@ -86,7 +86,37 @@ def test_a_cache_that_cannot_be_written_does_not_fail_the_caller(tmp_path, caplo
     compute = Counter({"y": np.ones(2)})
     got = SharedCache(blocker, {}).arrays("out", compute)
     assert np.all(got["y"] == 1) and "cannot write" in caplog.text
-    assert not list(tmp_path.glob("**/.*.npz.*"))  # no temporary file left behind
+
+
+WRITE_FAILS_MIDWAY = """
+import resource, signal, sys
+from pathlib import Path
+from trt_mpq.store.shared import SharedCache
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # writes past the limit fail with EFBIG
+resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
+cache = SharedCache(Path(sys.argv[1]), {})
+path = cache._path("entry", ".json")
+cache._write(path, b"x" * (4 << 20))  # 4 MiB: the write fails a quarter of the way in
+"""
+
+
+def test_an_entry_is_replaced_whole_or_not_at_all(tmp_path):
+    """A write that fails midway (here: a file-size limit hits it after 1 MiB, as a full disk
+    would) leaves the entry a reader finds as it was, and no temporary file behind: entries
+    are written to a temporary file and renamed."""
+    import subprocess
+    import sys
+
+    cache = SharedCache(tmp_path, {})
+    path = cache._path("entry", ".json")
+    cache._write(path, b'{"old": true}')
+    r = subprocess.run([sys.executable, "-c", WRITE_FAILS_MIDWAY, str(tmp_path)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "cannot write" in r.stderr  # the failure was met, and logged, not raised
+    assert path.read_bytes() == b'{"old": true}'
+    assert sorted(p.name for p in path.parent.iterdir()) == sorted(["context.json", path.name])
 
 
 # -- the evaluator and the sensitivity analysis use it ---------------------------------------------

@@ -124,3 +124,42 @@ def test_the_check_is_recorded_in_result_json_and_the_report(workspace, ranges, 
     report = (out / "report.md").read_text()
     assert "Timing check: the baseline against itself measured x1.200" in report
     assert "**not trusted**" in report
+
+
+def test_timing_is_trusted_only_within_the_tolerance_and_the_spread():
+    from trt_mpq.measure.latency import TimingCheck
+
+    def check(ratio, spread):
+        return TimingCheck(((ratio, spread, 60),), tolerance=0.05, max_spread=0.5).trusted
+
+    assert check(1.0, 0.1) and check(1.04, 0.5)
+    assert not check(1.06, 0.1)  # the baseline against itself is not x1
+    assert not check(1.0, 0.9)  # x1, but each run spreads too much to tell plans apart
+
+
+def test_a_baseline_from_the_store_is_timed_afresh():
+    """A resumed search's baseline comes from the store, timed on another day: the timing
+    check times the baseline against itself now, and never trusts the stored timing."""
+    from trt_mpq.measure import LatencyStats
+    from trt_mpq.plan import Plan
+    from trt_mpq.plan import Precision as P
+    from trt_mpq.search import Evaluation, Status
+
+    stored = LatencyStats.of([1.0] * 10)
+    fresh_times = LatencyStats.of([1.0] * 10), LatencyStats.of([1.5] * 10)  # noisy now
+
+    class Fake:
+        measure = MEASURE
+        calls = 0
+
+        def time_self(self):
+            Fake.calls += 1
+            return fresh_times
+
+    ev = Evaluation(plan=Plan.uniform(["g"], P.FP32), status=Status.OK, label="baseline",
+                    metric=1.0, drop=0.0, rel_drop=0.0, latency=stored,
+                    baseline_latency=stored, latency_ratio=1.0, cached=True)
+    result = check_timing(Fake(), ev, SearchConfig(budget=Budget.parse("1%"), timing_retries=0,
+                                                   confidence=None))
+    assert Fake.calls == 1 and not result.trusted
+    assert result.attempts[0][0] == pytest.approx(1 / 1.5)

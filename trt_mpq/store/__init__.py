@@ -47,11 +47,14 @@ class Store:
         self.lock_timeout_s = lock_timeout_s
         self.path.parent.mkdir(parents=True, exist_ok=True)
         canon = json.dumps(context, sort_keys=True)
+        self._opened = time.monotonic()
         try:
             # autocommit mode: transactions are ours (BEGIN IMMEDIATE), not the module's
             self._db = sqlite3.connect(str(self.path), timeout=lock_timeout_s,
                                        isolation_level=None)
-            self._db.execute("PRAGMA journal_mode=WAL")
+            # switching a new database to WAL takes a lock SQLite's busy handler does not
+            # wait for: several processes opening a new store at once retry it here
+            self._retrying(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
             self._db.execute("PRAGMA synchronous=NORMAL")
             row = self._context_row()
             if row is None:  # a new store: create it (another process may be doing the same)
@@ -87,10 +90,29 @@ class Store:
                 return None
             raise
 
-    def _locked_or(self, e: sqlite3.OperationalError) -> StoreError:
-        if "locked" in str(e) or "busy" in str(e):
+    @staticmethod
+    def _busy(e: sqlite3.OperationalError) -> bool:
+        return "locked" in str(e) or "busy" in str(e)
+
+    def _retrying(self, statement):
+        """`statement()`, retried while the database is busy, up to the lock timeout."""
+        deadline = time.monotonic() + self.lock_timeout_s
+        pause = 0.01
+        while True:
+            try:
+                return statement()
+            except sqlite3.OperationalError as e:
+                if not self._busy(e) or time.monotonic() + pause > deadline:
+                    raise
+            time.sleep(pause)
+            pause = min(2 * pause, 0.25)
+
+    def _locked_or(self, e: sqlite3.OperationalError, since: float | None = None
+                   ) -> StoreError:
+        if self._busy(e):
+            waited = time.monotonic() - (self._opened if since is None else since)
             return StoreError(f"the evaluation store {self.path} stayed locked by another "
-                              f"process for {self.lock_timeout_s:g} s (another search or "
+                              f"process for the {waited:.1f} s waited (another search or "
                               "service writing to it?); let it finish and retry -- its "
                               "measurements are intact")
         return StoreError(f"cannot use the evaluation store {self.path} ({e})")
@@ -99,10 +121,11 @@ class Store:
     def _write(self):
         """One write transaction, taken before reading what it depends on (BEGIN IMMEDIATE):
         concurrent writers queue instead of computing the same sequence number."""
+        started = time.monotonic()
         try:
             self._db.execute("BEGIN IMMEDIATE")
         except sqlite3.OperationalError as e:
-            raise self._locked_or(e) from None
+            raise self._locked_or(e, started) from None
         try:
             yield
         except BaseException:
@@ -113,7 +136,7 @@ class Store:
                 self._db.execute("COMMIT")
             except sqlite3.OperationalError as e:
                 self._db.execute("ROLLBACK")
-                raise self._locked_or(e) from None
+                raise self._locked_or(e, started) from None
 
     def close(self) -> None:
         self._db.close()
