@@ -124,6 +124,22 @@ def test_evaluate_uniform_int8(digits_model, env):
     assert set(ev["census"]["executed"].values()) == {"int8"}
 
 
+def test_threads_is_an_integer_setting_on_every_command(digits_model, env):
+    """`--threads 2` was read as text ('<' not supported between 'str' and 'int'), exit 2."""
+    r = cli("evaluate", digits_model, "--task", TASK, "--uniform", "int8", "--repeats", "5",
+            "--threads", "2", "--no-progress", env=env)
+    assert r.returncode == 0, r.stderr
+    r = cli("search", digits_model, "--task", TASK, "--max-drop", "3%", "--out", "threads",
+            *FAST, "--threads", "2", env=env)
+    assert r.returncode == 0, r.stderr
+    request = json.loads(Path("threads/request.json").read_text())
+    assert request["backend"] == {"name": "ort-cpu", "config": {
+        "threads": 2, "inter_op_threads": 1, "allow_spinning": False,
+        "optimization_level": "all"}}
+    session = json.loads(Path("threads/model.onnx.json").read_text())
+    assert session["intra_op_num_threads"] == 2  # the session that was measured
+
+
 def test_inspect_and_zoo(digits_model, env):
     r = cli("inspect", digits_model, env=env)
     assert r.returncode == 0 and "5 groups" in r.stdout and "/0/Conv" in r.stdout

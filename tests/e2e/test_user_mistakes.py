@@ -169,13 +169,15 @@ def test_an_out_path_that_cannot_be_used(setup, command):
 def test_a_budget_no_plan_can_meet_exits_1_and_writes_the_frontier(setup):
     tmp, model, env = setup
     out = tmp / "out"
-    r = cli("search", model, "--task", "user_task:make_exact_task", "--max-drop", "1e-5",
-            "--out", out, *SEARCH, "--sweep", "2", env=env, cwd=tmp)
+    # the budget after SEARCH's own --max-drop 1%: the last one given is the one used
+    r = cli("search", model, "--task", "user_task:make_exact_task", "--out", out, *SEARCH,
+            "--max-drop", "1e-5", "--sweep", "2", env=env, cwd=tmp)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "budget NOT met" in r.stdout and "Traceback" not in r.stderr
     import json
 
     result = json.loads((out / "result.json").read_text())
+    assert result["budget"]["max_drop"] == 1e-5 and not result["budget"]["relative"]
     assert result["budget_met"] is False and result["best"] is None
     assert (out / "pareto.csv").is_file() and "Budget not met" in (out / "report.md").read_text()
     assert not (out / "plan.json").exists() and not (out / "model.onnx").exists()

@@ -312,3 +312,44 @@ def test_the_looks_follow_a_seeded_shuffle_not_the_files_order():
     assert res.decision == OUT and res.looks == 1  # a quarter wrong shows at the first look
     first = SequentialRule(0.95, 0.05, min_look=250).order(n)[:250]
     assert 0.15 < np.mean(y[first] == N_CLASSES - 1) < 0.35
+
+
+def test_a_task_falls_back_to_its_declared_metric_only_where_its_holdout_cannot_certify():
+    """resnet-digits' 369 labelled holdout samples cannot certify 1%: a task that declares a
+    fallback metric is judged by it there, and says why; a holdout that can, a --metric the
+    user gives, or --confidence off keep the task's own metric. Never silently."""
+    from dataclasses import dataclass, replace
+
+    from trt_mpq.pipeline.config import SearchConfig
+    from trt_mpq.pipeline.judging import choose_metric
+    from trt_mpq.search import Budget
+
+    @dataclass
+    class Workspace:
+        task: Task
+
+    rng = np.random.default_rng(0)
+
+    def split(n):
+        return Split({"x": rng.random((n, 2), dtype=np.float32)}, rng.integers(0, 2, n))
+
+    fidelity = Split({"x": rng.random((5000, 2), dtype=np.float32)}, None)
+    small = replace(_task(None), holdout=split(369), fidelity=fidelity,
+                    fallback_metric="agreement")
+    one = SearchConfig(budget=Budget.parse("1%"))
+    ws, why = choose_metric(Workspace(small), one, None)
+    assert ws.task.metric.name == "agreement" and len(ws.task.holdout) == 3000
+    assert why["chosen_by"] == "task fallback" and why["metric"] == "agreement"
+    assert "369-sample labelled holdout cannot certify 1% of baseline" in why["reason"]
+    assert "--metric accuracy judges by accuracy anyway" in why["reason"]
+    for given, config in [("accuracy", one),
+                          (None, SearchConfig(budget=Budget.parse("1%"), confidence=None)),
+                          (None, SearchConfig(budget=Budget.parse("20%")))]:
+        ws, why = choose_metric(Workspace(small), config, given)
+        assert ws.task.metric.name == "accuracy" and not why["reason"]
+    big = replace(small, holdout=split(20000))  # can certify 1% with room to spare
+    assert choose_metric(Workspace(big), one, None)[0].task.metric.name == "accuracy"
+    no_fallback = replace(small, fallback_metric=None)
+    assert choose_metric(Workspace(no_fallback), one, None)[1]["chosen_by"] == "task"
+    with pytest.raises(TaskError, match="fallback_metric must be one of agreement, kl"):
+        replace(small, fallback_metric="f1")

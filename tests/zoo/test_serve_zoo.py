@@ -47,7 +47,10 @@ def test_a_zoo_job_reaches_the_clis_answer(resnet_digits, tmp_path):
     finally:
         server.stop()
     api_out = server.root / "jobs" / job["id"] / "out"
-    cli, api = _result(out), _result(api_out)
-    # the same search: the CLI's arguments, but for the folder (and the job's --no-progress)
-    assert set(api["command"]) - {str(api_out)} == set(cli["command"]) - {str(out)}
+    # the same search: the same request, but for the output folder
+    cli, api = (json.loads((d / "request.json").read_text()) for d in (out, api_out))
+    assert cli.pop("output") == {"out": str(out), "resume": False}
+    assert api.pop("output") == {"out": str(api_out), "resume": False}
+    assert api == cli
+    assert "--request" in _result(api_out)["command"]
     assert_same_answer(api_out, out)

@@ -52,7 +52,7 @@ def run_request(request: SearchRequest, progress: bool | None = None,
     certify, the executor, the output folder) before any long work, then calibration and the
     search. Returns (the output folder, result.json's content)."""
     from trt_mpq.pipeline.executor import make_executor
-    from trt_mpq.pipeline.judging import resolvable
+    from trt_mpq.pipeline.judging import choose_metric, resolvable
     from trt_mpq.sensitivity import get_metric
 
     t_start = time.perf_counter()
@@ -61,6 +61,12 @@ def run_request(request: SearchRequest, progress: bool | None = None,
     backend = request.backend.create(request.model.cache)
     backend.check_can_run()
     ws = request.model.open(progress)
+    ws, metric_choice = choose_metric(ws, config, request.model.metric)
+    if metric_choice["reason"]:
+        log.warning("%s", metric_choice["reason"])
+        # workers and a rerun of request.json open the task judged the same way
+        request = replace(request, model=replace(request.model,
+                                                 metric=metric_choice["metric"]))
     low_precisions(ws, backend, config.precision)  # refuse impossible precisions
     resolvable(ws.task, config)  # and budgets the holdout cannot certify
     executor = make_executor(request, backend)  # and an executor that cannot run
@@ -72,14 +78,14 @@ def run_request(request: SearchRequest, progress: bool | None = None,
     stored = replace(request, output=OutputConfig(out=out))
     result = search_job(ws, backend, ranges, request.calibration, request.measure, config, out,
                         argv=argv, setup_s=setup_s, executor=executor,
-                        request=stored.to_json_dict())
+                        request=stored.to_json_dict(), metric_choice=metric_choice)
     return out, result
 
 
 def search_job(ws: Workspace, backend: Backend, ranges: Ranges, calib: CalibConfig,
                measure: MeasureConfig, config: SearchConfig, out: Path,
                argv: list[str] | None = None, setup_s: float = 0.0, executor=None,
-               request: dict | None = None) -> dict:
+               request: dict | None = None, metric_choice: dict | None = None) -> dict:
     """Run the search into `out` (created if needed; an existing store there is resumed) and
     return result.json's content; `request` (its JSON) is kept as request.json, which
     `trt-mpq search --request` runs again. Bad input found before anything was measured
@@ -104,7 +110,8 @@ def search_job(ws: Workspace, backend: Backend, ranges: Ranges, calib: CalibConf
             raise SearchInterrupted(out, len(store)) from None
         try:
             return write_search_outputs(out, ws, backend, outcome, config, calib, ranges,
-                                        measure, argv=argv, setup_s=setup_s)
+                                        measure, argv=argv, setup_s=setup_s,
+                                        metric_choice=metric_choice)
         except KeyboardInterrupt:  # every evaluation is stored: --resume rewrites the outputs
             raise SearchInterrupted(out, len(store)) from None
 

@@ -156,6 +156,40 @@ def first_holdout_rule(config: SearchConfig, baseline_metric: float) -> Sequenti
     return replace(rule, confidence=holdout_levels(rule.confidence, declared_tries(config))[0])
 
 
+def choose_metric(ws: Workspace, config: SearchConfig, given: str | None
+                  ) -> tuple[Workspace, dict]:
+    """The workspace judged by the metric the search uses, and why (result.json's
+    `task.metric_choice`). A metric given by the user is used as given. Otherwise a task that
+    declares a `fallback_metric` (the zoo's: agreement with the unquantized model on its
+    fidelity split) is judged by it when its labelled holdout cannot certify the budget with
+    room to spare: a plan that changes no result would get more than `BOUND_MARGIN` of the
+    allowed drop (checked before the baseline is known, at a baseline metric of 1, the most
+    lenient). Never silently: the caller logs the reason first."""
+    task = ws.task
+    own = {"metric": task.metric.name, "chosen_by": "--metric" if given else "task",
+           "reason": ""}
+    if given is not None or task.fallback_metric is None or config.confidence is None \
+            or not task.metric.binary:
+        return ws, own
+    allowed = config.budget.allowed_drop(1.0)
+    rule = replace(first_holdout_rule(config, 1.0), max_looks=1)
+    n = len(task.holdout)
+    floor = rule.best_case_upper(n, task.metric.reference)
+    if floor <= BOUND_MARGIN * allowed:
+        return ws, own
+    judged = replace(ws, task=task.with_metric(task.fallback_metric))
+    source = ("its " + f"{len(task.fidelity):,}-sample fidelity split" if task.fidelity
+              is not None else "its search and holdout splits, unlabelled")
+    reason = (f"{task.name} is judged by {task.fallback_metric} (with the unquantized model, "
+              f"on {source}), the fallback metric the task declares, not by its own "
+              f"{task.metric.name}: its {n}-sample labelled holdout cannot certify "
+              f"{config.budget.describe()} with room to spare (a plan that changes no result "
+              f"would be bounded at {floor:.3g}, against {allowed:.3g} allowed). "
+              f"--metric {task.metric.name} judges by {task.metric.name} anyway")
+    return judged, {"metric": task.fallback_metric, "chosen_by": "task fallback",
+                    "reason": reason}
+
+
 def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: float
                        ) -> dict | None:
     """Whether the holdout split can certify the budget at the confidence level (0/1 metrics;
@@ -170,6 +204,6 @@ def holdout_resolution(ws: Workspace, config: SearchConfig, baseline_metric: flo
             "allowed_drop": rule.allowed, "certifiable": True}
 
 
-__all__ = ["BOUND_MARGIN", "HoldoutTests", "declared_tries", "first_holdout_rule",
+__all__ = ["BOUND_MARGIN", "HoldoutTests", "choose_metric", "declared_tries", "first_holdout_rule",
            "holdout_levels", "holdout_resolution", "judge", "resolvable", "rules",
            "search_decision"]

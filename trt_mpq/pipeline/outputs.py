@@ -59,7 +59,8 @@ def evaluation_dicts(outcome: SearchOutcome, budget: Budget) -> list[dict]:
 
 
 def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, config: SearchConfig,
-                  argv: list[str] | None = None, setup_s: float = 0.0) -> dict:
+                  argv: list[str] | None = None, setup_s: float = 0.0,
+                  metric_choice: dict | None = None) -> dict:
     task = ws.task
     budget = config.budget
     base_ev: Evaluation = outcome.evaluations[0]
@@ -71,6 +72,9 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
         "weights": task.weights,
         "task": {
             "metric": task.metric.name, "higher_is_better": task.metric.higher_is_better,
+            # which metric judged the plans, who chose it and why (`judging.choose_metric`)
+            "metric_choice": metric_choice or {"metric": task.metric.name, "chosen_by": "task",
+                                               "reason": ""},
             "description": task.description, "notes": list(task.notes),
             "splits": {"calibration": len(task.calibration), "search": len(task.search),
                        "holdout": len(task.holdout)},
@@ -169,10 +173,10 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
 def write_search_outputs(out_dir: Path, ws: Workspace, backend: Backend, outcome: SearchOutcome,
                          config: SearchConfig, calib: CalibConfig, ranges: Ranges,
                          measure: MeasureConfig, argv: list[str] | None = None,
-                         setup_s: float = 0.0) -> dict:
+                         setup_s: float = 0.0, metric_choice: dict | None = None) -> dict:
     """Write every output file; `setup_s` is the time spent before the search (model export,
     preparation, calibration), counted in the reported wall time."""
-    result = search_result(ws, backend, outcome, config, argv, setup_s)
+    result = search_result(ws, backend, outcome, config, argv, setup_s, metric_choice)
     evals = evaluation_dicts(outcome, config.budget)
     write_json(out_dir / "pareto.json", {"model": result["model"], "backend": result["backend"],
                                          "baseline_metric": outcome.baseline_metric,

@@ -148,7 +148,9 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
               f"(= {result['budget']['allowed_drop']:.4g} in metric units)",
               f"- Metric: {result['task']['metric']} "
               f"(search split {result['task']['splits']['search']} samples, holdout "
-              f"{result['task']['splits']['holdout']})",
+              f"{result['task']['splits']['holdout']})"
+              + (f". {result['task']['metric_choice']['reason']}"
+                 if (result["task"].get("metric_choice") or {}).get("reason") else ""),
               f"- Evaluations: {result['evaluations']} plans measured "
               f"({result['cached_evaluations']} reused from the store this run), "
               f"wall time {result['wall_s']:.0f} s"

@@ -227,6 +227,10 @@ class Task:
     #: a large split for fidelity metrics (agreement, kl: they need no labels), disjoint from
     #: calibration; `with_metric` splits it into search and holdout parts
     fidelity: Split | None = None
+    #: the fidelity metric (`FIDELITY_METRICS`) this task is judged by, when no --metric is
+    #: given and its labelled holdout cannot certify the budget with room to spare
+    #: (`pipeline.judging.choose_metric`); None: it is always judged by `metric`
+    fallback_metric: str | None = None
 
     def __post_init__(self) -> None:
         named = [(f"the {s} split", getattr(self, s)) for s in SPLITS]
@@ -240,6 +244,9 @@ class Task:
             problem = split.problem()
             if problem:
                 raise DataError(f"task {self.name!r}: {what} {problem}")
+        if self.fallback_metric is not None and self.fallback_metric not in FIDELITY_METRICS:
+            raise TaskError(f"task {self.name!r}: fallback_metric must be one of "
+                            f"{', '.join(FIDELITY_METRICS)}, not {self.fallback_metric!r}")
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:

@@ -208,7 +208,7 @@ def _task(name: str, d: Path, meta: dict, make_fn: str) -> Task:
                (f"fidelity split: {len(fidelity):,} seeded views of the scikit-learn digits "
                 "outside the calibration split (shift <= 2 px, rotation <= 12 degrees, scale "
                 "0.9-1.1, Gaussian noise sd <= 0.1)")),
-        torch_model=f"{__name__}:{make_fn}", fidelity=fidelity)
+        torch_model=f"{__name__}:{make_fn}", fidelity=fidelity, fallback_metric="agreement")
 
 
 def build_resnet(cache_dir: Path, progress: bool | None = None) -> Task:

@@ -338,7 +338,8 @@ def build(cache_dir: Path, progress: bool | None = None) -> Task:
                 "rotation <= 12 degrees, scale 0.9-1.1, Gaussian noise sd <= 0.1), half random "
                 "resized crops with flips of the scikit-image photos (the fidelity metrics "
                 "read the probe logits on both)")),
-        torch_model=f"{__name__}:make_torch_model", fidelity=fidelity)
+        torch_model=f"{__name__}:make_torch_model", fidelity=fidelity,
+        fallback_metric="agreement")
 
 
 def make_torch_model(cache_dir: Path):

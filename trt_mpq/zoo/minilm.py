@@ -224,7 +224,8 @@ def build(cache_dir: Path, progress: bool | None = None) -> Task:
                "fitted on 3000 sentences outside every split"
                + (f"; FP32 search accuracy {base:.4f}" if base is not None else ""),
                VADER_CITATION, fidelity_note),
-        torch_model=f"{__name__}:make_torch_model", fidelity=fidelity)
+        torch_model=f"{__name__}:make_torch_model", fidelity=fidelity,
+        fallback_metric="agreement")
 
 
 def make_torch_model(cache_dir: Path):
