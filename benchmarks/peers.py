@@ -115,19 +115,26 @@ def fresh_cache(cache: Path, work: Path) -> Path:
     return first
 
 
-def run_trt_mpq(model: str, work: Path, max_drop: str, cache: Path, first: bool) -> dict:
-    """`trt-mpq search` with default settings: the `first` search of the model in a fresh cache
-    holding only `cache`'s zoo build (WORK/trt-mpq), else a later one reusing that cache
-    (WORK/trt-mpq-later)."""
+#: trt-mpq's runs: (row name, output folder, extra flags); the first runs in a fresh cache
+TRT_MPQ_RUNS = [("trt-mpq", "trt-mpq", []),
+                ("trt-mpq (later search)", "trt-mpq-later", []),
+                # what certification costs: the same search judged on point estimates
+                ("trt-mpq --confidence off", "trt-mpq-uncertified", ["--confidence", "off"])]
+
+
+def run_trt_mpq(model: str, work: Path, max_drop: str, cache: Path, first: bool,
+                name: str = "", folder: str = "", extra: list[str] | None = None) -> dict:
+    """`trt-mpq search` with default settings (and `extra` flags): the `first` search of the
+    model in a fresh cache holding only `cache`'s zoo build, else a later one reusing it."""
     import shutil
 
-    name = "trt-mpq" if first else "trt-mpq (later search)"
-    out = work / ("trt-mpq" if first else "trt-mpq-later")
+    name = name or ("trt-mpq" if first else "trt-mpq (later search)")
+    out = work / (folder or ("trt-mpq" if first else "trt-mpq-later"))
     if out.exists():
         shutil.rmtree(out)
     cache = fresh_cache(cache, work) if first else work / "cache-first"
     cmd = [sys.executable, "-m", "trt_mpq", "search", model, "--max-drop", max_drop, "--out",
-           str(out), "--cache-dir", str(cache), "--no-progress", "-q"]
+           str(out), "--cache-dir", str(cache), "--no-progress", "-q", *(extra or [])]
     wall, proc = run_timed(cmd)
     row = {"method": name, "wall_s": wall, "command": "trt-mpq " + " ".join(cmd[3:])}
     if proc.returncode not in (0, 1) or not (out / "result.json").exists():
@@ -237,7 +244,8 @@ def table(results: dict, max_drop: float) -> str:
         "process to its answer (zoo builds cached); *trt-mpq* is the first search of a model "
         "(it prepares and calibrates the model and computes the baseline's outputs and "
         "sensitivity), *trt-mpq (later search)* a second one into another folder, which "
-        "reuses them (trt-mpq's caches).", ""]
+        "reuses them (trt-mpq's caches); *trt-mpq --confidence off* the same search judged "
+        "by point estimates, not certified (what certification costs).", ""]
     for model, rows in results.items():
         fp32 = next((r.get("fp32_ms") for r in rows if r.get("fp32_ms")), None)
         lines += [f"### {model} (FP32 {fp32:.2f} ms at batch 1)" if fp32 else f"### {model}", "",
@@ -296,9 +304,10 @@ def main() -> int:
         if args.reuse_peers and (work / "rows.json").exists():
             earlier = {r["method"]: r for r in json.loads((work / "rows.json").read_text())}
         rows = []
-        for first in (True, False):
+        for i, (name, folder, extra) in enumerate(TRT_MPQ_RUNS):
             rows.append(run_trt_mpq(model, work, f"{100 * args.max_drop:g}%",
-                                    args.cache or default_cache_dir(), first))
+                                    args.cache or default_cache_dir(), i == 0, name, folder,
+                                    extra))
             print(f"[{model}] {rows[-1]['method']}: {json.dumps(rows[-1], default=str)[:400]}",
                   flush=True)
         for peer in args.peers:

@@ -335,3 +335,16 @@ def test_an_undecided_holdout_verdict_is_not_a_certificate(tmp_path, monkeypatch
                               tmp_path / "out", 1.0, {}, None, SequentialRule(0.95, 0.01))
     assert conf.bound.drop <= 0.01 < conf.bound.upper  # the point estimate is within budget
     assert not conf.in_budget and not conf.artifact
+
+
+def test_the_report_says_which_measurement_decided_the_answer():
+    from trt_mpq.report import _decided_by
+
+    final = {"rounds": 240, "halfwidth": 0.006, "finalists": [
+        {"label": "a", "latency_ratio": 0.586, "latency_ratio_ci": [0.582, 0.589]},
+        {"label": "b", "latency_ratio": 0.588, "latency_ratio_ci": [0.585, 0.592]},
+        {"label": "c", "latency_ratio": 0.72, "latency_ratio_ci": [0.717, 0.722]}]}
+    text = "\n".join(_decided_by({"final_timing": final}))
+    assert "240 rounds" in text and "- a: x0.586 (0.582-0.589)" in text
+    assert "a and b overlap" in text and "c overlap" not in text and ", c" not in text
+    assert _decided_by({"final_timing": {**final, "finalists": final["finalists"][:1]}}) == []

@@ -56,7 +56,10 @@ class SearchConfig:
         "--precision", "what groups are lowered to: auto (int8-dynamic for MatMul and int8 "
         "otherwise on ort-cpu), int8, int8-dynamic, int4w, fp8, ...",
         parse=parse_precision, dump=lambda p: p.value, metavar="PRECISION"))
-    confirm_candidates: int = 3
+    confirm_candidates: int = field(default=3, metadata=flag(
+        "--finalists", "how many of the fastest in-budget plans (one per precision "
+        "assignment) the holdout may judge, fastest first; the answer's error level is split "
+        "over them, declared before the holdout is read (docs/certification.md)", lo=1, hi=8))
     final_repeats_factor: int = 2  # the final re-measurement uses this many times more runs
     order: str = field(default="sensitivity", metadata=flag(
         "--order", "sensitivity (least sensitive first, the papers) or latency-aware (least "
@@ -69,9 +72,10 @@ class SearchConfig:
         "--runtime-options", "also measure the fastest in-budget plans with the backend's "
         "runtime options (ONNX Runtime fusions to disable; TensorRT builder level, CUDA "
         "graphs) and keep the faster"))
-    option_candidates: int = field(default=2, metadata=flag(
+    option_candidates: int = field(default=3, metadata=flag(
         "--option-candidates", "how many of the fastest in-budget plans get runtime-option "
-        "variants", lo=0, hi=16))
+        "variants (as many as --finalists: a finalist the holdout certifies runs with its "
+        "fastest options)", lo=0, hi=16))
     full_frontier: bool = field(default=False, metadata=flag(
         "--full-frontier", "measure the accuracy of every plan of the sweep, refinement and "
         "options phases, even those timed slower than the fastest in-budget plan (which "
@@ -116,8 +120,6 @@ class SearchConfig:
         elif not isinstance(self.strategy_config, spec.config):
             raise ConfigError(f"the {self.strategy} strategy takes a {spec.config.__name__}, "
                               f"not a {type(self.strategy_config).__name__}")
-        if self.confirm_candidates < 1:
-            raise ConfigError("confirm_candidates must be >= 1")
         if self.final_repeats_factor < 1:
             raise ConfigError("final_repeats_factor must be >= 1")
         if not 0 <= self.gate_recheck < 1:

@@ -352,12 +352,23 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
         phases=phases, gains=gains,
         shared={"dir": str(shared.dir), "reused": shared.hits, "computed": shared.misses},
         timing=timing, resolution=resolution, decision=decision, latency_model=model,
-        final_timing=final_timing or None,
+        final_timing=({**final_timing, "finalists": _finalists(timings, evaluations)}
+                      if final_timing else None),
         workers=dict(executor.kinds) if executor is not None else None,
         adaptive={"search": search_rule.to_json_dict() | {"looks": list(search_rule.looks(
                       len(ws.task.search)))} if evaluator.rule else None,
                   "holdout": holdout_rule.to_json_dict() | {"looks": list(holdout_rule.looks(
                       len(ws.task.holdout)))} if holdout_rule else None})
+
+
+def _finalists(timings: dict, evaluations: list[Evaluation]) -> list[dict]:
+    """The finalists as their joint re-timing ranked them (fastest first): the measurement
+    that decided the order in which the holdout judged them."""
+    labels = {e.plan.digest: e.label for e in evaluations}
+    rows = [{"plan_digest": d, "label": labels.get(d, ""),
+             "latency_ratio": lat.median_ms / base.median_ms, "latency_ratio_ci": list(ci)}
+            for d, (lat, base, ci) in timings.items()]
+    return sorted(rows, key=lambda r: r["latency_ratio"])
 
 
 def _option_space(ws: Workspace, backend: Backend, ranges: Ranges):

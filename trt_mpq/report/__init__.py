@@ -131,6 +131,29 @@ def _latency_model_lines(model: Mapping | None) -> list[str]:
     return out
 
 
+def _decided_by(result: Mapping) -> list[str]:
+    """Which measurement decided the answer: the finalists' joint re-timing (the order the
+    holdout judged them in), and which of them were within each other's timing noise."""
+    final = result.get("final_timing") or {}
+    finalists = final.get("finalists") or []
+    if len(finalists) < 2:
+        return []
+    lines = ["", "Which measurement decided it: the finalists timed together with the "
+             f"baseline, interleaved ({final.get('rounds', '?')} rounds, ratio intervals "
+             f"within ±{100 * final.get('halfwidth', 0):.1f}%), fastest first:", ""]
+    first = finalists[0]
+    for f in finalists:
+        lo, hi = f["latency_ratio_ci"]
+        lines.append(f"- {f['label']}: x{f['latency_ratio']:.3f} ({lo:.3f}-{hi:.3f})")
+    close = [f["label"] for f in finalists[1:]
+             if f["latency_ratio_ci"][0] <= first["latency_ratio_ci"][1]]
+    if close:
+        lines += ["", f"{first['label']} and {', '.join(close)} overlap in this timing: which "
+                  "is judged first is within the machine's noise, and a rerun may answer "
+                  "with the other, at about the same speed."]
+    return lines
+
+
 def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
     b = result["baseline"]
     best = result.get("best")
@@ -248,6 +271,7 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
                      f"{100 * t['test_level']:.4g}%" if t.get("test_level") and bound else "")
             lines.append(f"- {t['label']}: latency x{t['latency_ratio']:.3f} (re-measured), "
                          f"holdout drop {_pct(t['holdout_rel_drop'])}{level} -> {verdict}")
+    lines += _decided_by(result)
     s = result["sensitivity"]
     lines += ["", "## How it was found", "",
               f"Sensitivity metric `{s['metric']}` ({s['passes']} passes over {s['samples']} "
