@@ -27,6 +27,9 @@ from typing import Any
 from trt_mpq.errors import ConfigError, TrtMpqError
 
 _KEY = "trt_mpq.flag"
+#: the longest text a setting takes (a module:function, a metric, an address): a request that
+#: sends megabytes in one is refused, never stored
+MAX_TEXT = 200
 
 
 def flag(name: str, help: str, *, parse: Callable[[str], Any] | None = None,
@@ -198,7 +201,7 @@ def coerce(opt: Option, value: Any) -> Any:
             raise bad()
         value = tuple(value)
     if opt.parse is not None and not isinstance(value, kind):
-        if not isinstance(value, (str, int, float)):
+        if not isinstance(value, (str, int, float)) or len(str(value)) > MAX_TEXT:
             raise bad()
         try:
             value = opt.parse(value if isinstance(value, str) else repr(value))
@@ -234,10 +237,11 @@ def coerce(opt: Option, value: Any) -> Any:
             raise bad()
         value = float(value)
     elif kind is str:
-        if not isinstance(value, str):
-            raise bad()
+        if not isinstance(value, str) or len(value) > MAX_TEXT:
+            raise bad(f"text of at most {MAX_TEXT} characters" if isinstance(value, str)
+                      else None)
     elif kind is Path:
-        if not isinstance(value, (str, Path)):
+        if not isinstance(value, (str, Path)) or len(str(value)) > 4096:
             raise bad("a path")
         value = Path(value)
     if isinstance(value, float) and not math.isfinite(value):

@@ -44,6 +44,10 @@ def test_types_ranges_finiteness_and_choices_are_checked_one_way():
     for bad in (1.0, 0.4, "nan", math.nan, "2"):
         with pytest.raises(ConfigError, match="--confidence"):
             options.coerce(confidence, bad)
+    metric = opt(__import__("trt_mpq.pipeline.request", fromlist=["ModelRef"]).ModelRef,
+                 "metric")
+    with pytest.raises(ConfigError, match="--metric takes text of at most 200 characters"):
+        options.coerce(metric, "x" * (3 << 20))  # a 3 MiB value is refused, never stored
     adaptive = opt(SearchConfig, "adaptive")
     assert options.coerce(adaptive, False) is False
     for bad in ("yes", 1, None):
