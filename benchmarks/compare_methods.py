@@ -305,7 +305,8 @@ def run_ours(r: Runner, accept, scores, budget, sensitivity_s) -> dict:
 
     config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")
     strategies, cost = r.boundary(config, accept, scores(config.sensitivity))  # sens: scores()
-    fastest = FastestInBudget(accept, config.gate_margin, config.gate_recheck)
+    fastest = FastestInBudget(accept, config.gate_margin, config.gate_recheck,
+                              keep=config.confirm_candidates)
 
     def gated(plan, label):
         return r.evaluator.evaluate(plan, label, gate=fastest.gate())

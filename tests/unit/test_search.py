@@ -204,6 +204,18 @@ def test_the_gates_rival_is_the_fastest_plan_in_budget_only():
     assert fastest.best.label == "faster in budget 2"
     fastest.see(e("slower in budget", 0.55, 0.0))
     assert fastest.best.label == "faster in budget 2"
+    # with two finalists, a plan can be the answer until two other precision assignments in
+    # budget are faster: the gate's rival is the second fastest of them
+    two = FastestInBudget(lambda ev: ev.ok and ev.drop <= 0.01, 0.03, 0.15, base, keep=2)
+    two.see(e("a", 0.5, 0.0))
+    assert two.gate().ratio == 1.0 and two.gate().rival is None  # one is not enough
+    two.see(e("a, its faster variant", 0.45, 0.0, plan=e("a", 0, 0).plan.with_options(
+        {"opt": "1"})))  # the same precisions: still one assignment
+    assert two.gate().ratio == 1.0
+    two.see(e("b 2", 0.6, 0.0))
+    two.see(e("out 2", 0.3, 0.5))
+    assert two.gate().rival == e("b 2", 0, 0).plan
+    assert two.gate().ratio == pytest.approx(0.6 * 1.03)
 
 
 def test_drive_in_batches_evaluates_and_tells_what_one_at_a_time_does():

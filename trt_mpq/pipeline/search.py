@@ -150,22 +150,40 @@ def accuracy_gate(best: Evaluation | None, margin: float, recheck: float = 0.0) 
 
 
 class FastestInBudget:
-    """The fastest in-budget quantized plan seen so far (`see` every evaluation) and the gate
-    it sets for latency-first evaluations (`accuracy_gate`)."""
+    """The fastest in-budget quantized plans seen so far (`see` every evaluation), one per
+    precision assignment, and the gate they set for latency-first evaluations: a plan cannot
+    be the answer when `keep` in-budget plans with other precisions are faster, since only
+    the `keep` fastest (`--finalists`) go to the holdout. (With one finalist that is the
+    fastest plan; with three, a plan slower than the fastest can still be the answer when the
+    holdout refuses the faster ones, so it keeps its accuracy pass until three are faster.)
+    The gate's rival is the `keep`-th fastest (`accuracy_gate`)."""
 
     def __init__(self, accept, margin: float, recheck: float,
-                 baseline_plan: Plan | None = None) -> None:
+                 baseline_plan: Plan | None = None, keep: int = 1) -> None:
         self.accept, self.margin, self.recheck = accept, margin, recheck
         self.baseline_plan = baseline_plan
-        self.best: Evaluation | None = None
+        self.keep = keep
+        self.fastest: dict[str, Evaluation] = {}  # precision assignment -> its fastest plan
 
     def see(self, ev: Evaluation) -> None:
-        if self.accept(ev) and ev.plan != self.baseline_plan and ev.latency_ratio < 1.0 \
-                and (self.best is None or ev.latency_ratio < self.best.latency_ratio):
-            self.best = ev
+        if self.accept(ev) and ev.plan != self.baseline_plan and ev.latency_ratio < 1.0:
+            key = Plan.of(ev.plan.as_dict()).digest
+            known = self.fastest.get(key)
+            if known is None or ev.latency_ratio < known.latency_ratio:
+                self.fastest[key] = ev
+
+    def ranked(self) -> list[Evaluation]:
+        return sorted(self.fastest.values(), key=lambda e: e.latency_ratio)
+
+    @property
+    def best(self) -> Evaluation | None:
+        ranked = self.ranked()
+        return ranked[0] if ranked else None
 
     def gate(self) -> Gate:
-        return accuracy_gate(self.best, self.margin, self.recheck)
+        ranked = self.ranked()
+        return accuracy_gate(ranked[self.keep - 1] if len(ranked) >= self.keep else None,
+                             self.margin, self.recheck)
 
 
 def _log_evaluation(ev: Evaluation, accept: BudgetAccept, baseline_metric: float) -> None:
@@ -255,7 +273,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                    disable=None if ws.progress is None else not ws.progress)
 
         fastest = FastestInBudget(accept, config.gate_margin, config.gate_recheck,
-                                  evaluator.baseline_plan)
+                                  evaluator.baseline_plan, keep=config.confirm_candidates)
         gate = fastest.gate
 
         def on_eval(ev: Evaluation) -> None:
