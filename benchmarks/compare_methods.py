@@ -300,7 +300,7 @@ def run_ours(r: Runner, accept, scores, budget, sensitivity_s) -> dict:
     strategy's safer plans are measured only if the holdout refuses every answer. Its cost: the
     sensitivity of every precision, the profiles and its evaluations."""
     from trt_mpq.pipeline.config import SearchConfig
-    from trt_mpq.pipeline.search import FastestInBudget
+    from trt_mpq.pipeline.gate import FastestInBudget
     from trt_mpq.search import Budget, drive
 
     config = SearchConfig(budget=Budget.parse("1%"), strategy="boundary")

@@ -35,7 +35,7 @@ class Mutant:
 
 
 MUTANTS = [
-    Mutant("the gate's rival may be out of budget", "trt_mpq/pipeline/search.py",
+    Mutant("the gate's rival may be out of budget", "trt_mpq/pipeline/gate.py",
            "if self.accept(ev) and ev.plan != self.baseline_plan",
            "if ev.plan != self.baseline_plan", ("tests/unit/test_search.py",)),
     Mutant("an undecided holdout verdict certifies", "trt_mpq/pipeline/answer.py",

@@ -12,7 +12,8 @@ from trt_mpq.backends.base import Artifact, Backend, Census, Runner
 from trt_mpq.errors import BuildError, MaterializeError, MeasurementError, PlanError
 from trt_mpq.measure import MeasureConfig
 from trt_mpq.pipeline import evaluator as evaluator_module
-from trt_mpq.pipeline.evaluator import Evaluator, Gate
+from trt_mpq.pipeline.evaluator import Evaluator
+from trt_mpq.pipeline.gate import Gate
 from trt_mpq.plan import Plan
 from trt_mpq.plan import Precision as P
 from trt_mpq.qdq import Dialect

@@ -161,8 +161,7 @@ def test_the_accuracy_gate_is_the_best_plan_with_its_margin_capped_at_the_baseli
     """A latency-first plan skips its accuracy pass when timed slower than the fastest in-budget
     plan by more than the margin, and before any plan is in budget when slower than the
     baseline: `pick_answer` never takes a plan that is not faster than the baseline."""
-    from trt_mpq.pipeline.evaluator import Gate
-    from trt_mpq.pipeline.search import accuracy_gate
+    from trt_mpq.pipeline.gate import Gate, accuracy_gate
     from trt_mpq.results import Evaluation, Status
 
     def best(ratio):
@@ -183,7 +182,7 @@ def test_the_gates_rival_is_the_fastest_plan_in_budget_only():
     """A plan out of budget or no faster than the baseline never becomes the rival that sets
     the accuracy gate, however fast it timed: a faster rival would make later plans skip
     their accuracy pass against a plan that cannot be the answer."""
-    from trt_mpq.pipeline.search import FastestInBudget
+    from trt_mpq.pipeline.gate import FastestInBudget
     from trt_mpq.results import Evaluation, Status
 
     base = Plan.of({"a": P.FP32, "b": P.FP32})

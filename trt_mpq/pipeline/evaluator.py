@@ -37,6 +37,7 @@ from trt_mpq.measure.latency import (
     measure_pair,
 )
 from trt_mpq.measure.sequential import SequentialRule, sequential_drop
+from trt_mpq.pipeline.gate import Gate
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan
 from trt_mpq.qdq import BASELINE, materialize
@@ -46,32 +47,6 @@ from trt_mpq.store.shared import SharedCache
 from trt_mpq.task import Split
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class Gate:
-    """When a latency-first evaluation skips its accuracy pass: a plan timed slower than `ratio`
-    (of the baseline) cannot be the answer. Before any plan is in budget `ratio` is the
-    baseline's 1.0 and there is no `rival`. After, `ratio` is the fastest in-budget plan's
-    (`rival`) with a noise `margin`; but one search-time timing varies more from one moment to
-    the next than its own interval says (resnet-digits: about +-0.04 at x0.45), and the rival's
-    ratio is the smallest of several such timings, so biased low. A plan timed above `ratio`
-    but not above `recheck` is timed again, side by side with the rival (and FP32), and skips
-    its accuracy pass only if it is slower than the rival by more than `margin` there."""
-
-    ratio: float
-    rival: Plan | None = None
-    margin: float = 0.0
-    recheck: float = 0.0
-
-    def to_json_dict(self) -> dict:
-        return {"ratio": self.ratio, "margin": self.margin, "recheck": self.recheck,
-                "rival": self.rival.to_json_dict() if self.rival is not None else None}
-
-    @classmethod
-    def from_json_dict(cls, d: dict) -> Gate:
-        return cls(float(d["ratio"]), Plan.from_json_dict(d["rival"]) if d.get("rival") else None,
-                   float(d.get("margin", 0.0)), float(d.get("recheck", 0.0)))
 
 
 @dataclass

@@ -38,7 +38,7 @@ from trt_mpq.plan import Plan
 from trt_mpq.results import Evaluation
 
 if TYPE_CHECKING:
-    from trt_mpq.pipeline.evaluator import Gate
+    from trt_mpq.pipeline.gate import Gate
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ class EvalWorker:
         return self.device, self.evaluator.backend.timing_device()
 
     def evaluate(self, plan: dict, label: str, gate: dict | None) -> dict:
-        from trt_mpq.pipeline.evaluator import Gate
+        from trt_mpq.pipeline.gate import Gate
 
         ev = self.evaluator.evaluate(Plan.from_json_dict(plan), label,
                                      gate=Gate.from_json_dict(gate) if gate else None)

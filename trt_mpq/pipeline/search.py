@@ -27,7 +27,8 @@ from trt_mpq.model.groups import group_edges
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.answer import Confirmation, confirm, holdout_baseline, pick_answer
 from trt_mpq.pipeline.config import SearchConfig
-from trt_mpq.pipeline.evaluator import Evaluator, Gate, shared_cache
+from trt_mpq.pipeline.evaluator import Evaluator, shared_cache
+from trt_mpq.pipeline.gate import FastestInBudget
 from trt_mpq.pipeline.judging import (
     HoldoutTests,
     declared_tries,
@@ -134,56 +135,6 @@ def format_options(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping
         log.info("%s is an option for %d group(s)", p.value, len(changed))
         out.update({(g, p): (scores.get(g, 0.0), gains.gain_ratio[g]) for g in changed})
     return out
-
-
-def accuracy_gate(best: Evaluation | None, margin: float, recheck: float = 0.0) -> Gate:
-    """When a latency-first evaluation skips its accuracy pass (`Gate`): slower than the fastest
-    in-budget plan `best` by more than the noise `margin` (and, if timed within `recheck` of it,
-    again when timed side by side with it), or, before any plan is in budget, slower than the
-    baseline. Either way, whatever its accuracy, the plan cannot be the answer (`pick_answer`
-    takes only plans measured faster than the baseline) and the baseline dominates it on the
-    frontier."""
-    if best is None:
-        return Gate(1.0)
-    r = best.latency_ratio
-    return Gate(min(1.0, r * (1 + margin)), best.plan, margin, min(1.0, r * (1 + recheck)))
-
-
-class FastestInBudget:
-    """The fastest in-budget quantized plans seen so far (`see` every evaluation), one per
-    precision assignment, and the gate they set for latency-first evaluations: a plan cannot
-    be the answer when `keep` in-budget plans with other precisions are faster, since only
-    the `keep` fastest (`--finalists`) go to the holdout. (With one finalist that is the
-    fastest plan; with three, a plan slower than the fastest can still be the answer when the
-    holdout refuses the faster ones, so it keeps its accuracy pass until three are faster.)
-    The gate's rival is the `keep`-th fastest (`accuracy_gate`)."""
-
-    def __init__(self, accept, margin: float, recheck: float,
-                 baseline_plan: Plan | None = None, keep: int = 1) -> None:
-        self.accept, self.margin, self.recheck = accept, margin, recheck
-        self.baseline_plan = baseline_plan
-        self.keep = keep
-        self.fastest: dict[str, Evaluation] = {}  # precision assignment -> its fastest plan
-
-    def see(self, ev: Evaluation) -> None:
-        if self.accept(ev) and ev.plan != self.baseline_plan and ev.latency_ratio < 1.0:
-            key = Plan.of(ev.plan.as_dict()).digest
-            known = self.fastest.get(key)
-            if known is None or ev.latency_ratio < known.latency_ratio:
-                self.fastest[key] = ev
-
-    def ranked(self) -> list[Evaluation]:
-        return sorted(self.fastest.values(), key=lambda e: e.latency_ratio)
-
-    @property
-    def best(self) -> Evaluation | None:
-        ranked = self.ranked()
-        return ranked[0] if ranked else None
-
-    def gate(self) -> Gate:
-        ranked = self.ranked()
-        return accuracy_gate(ranked[self.keep - 1] if len(ranked) >= self.keep else None,
-                             self.margin, self.recheck)
 
 
 def _log_evaluation(ev: Evaluation, accept: BudgetAccept, baseline_metric: float) -> None:
@@ -397,5 +348,5 @@ def _option_space(ws: Workspace, backend: Backend, ranges: Ranges):
     return space
 
 
-__all__ = ["FastestInBudget", "SearchOutcome", "accuracy_gate", "format_options",
+__all__ = ["SearchOutcome", "format_options",
            "low_precisions", "run_search"]
