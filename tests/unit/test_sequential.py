@@ -340,7 +340,8 @@ def test_a_task_falls_back_to_its_declared_metric_only_where_its_holdout_cannot_
     ws, why = choose_metric(Workspace(small), one, None)
     assert ws.task.metric.name == "agreement" and len(ws.task.holdout) == 3000
     assert why["chosen_by"] == "task fallback" and why["metric"] == "agreement"
-    assert "369-sample labelled holdout cannot certify 1% of baseline" in why["reason"]
+    assert "that holdout's 369 samples cannot certify 1% of baseline" in why["reason"]
+    assert small.with_metric("fallback").metric.name == "agreement"  # what a rerun opens
     assert "--metric accuracy judges by accuracy anyway" in why["reason"]
     for given, config in [("accuracy", one),
                           (None, SearchConfig(budget=Budget.parse("1%"), confidence=None)),
@@ -353,3 +354,14 @@ def test_a_task_falls_back_to_its_declared_metric_only_where_its_holdout_cannot_
     assert choose_metric(Workspace(no_fallback), one, None)[1]["chosen_by"] == "task"
     with pytest.raises(TaskError, match="fallback_metric must be one of agreement, kl"):
         replace(small, fallback_metric="f1")
+    with pytest.raises(TaskError, match="'accuracy' with a labelled fallback_split"):
+        replace(small, fallback_metric="accuracy")
+    # the task's own metric on a large labelled split of views
+    views = split(10000)
+    own = replace(small, fallback_metric="accuracy", fallback_split=views)
+    ws, why = choose_metric(Workspace(own), one, None)
+    assert ws.task.metric.name == "accuracy" and why["chosen_by"] == "task fallback"
+    assert len(ws.task.search) == 4000 and len(ws.task.holdout) == 6000
+    assert ws.task.holdout.labels is not None and "10,000-sample labelled" in why["reason"]
+    with pytest.raises(TaskError, match="declares no fallback"):
+        _task(None).with_metric("fallback")

@@ -65,8 +65,7 @@ def run_request(request: SearchRequest, progress: bool | None = None,
     if metric_choice["reason"]:
         log.warning("%s", metric_choice["reason"])
         # workers and a rerun of request.json open the task judged the same way
-        request = replace(request, model=replace(request.model,
-                                                 metric=metric_choice["metric"]))
+        request = replace(request, model=replace(request.model, metric="fallback"))
     low_precisions(ws, backend, config.precision)  # refuse impossible precisions
     resolvable(ws.task, config)  # and budgets the holdout cannot certify
     executor = make_executor(request, backend)  # and an executor that cannot run

@@ -177,12 +177,10 @@ def choose_metric(ws: Workspace, config: SearchConfig, given: str | None
     floor = rule.best_case_upper(n, task.metric.reference)
     if floor <= BOUND_MARGIN * allowed:
         return ws, own
-    judged = replace(ws, task=task.with_metric(task.fallback_metric))
-    source = ("its " + f"{len(task.fidelity):,}-sample fidelity split" if task.fidelity
-              is not None else "its search and holdout splits, unlabelled")
-    reason = (f"{task.name} is judged by {task.fallback_metric} (with the unquantized model, "
-              f"on {source}), the fallback metric the task declares, not by its own "
-              f"{task.metric.name}: its {n}-sample labelled holdout cannot certify "
+    judged = replace(ws, task=task.judged_by_fallback())
+    reason = (f"{task.name} is judged by {task.fallback_metric} ({task.fallback_source()}), "
+              f"the fallback the task declares, not by its own {task.metric.name} on its "
+              f"labelled holdout: that holdout's {n} samples cannot certify "
               f"{config.budget.describe()} with room to spare (a plan that changes no result "
               f"would be bounded at {floor:.3g}, against {allowed:.3g} allowed). "
               f"--metric {task.metric.name} judges by {task.metric.name} anyway")

@@ -89,7 +89,8 @@ class ModelRef:
         "--metric", "judge plans by the task's own metric (default) or a fidelity metric that "
         "compares with the unquantized model's outputs and needs no labels: agreement (top-1 "
         "agreement), kl (mean KL divergence, an absolute budget); they use the task's "
-        "fidelity split when it has one", metavar="METRIC"))
+        "fidelity split when it has one; fallback: what the task declares for budgets its "
+        "labelled holdout cannot certify (chosen by itself when needed)", metavar="METRIC"))
     cache_dir: Path | None = field(default=None, metadata=flag(
         "--cache-dir", "where exported models, data and calibration are cached (default: "
         "$TRT_MPQ_CACHE or ~/.cache/trt-mpq)", metavar="DIR"))

@@ -18,6 +18,14 @@ from pathlib import Path
 import numpy as np
 
 from trt_mpq.errors import DataError, TaskError, user_code
+from trt_mpq.task.metrics import (
+    FIDELITY_METRICS,
+    Metric,
+    Outputs,
+    accuracy,
+    agreement,
+    kl_divergence,
+)
 
 SPLITS = ("calibration", "search", "holdout")
 
@@ -102,98 +110,6 @@ class Split:
         return h.hexdigest()[:16]
 
 
-Outputs = Mapping[str, np.ndarray]
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A task metric computed from the model's outputs over a whole split.
-
-    `kind` tells output-divergence sensitivity how to compare outputs: "logits" (softmax + KL)
-    or "regression" (MSE).
-    """
-
-    name: str
-    fn: Callable[[Outputs, np.ndarray | None], float] = field(repr=False, compare=False)
-    higher_is_better: bool = True
-    output: str | None = None  # the output the metric reads (None: the first)
-    kind: str = "logits"
-    #: per-sample terms whose mean is the metric (accuracy: 1 where top-1 is right), if it is
-    #: such a mean: drops are then bounded exactly on discordant pairs, else by bootstrap
-    per_sample: Callable[[Outputs, np.ndarray | None], np.ndarray] | None = field(
-        default=None, repr=False, compare=False)
-    #: a fidelity metric: it compares the outputs with the baseline's own outputs on the same
-    #: samples (passed where labels would be), so it needs no labels
-    reference: bool = False
-    #: per-sample terms are 0/1 (accuracy, agreement): drops get exact bounds, and whether a
-    #: split can certify a budget is known before any run (`trt_mpq.measure.stats`)
-    binary: bool = False
-
-    def __call__(self, outputs: Outputs, labels) -> float:
-        with user_code(f"the task metric {self.name!r}"):  # the task's code, not trt-mpq's
-            return float(self.fn(outputs, labels))
-
-    def target(self, labels: np.ndarray | None, reference: Outputs | None):
-        """What the metric compares outputs with: the baseline's outputs for a fidelity metric,
-        else the labels."""
-        if self.reference:
-            if reference is None:
-                raise ValueError(f"{self.name} compares with the baseline's outputs; give them")
-            return reference
-        return labels
-
-
-def accuracy(output: str | None = None) -> Metric:
-    """Top-1 accuracy of the argmax of `output` (or the first output) against integer labels."""
-
-    def right(outputs: Outputs, labels: np.ndarray | None) -> np.ndarray:
-        if labels is None:
-            raise DataError("accuracy needs labels; the split has none")
-        logits = outputs[output] if output else next(iter(outputs.values()))
-        return np.argmax(logits, axis=-1) == labels
-
-    def fn(outputs: Outputs, labels: np.ndarray | None) -> float:
-        return float(np.mean(right(outputs, labels)))
-
-    return Metric(name="accuracy", fn=fn, output=output, kind="logits", per_sample=right,
-                  binary=True)
-
-
-def _logits(outputs: Outputs, output: str | None) -> np.ndarray:
-    return np.asarray(outputs[output] if output else next(iter(outputs.values())))
-
-
-def agreement(output: str | None = None) -> Metric:
-    """Top-1 agreement with the baseline's own outputs (a fidelity metric: no labels needed).
-    The baseline agrees with itself on every sample, so its value is 1 and a plan's drop is
-    its disagreement rate."""
-
-    def same(outputs: Outputs, reference: Outputs) -> np.ndarray:
-        return np.argmax(_logits(outputs, output), -1) == np.argmax(_logits(reference, output),
-                                                                    -1)
-
-    return Metric(name="agreement", fn=lambda o, r: float(np.mean(same(o, r))), output=output,
-                  kind="logits", per_sample=same, reference=True, binary=True)
-
-
-def kl_divergence(output: str | None = None) -> Metric:
-    """Mean KL(softmax(baseline) || softmax(plan)) in nats over samples (a fidelity metric;
-    lower is better, 0 for the baseline, so its budget must be absolute, e.g. 0.001)."""
-
-    def per_sample(outputs: Outputs, reference: Outputs) -> np.ndarray:
-        from scipy.special import log_softmax
-
-        lq = log_softmax(_logits(outputs, output).astype(np.float64), axis=-1)
-        lp = log_softmax(_logits(reference, output).astype(np.float64), axis=-1)
-        return np.sum(np.exp(lp) * (lp - lq), axis=-1)
-
-    return Metric(name="kl", fn=lambda o, r: float(np.mean(per_sample(o, r))),
-                  higher_is_better=False, output=output, kind="logits", per_sample=per_sample,
-                  reference=True)
-
-
-FIDELITY_METRICS: dict[str, Callable[[str | None], Metric]] = {
-    "agreement": agreement, "kl": kl_divergence}
 #: share of the fidelity split that becomes the search part; the rest is the holdout, which
 #: certifies the answer and so gets the larger share
 FIDELITY_SEARCH_SHARE = 0.4
@@ -227,10 +143,13 @@ class Task:
     #: a large split for fidelity metrics (agreement, kl: they need no labels), disjoint from
     #: calibration; `with_metric` splits it into search and holdout parts
     fidelity: Split | None = None
-    #: the fidelity metric (`FIDELITY_METRICS`) this task is judged by, when no --metric is
-    #: given and its labelled holdout cannot certify the budget with room to spare
-    #: (`pipeline.judging.choose_metric`); None: it is always judged by `metric`
+    #: what this task is judged by when no --metric is given and its labelled holdout cannot
+    #: certify the budget with room to spare (`pipeline.judging.choose_metric`): a fidelity
+    #: metric (`FIDELITY_METRICS`, on `fidelity`), or the task's own metric's name, judged on
+    #: `fallback_split` (a large labelled split, e.g. seeded views of held-out samples);
+    #: None: always `metric`
     fallback_metric: str | None = None
+    fallback_split: Split | None = None
 
     def __post_init__(self) -> None:
         named = [(f"the {s} split", getattr(self, s)) for s in SPLITS]
@@ -244,9 +163,17 @@ class Task:
             problem = split.problem()
             if problem:
                 raise DataError(f"task {self.name!r}: {what} {problem}")
-        if self.fallback_metric is not None and self.fallback_metric not in FIDELITY_METRICS:
+        if self.fallback_split is not None:
+            problem = self.fallback_split.problem()
+            if problem or self.fallback_split.labels is None:
+                raise DataError(f"task {self.name!r}: the fallback split "
+                                f"{problem or 'has no labels'}")
+        own = self.metric.name
+        if self.fallback_metric is not None and self.fallback_metric not in FIDELITY_METRICS \
+                and not (self.fallback_metric == own and self.fallback_split is not None):
             raise TaskError(f"task {self.name!r}: fallback_metric must be one of "
-                            f"{', '.join(FIDELITY_METRICS)}, not {self.fallback_metric!r}")
+                            f"{', '.join(FIDELITY_METRICS)}, or {own!r} with a labelled "
+                            f"fallback_split, not {self.fallback_metric!r}")
 
     def split(self, name: str) -> Split:
         if name not in SPLITS:
@@ -267,6 +194,10 @@ class Task:
         part, the rest the holdout), else on the search and holdout splits without labels."""
         if name is None or name == self.metric.name:
             return self
+        if name == "fallback":  # what the task declares for holdouts too small (`fallback_metric`)
+            if self.fallback_metric is None:
+                raise TaskError(f"task {self.name!r} declares no fallback metric")
+            return self.judged_by_fallback()
         if name not in FIDELITY_METRICS:
             raise TaskError(f"unknown metric {name!r}: task {self.name!r} is judged by "
                             f"{self.metric.name!r}, or by a fidelity metric "
@@ -286,6 +217,26 @@ class Task:
                             "at least 2 (a search part and a holdout part)")
         fid = self.fidelity.unlabelled()
         return replace(self, metric=metric, search=fid.part(0, cut), holdout=fid.part(cut))
+
+    def judged_by_fallback(self) -> Task:
+        """The task as its `fallback_metric` judges it: a fidelity metric on the fidelity
+        split (`with_metric`), or its own metric on `fallback_split`, whose first
+        `FIDELITY_SEARCH_SHARE` is the search part and the rest the holdout."""
+        if self.fallback_metric is None:
+            return self
+        if self.fallback_metric in FIDELITY_METRICS and self.fallback_metric != self.metric.name:
+            return self.with_metric(self.fallback_metric)
+        split = self.fallback_split
+        cut = max(1, round(len(split) * FIDELITY_SEARCH_SHARE))
+        return replace(self, search=split.part(0, cut), holdout=split.part(cut))
+
+    def fallback_source(self) -> str:
+        """Where the fallback metric is judged, in words."""
+        if self.fallback_metric in FIDELITY_METRICS and self.fallback_metric != self.metric.name:
+            return ("with the unquantized model, on " +
+                    (f"its {len(self.fidelity):,}-sample fidelity split" if self.fidelity
+                     is not None else "its search and holdout splits, unlabelled"))
+        return f"on its {len(self.fallback_split):,}-sample labelled fallback split"
 
     @property
     def data_digest(self) -> str:
@@ -373,3 +324,8 @@ def default_cache_dir() -> Path:
     if env:
         return Path(env)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "trt-mpq"
+
+
+__all__ = ["FIDELITY_METRICS", "FIDELITY_SEARCH_SHARE", "SPLITS", "ExtraCheck", "Metric",
+           "Outputs", "Split", "Task", "accuracy", "agreement", "check_inputs", "check_splits",
+           "default_cache_dir", "kl_divergence", "load_task_factory", "task_from_factory"]
