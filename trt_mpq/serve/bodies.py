@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import math
 import uuid
 from pathlib import Path
 
@@ -88,6 +89,13 @@ def _refuse_constant(name: str):
     raise ValueError(f"{name} is not a number JSON allows")
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text[:40]} is not a finite number")
+    return value
+
+
 async def read_json(request: Request, cap: int, timeout: float):
     """The body as JSON (any value; validation checks its shape)."""
     declared = declared_length(request)
@@ -103,7 +111,7 @@ async def read_json(request: Request, cap: int, timeout: float):
             await drain(request, timeout, len(data))
             raise BodyError(413, too_big)
     try:
-        return json.loads(bytes(data), parse_constant=_refuse_constant)
+        return json.loads(bytes(data), parse_constant=_refuse_constant, parse_float=_finite)
     except (ValueError, RecursionError) as e:
         raise BodyError(400, f"the request body is not JSON ({str(e)[:200]})",
                         close=False) from None
