@@ -24,7 +24,14 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from trt_mpq.serve.bodies import BodyError, declared_length, read_json, receive_upload
+from trt_mpq.serve.bodies import (
+    DRAIN,
+    BodyError,
+    declared_length,
+    drain,
+    read_json,
+    receive_upload,
+)
 from trt_mpq.serve.child import run_check
 from trt_mpq.serve.guard import SECURITY_HEADERS, Guard
 from trt_mpq.serve.housekeeping import delete_job_files, disk_used, uploads_in_use
@@ -124,6 +131,8 @@ def create_app(config: ServeConfig, start_workers: bool = True) -> Starlette:
     async def _upload(request: Request) -> Response:
         declared, cap = declared_length(request), config.max_upload_bytes
         if declared is not None and declared > cap:
+            if declared <= cap + DRAIN:  # read and dropped: the client then reads the answer
+                await drain(request, config.request_timeout)
             raise BodyError(413, f"the upload is {declared:,} bytes; this server takes at most "
                                  f"{cap:,} (--max-upload-mb)")
         left = await asyncio.to_thread(room)
