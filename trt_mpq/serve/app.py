@@ -255,14 +255,14 @@ def create_app(config: ServeConfig, start_workers: bool = True) -> Starlette:
             return now, evs, service.summary(now, evs)
 
         async def stream():
-            sent, last = 0, None
+            sent, last, redact = 0, None, service.redactor(job.id)
             while True:
                 now, evs, summary = await asyncio.to_thread(look)
                 if now is None:
                     yield {"event": "end", "data": dumps({"state": "deleted"})}
                     return
                 for i, ev in enumerate(evs[sent:], start=sent + 1):
-                    yield {"event": "plan", "data": dumps(point(ev, i))}
+                    yield {"event": "plan", "data": dumps(point(ev, i, redact))}
                 sent = max(sent, len(evs))
                 key = dumps(summary)
                 if key != last:

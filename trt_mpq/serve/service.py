@@ -87,14 +87,14 @@ def evaluations(out: Path) -> list[dict]:
     return out
 
 
-def point(ev: dict, seq: int) -> dict:
-    """One measured plan as the page plots it."""
+def point(ev: dict, seq: int, redact=str) -> dict:
+    """One measured plan as the page plots it (`redact`: for the text of its reason)."""
     return {"seq": seq, "digest": ev.get("plan_digest"), "label": ev.get("label", ""),
             "status": ev.get("status"),
             "ratio": ev.get("latency_ratio"), "ratio_ci": ev.get("latency_ratio_ci"),
             "drop": ev.get("drop"), "rel_drop": ev.get("rel_drop"),
             "drop_upper": ev.get("drop_upper"), "samples": ev.get("samples"),
-            "counts": ev.get("precision_counts"), "reason": ev.get("reason", "")}
+            "counts": ev.get("precision_counts"), "reason": redact(str(ev.get("reason") or ""))}
 
 
 def frontier(points: list[dict]) -> list[int]:
@@ -225,7 +225,8 @@ class Service:
 
     def plans(self, job: Job) -> dict:
         out = job_dir(self.root, job.id) / "out"
-        points = [point(e, i) for i, e in enumerate(evaluations(out), start=1)]
+        redact = self.redactor(job.id)
+        points = [point(e, i, redact) for i, e in enumerate(evaluations(out), start=1)]
         result = _result(out) if job.state in FINISHED else None
         answer = None
         if result and result.get("best"):
