@@ -4,7 +4,12 @@ refused requests) run every 15 s until they finish, then checks that nothing err
 and that the measurements of two jobs never overlapped on the device (each job's searches ran
 between its start and finish, and no two jobs' [start, finish] intervals on one device intersect).
 
-    python benchmarks/serve_load.py [--jobs 20] [--requests 50]
+During the first burst, large uploads (valid ONNX models of 64 to 96 MiB, two at a time: the
+server's --max-concurrent-uploads) stream in while 20 event streams stay open; the server's
+resident memory is sampled throughout and its peak (VmHWM, /proc/PID/status) reported, since an
+upload is streamed to disk and never held in the server's memory.
+
+    python benchmarks/serve_load.py [--jobs 20] [--requests 50] [--uploads 64,80,96,96]
 
 Prints a table (for RESULTS.md's "The search service under load"). The jobs are real:
 resnet-digits judged by agreement at a 1% budget, with short timing settings so that 20 of them
@@ -22,6 +27,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -33,22 +39,73 @@ JOB = {"model": "resnet-digits", "max_drop": "1%",
                    "runtime-options": False, "final-cap": 10}}
 
 
-def call(base: str, method: str, path: str, body=None) -> tuple[int, float, bytes]:
-    data = json.dumps(body).encode() if body is not None else None
+HEADERS: dict[str, str] = {}  # the server's CSRF token, once it is up
+
+
+def call(base: str, method: str, path: str, body=None, raw: bytes | None = None
+         ) -> tuple[int, float, bytes]:
+    data = raw if raw is not None else json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(base + path, data=data, method=method)
+    if method != "GET":
+        req.add_header("Content-Type", "application/octet-stream" if raw is not None
+                       else "application/json")
+        for k, v in HEADERS.items():
+            req.add_header(k, v)
     t = time.perf_counter()
     try:
-        with urllib.request.urlopen(req, timeout=120) as r:
+        with urllib.request.urlopen(req, timeout=600) as r:
             status, payload = r.status, r.read()
     except urllib.error.HTTPError as e:
         status, payload = e.code, e.read()
     return status, time.perf_counter() - t, payload
 
 
+def big_model(mib: int) -> bytes:
+    """A valid ONNX model of about `mib` MiB: y = x + w, w one large float32 initializer."""
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    n = mib * 2**20 // 4
+    w = numpy_helper.from_array(np.random.default_rng(mib).random(n, dtype=np.float32), "w")
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "big",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [n])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [n])], [w])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(model)
+    return model.SerializeToString()
+
+
+class Memory(threading.Thread):
+    """Samples a process's resident memory (VmRSS) until stopped; `peak()` is its VmHWM."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid, self.samples, self.stopping = pid, [], threading.Event()
+
+    def read(self, key: str) -> int:
+        for line in open(f"/proc/{self.pid}/status"):
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) // 1024  # MiB
+        return 0
+
+    def run(self) -> None:
+        while not self.stopping.wait(0.1):
+            try:
+                self.samples.append(self.read("VmRSS"))
+            except OSError:
+                return
+
+    def peak(self) -> int:
+        return self.read("VmHWM")
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--jobs", type=int, default=20)
     ap.add_argument("--requests", type=int, default=50)
+    ap.add_argument("--uploads", default="64,80,96,96",
+                    help="sizes in MiB of the uploads sent during the first burst")
     ap.add_argument("--cache", default=None, help="TRT_MPQ_CACHE (default: the usual cache)")
     args = ap.parse_args()
     with socket.socket() as s:
@@ -59,16 +116,23 @@ def main() -> int:
     env = dict(os.environ)
     if args.cache:
         env["TRT_MPQ_CACHE"] = args.cache
+    sizes = [int(x) for x in args.uploads.split(",") if x]
+    models = {mib: big_model(mib) for mib in set(sizes)}
     server = subprocess.Popen([sys.executable, "-m", "trt_mpq", "serve", "--port", str(port),
-                               "--root", str(root)], env=env, stdout=subprocess.DEVNULL,
-                              stderr=open(root / "server.log", "wb"))
+                               "--root", str(root), "--max-upload-mb", "128", "--max-queued",
+                               str(args.jobs + 10)], env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(root / "server.log", "wb"))
     try:
         for _ in range(300):
             try:
-                call(base, "GET", "/api/models")
+                _, _, payload = call(base, "GET", "/api/session")
+                HEADERS["X-TRT-MPQ-CSRF"] = json.loads(payload)["csrf"]
                 break
             except urllib.error.URLError:
                 time.sleep(0.2)
+        memory = Memory(server.pid)
+        rss_start = memory.read("VmRSS")
+        memory.start()
         t0 = time.perf_counter()
         ids = []
         for _ in range(args.jobs):
@@ -104,9 +168,41 @@ def main() -> int:
 
         # a burst of concurrent requests every 15 s until every job is finished, so that the
         # API is loaded while searches run, not only while they queue
-        answers, bursts = [], []
+        def send(mib: int) -> tuple[int, float]:
+            status, dt, _ = call(base, "POST", "/api/uploads", raw=models[mib])
+            return status, dt
+
+        def stream(i: int) -> int:  # an event stream held open while the uploads run
+            try:
+                with urllib.request.urlopen(f"{base}/api/jobs/{ids[i % len(ids)]}/events",
+                                            timeout=600) as r:
+                    while not uploads_done.is_set() and r.readline():
+                        pass
+                    return r.status
+            except (urllib.error.URLError, OSError):
+                return -1
+
+        # the first burst runs with the uploads (two at a time) and 20 open event streams
+        uploads_done = threading.Event()
+        streams_pool = ThreadPoolExecutor(20)
+        streams = [streams_pool.submit(stream, i) for i in range(20)]
+        t = time.perf_counter()
+        with ThreadPoolExecutor(2) as pool:
+            sent = pool.map(send, sizes)
+            tb = time.perf_counter()
+            with ThreadPoolExecutor(args.requests) as burst:
+                answers = list(burst.map(one, range(args.requests)))
+            first_burst_s = time.perf_counter() - tb
+            sent = list(sent)
+        uploads_s = time.perf_counter() - t
+        rss_uploads = memory.peak()
+        uploads_done.set()
+        stream_codes = [f.result() for f in streams]
+        streams_pool.shutdown()
+        bursts = [first_burst_s]
         deadline = time.time() + 3600
         while time.time() < deadline:
+            time.sleep(15)
             t = time.perf_counter()
             with ThreadPoolExecutor(args.requests) as pool:
                 answers += list(pool.map(one, range(args.requests)))
@@ -115,9 +211,9 @@ def main() -> int:
             jobs = json.loads(payload)["jobs"]
             if all(j["state"] in ("done", "failed", "cancelled") for j in jobs):
                 break
-            time.sleep(15)
         errors = [a for a in answers if a[1]]
         wall_s = time.perf_counter() - t0
+        rss_peak = memory.peak()
     finally:
         server.send_signal(signal.SIGINT)
         server.wait(timeout=120)
@@ -153,10 +249,18 @@ def main() -> int:
     print(f"| evaluations stored outside their job's run | {outside} |")
     print(f"| distinct answers (plan digests) | {len(answers_)} |")
     print(f"| all jobs finished in (s) | {wall_s:.0f} |")
+    ok_uploads = sum(st == 201 for st, _ in sent)
+    mib_s = sum(sizes) / uploads_s
+    print(f"| uploads during the first burst: {', '.join(map(str, sizes))} MiB, 2 at a time / "
+          f"accepted | {len(sizes)} ({sum(sizes)} MiB, {mib_s:.0f} MiB/s) / {ok_uploads} |")
+    print(f"| event streams open meanwhile / answered 200 | {len(stream_codes)} / "
+          f"{sum(c == 200 for c in stream_codes)} |")
+    print(f"| server resident memory at start / peak during the uploads / peak overall (MiB) | "
+          f"{rss_start} / {rss_uploads} / {rss_peak} |")
     if errors:
         print("errors:", errors[:5])
     return 0 if not errors and states["done"] == len(ids) and not overlaps and not outside \
-        else 1
+        and ok_uploads == len(sizes) else 1
 
 
 if __name__ == "__main__":

@@ -34,26 +34,30 @@ def free_port() -> int:
 class Server:
     """`python -m trt_mpq serve` on a free loopback port."""
 
-    def __init__(self, root: Path, cache: Path, *extra: str, token: str | None = None) -> None:
+    def __init__(self, root: Path, cache: Path, *extra: str, token: str | None = None,
+                 tasks_dir: Path = FIXTURES) -> None:
         self.root, self.cache, self.extra, self.token = root, cache, extra, token
+        self.tasks_dir = tasks_dir
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.proc: subprocess.Popen | None = None
+        self.csrf = ""
 
     def start(self) -> Server:
         env = dict(os.environ, TRT_MPQ_CACHE=str(self.cache))
         env.pop("TRT_MPQ_TOKEN", None)
+        if self.token:  # not --token: that one shows in ps
+            env["TRT_MPQ_TOKEN"] = self.token
         argv = [sys.executable, "-m", "trt_mpq", "serve", "--port", str(self.port), "--root",
-                str(self.root), "--tasks-dir", str(FIXTURES), *self.extra]
-        if self.token:
-            argv += ["--token", self.token]
+                str(self.root), "--tasks-dir", str(self.tasks_dir), *self.extra]
         self.log = open(self.root.parent / f"server-{self.port}.log", "ab")
         self.proc = subprocess.Popen(argv, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.time() + 60
         while time.time() < deadline:
             assert self.proc.poll() is None, self.output()
             try:
-                self.request("GET", "/api/models")
+                _, session = self.request("GET", "/api/session")
+                self.csrf = session["csrf"]
                 return self
             except (urllib.error.URLError, ConnectionError):
                 time.sleep(0.2)
@@ -81,6 +85,10 @@ class Server:
         token = self.token if token == "default" else token
         if token:
             req.add_header("Authorization", f"Bearer {token}")
+        if method != "GET":  # a state change: JSON (or the upload's bytes) and the CSRF token
+            req.add_header("Content-Type", "application/octet-stream"
+                           if path == "/api/uploads" else "application/json")
+            req.add_header("X-TRT-MPQ-CSRF", self.csrf)
         try:
             with urllib.request.urlopen(req, timeout=60) as r:
                 status, payload, ctype = r.status, r.read(), r.headers.get("content-type", "")
@@ -273,12 +281,14 @@ def test_a_token_guards_every_request_and_off_loopback_needs_one(tmp_path, cache
         assert server.request("GET", "/api/jobs", token="wrong")[0] == 401
         assert server.request("GET", "/", token=None)[0] == 401
         assert server.request("GET", "/api/jobs")[0] == 200
-        assert server.request("GET", "/api/jobs?token=s3cret", token=None)[0] == 200
+        # a token in an API URL is refused (it would sit in logs); the page's way in is
+        # /?token= once, which trades it for a cookie (test_page_with_a_token)
+        assert server.request("GET", "/api/jobs?token=s3cret", token=None)[0] == 401
     finally:
         server.stop()
 
 
-def _chrome(download_dir: Path):
+def _chrome(download_dir: Path, console: bool = False):
     import shutil
 
     chromium, driver = shutil.which("chromium"), shutil.which("chromedriver")
@@ -294,6 +304,8 @@ def _chrome(download_dir: Path):
         opts.add_argument(arg)
     opts.add_experimental_option("prefs", {"download.default_directory": str(download_dir),
                                            "download.prompt_for_download": False})
+    if console:  # the page's console (CSP violations are reported there)
+        opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     browser = webdriver.Chrome(service=ChromeService(driver), options=opts)
     browser.execute_cdp_cmd("Browser.setDownloadBehavior",
                             {"behavior": "allow", "downloadPath": str(download_dir)})
@@ -357,6 +369,62 @@ def test_page_in_a_real_browser(server, digits_model, tmp_path):
         assert target.read_bytes() == (out / "model.onnx").read_bytes()
     finally:
         browser.quit()
+
+
+WAIT_TASK = "import time\n\n\ndef make_task():\n    time.sleep(3600)\n"
+
+
+def test_page_with_a_token(tmp_path, cache_dir):
+    """The page on a token server: opened once as /?token=..., it trades the token for a
+    cookie and the address bar ends without it; the jobs list loads, a job is submitted from
+    the form, cancel/resume errors are shown, and the CSP (no inline script or style) is never
+    violated. The jobs' task factory only waits: nothing is searched."""
+    import models
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "wait_task.py").write_text(WAIT_TASK)
+    tiny = models.tiny_cnn(tmp_path / "tiny.onnx")
+    token = "page-t0ken"
+    server = Server(tmp_path / "serve", cache_dir, token=token, tasks_dir=tasks).start()
+    browser = _chrome(tmp_path, console=True)
+    try:
+        first = server.request("POST", "/api/jobs", {"upload": upload(server, tiny),
+                                                    "task": "wait_task:make_task",
+                                                    "max_drop": "1%"})[1]
+        browser.get(f"{server.base}/?token={token}")
+        wait = WebDriverWait(browser, 60, poll_frequency=0.2)
+        wait.until(lambda b: b.find_elements(By.CSS_SELECTOR,
+                                             f'#jobs tr[data-job-id="{first["id"]}"]'))
+        assert browser.current_url == server.base + "/", browser.current_url  # no token
+        assert token not in browser.execute_script("return document.cookie")  # HttpOnly
+        # a job submitted from the form (the upload, then the job: cookie + CSRF header)
+        Select(browser.find_element(By.ID, "model")).select_by_value("")
+        browser.find_element(By.ID, "upload-file").send_keys(str(tiny))
+        browser.find_element(By.ID, "task").send_keys("wait_task:make_task")
+        browser.find_element(By.ID, "submit").click()
+        wait.until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#jobs tr.job")) == 2)
+        mine = wait.until(lambda b: b.find_element(By.ID, "job-id").text)
+        assert mine != first["id"] and browser.find_element(By.ID, "form-error").text == ""
+        status, job = server.request("GET", f"/api/jobs/{mine}")
+        assert status == 200 and job["spec"]["task"] == "wait_task:make_task"
+        # an action the server refuses shows its error on the page
+        server.request("POST", f"/api/jobs/{first['id']}/cancel")
+        server.wait(first["id"])
+        browser.find_element(By.CSS_SELECTOR, f'#jobs tr[data-job-id="{first["id"]}"]').click()
+        wait.until(lambda b: b.find_element(By.ID, "job-state").text == "cancelled")
+        browser.execute_script("act('cancel')")
+        wait.until(lambda b: "already cancelled" in b.find_element(By.ID, "job-message").text)
+        console = browser.get_log("browser")
+        assert any("409" in e.get("message", "") for e in console), console  # it is read
+        violations = [e for e in console if "Content Security Policy" in e.get("message", "")]
+        assert not violations, violations
+        server.request("POST", f"/api/jobs/{mine}/cancel")
+    finally:
+        browser.quit()
+        server.stop()
 
 
 def test_cancel_saves_the_state_and_resume_goes_on(server, digits_model, cli_answer):

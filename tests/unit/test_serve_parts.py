@@ -216,3 +216,155 @@ def test_the_frontier_keeps_plans_no_other_beats_on_both_axes():
            {"seq": 5, "status": "build_failed", "ratio": None, "drop": None},
            {"seq": 6, "status": "ok", "ratio": 0.6, "drop": 0.05}]  # same speed, worse
     assert frontier(pts) == [2, 4, 1]
+
+
+def test_the_servers_executor_is_set_on_every_request_and_never_shown(uploads):
+    from trt_mpq.pipeline.request import ExecutorConfig, SearchRequest
+
+    ray = ExecutorConfig(kind="ray", ray_address="10.1.2.3:6379")
+    spec, request = validate({"model": "resnet-digits", "max_drop": "1%",
+                              "options": {"repeats": "20"}}, uploads, None, ray)
+    assert request.executor == ray
+    again = SearchRequest.from_json_dict(request.to_json_dict())  # what the worker runs
+    assert again.executor == ray
+    # the job shows the settings as validation made them, and none of the server's own
+    assert spec["options"] == {"repeats": 20}
+    assert "10.1.2.3" not in repr(spec) and "ray" not in repr(spec)
+    _, local = validate({"model": "resnet-digits", "max_drop": "1%"}, uploads, None)
+    assert local.executor == ExecutorConfig()
+
+
+@pytest.mark.parametrize("body, message", [
+    ({"upload": UPLOAD + "\n", "task": "digits_task:make_task", "max_drop": "1%"},
+     "unknown upload"),
+    ({"upload": UPLOAD, "task": "digits_task:make_task\n", "max_drop": "1%"},
+     "MODULE:FUNCTION"),
+    ({"upload": UPLOAD, "task": "digits_task:TRAIN", "max_drop": "1%"},
+     "no public function 'TRAIN'"),
+    ({"upload": UPLOAD, "task": "digits_task:Path", "max_drop": "1%"},
+     "no public function 'Path'"),  # imported, not its own
+    ({"upload": UPLOAD, "task": "digits_task:_net", "max_drop": "1%"},
+     "no public function '_net'"),
+    ({"upload": UPLOAD, "task": "digits_task:" + "x" * 300, "max_drop": "1%"},
+     "MODULE:FUNCTION"),
+])
+def test_names_are_matched_whole_and_a_factory_is_a_public_function(uploads, body, message):
+    with pytest.raises(SpecError, match=message):
+        validate(body, uploads, FIXTURES)
+
+
+def test_task_functions_reads_the_module_without_importing_it(tmp_path):
+    from trt_mpq.serve.spec import task_functions
+
+    mod = tmp_path / "boom.py"
+    mod.write_text("raise SystemExit('imported!')\nfrom os import system\nx = 1\n"
+                   "def make(): pass\nasync def amake(): pass\ndef _hidden(): pass\n"
+                   "class K:\n    def method(self): pass\n")
+    assert task_functions(mod) == ["make"]
+    (tmp_path / "bad.py").write_text("def (:")
+    assert task_functions(tmp_path / "bad.py") == []
+
+
+def test_a_row_that_cannot_be_read_does_not_break_the_store(tmp_path):
+    import sqlite3
+
+    from trt_mpq.serve.jobs import QueueFull
+
+    jobs = JobStore(tmp_path / "jobs.sqlite")
+    with pytest.raises(ValueError):
+        jobs.submit({"x": float("nan")}, {}, "cpu")  # never stored
+    a = jobs.submit({}, {}, "cpu", "10.0.0.1", max_unfinished=2)
+    jobs.submit({}, {}, "cpu", "10.0.0.1", max_unfinished=2)
+    with pytest.raises(QueueFull):
+        jobs.submit({}, {}, "cpu", "10.0.0.1", max_unfinished=2)
+    jobs.submit({}, {}, "cpu", "10.0.0.2", max_unfinished=2)  # per client
+    jobs.request_cancel(a.id)
+    jobs.submit({}, {}, "cpu", "10.0.0.1", max_unfinished=2)  # a cancelled one frees a place
+    db = sqlite3.connect(tmp_path / "jobs.sqlite", isolation_level=None)
+    db.execute("UPDATE jobs SET spec='{broken', request='[' WHERE id=?", (a.id,))
+    db.close()
+    shown = jobs.get(a.id)
+    assert shown.spec == {"unreadable": True} and shown.request is None
+    assert len(jobs.all()) == 4
+    running = jobs.claim("cpu")
+    assert not jobs.delete(running.id)  # running: refused
+    assert jobs.delete(a.id) and jobs.get(a.id) is None
+
+
+def test_clean_and_redact_make_what_clients_read_safe(tmp_path):
+    import json
+
+    from trt_mpq.serve.redact import Redactor, clean
+
+    assert clean({"a": float("nan"), "b": [float("inf"), 1.5], "c": "x" * 5000,
+                  "d": (1, 2), "e": object}) == {"a": None, "b": [None, 1.5],
+                                                 "c": "x" * 1000 + "...", "d": [1, 2],
+                                                 "e": "<class 'object'>"}
+    deep: list = [1]
+    for _ in range(30):
+        deep = [deep]
+    assert "1" not in json.dumps(clean({"deep": deep}), allow_nan=False)  # nesting bounded
+    root = tmp_path / "serve"
+    (root / "jobs" / "0001-abcdef12").mkdir(parents=True)
+    r = Redactor.for_server(root, tmp_path / "cache", FIXTURES, "10.9.8.7:6379")
+    job = r.for_job(root / "jobs" / "0001-abcdef12")
+    text = (f"$ trt-mpq search --request {root}/jobs/0001-abcdef12/request.json --out "
+            f"{root}/jobs/0001-abcdef12/out {root}/uploads/{UPLOAD}.onnx {tmp_path}/cache/zoo "
+            f"{FIXTURES}/digits_task.py ray at 10.9.8.7:6379, other job {root}/jobs/0002-x")
+    assert job(text) == ("$ trt-mpq search --request <job>/request.json --out <job>/out "
+                         f"<uploads>/{UPLOAD}.onnx <cache>/zoo <tasks>/digits_task.py ray at "
+                         "<ray-address>, other job <jobs>/0002-x")
+
+
+def test_retention_deletes_old_finished_jobs_and_unused_uploads(tmp_path):
+    import os
+    import time
+
+    from trt_mpq.serve.housekeeping import disk_used, sweep
+
+    root = tmp_path / "serve"
+    (root / "uploads").mkdir(parents=True)
+    jobs = JobStore(root / "jobs.sqlite")
+    now = time.time()
+    old_done = jobs.submit({"upload": "a" * 64}, {}, "cpu")
+    old_queued = jobs.submit({"upload": "b" * 64}, {}, "cpu")
+    new_done = jobs.submit({"upload": "c" * 64}, {}, "cpu")
+    for j in (old_done, new_done):
+        (root / "jobs" / j.id).mkdir(parents=True)
+        (root / "jobs" / j.id / "log.txt").write_text("x" * 100)
+    jobs.claim("cpu")
+    jobs.finish(old_done.id, DONE, 0, "ok")
+    jobs.request_cancel(new_done.id)
+    for name in ("a", "b", "c", "d"):
+        (root / "uploads" / f"{name * 64}.onnx").write_bytes(b"x" * 10)
+        os.utime(root / "uploads" / f"{name * 64}.onnx", (now - 5 * 86400,) * 2)
+    (root / "uploads" / ".x.part").write_bytes(b"x")
+    assert disk_used(root) == 200 + 41
+    # a week later, with 3 days' retention: the job finished 'now' is 7 days old too
+    gone = sweep(root, jobs, days=3, now=now + 7 * 86400)
+    assert sorted(gone["jobs"]) == sorted([old_done.id, new_done.id])
+    assert old_queued.id in {j.id for j in jobs.all()}  # unfinished: kept
+    assert not (root / "jobs" / old_done.id).exists()
+    # uploads: the queued job's is kept, the others (unused, old) go, the partial one too
+    assert sorted(p.name for p in (root / "uploads").iterdir()) == ["b" * 64 + ".onnx"]
+    assert sweep(root, jobs, days=3, now=now) == {"jobs": [], "uploads": []}
+
+
+def test_one_server_per_root(tmp_path):
+    import subprocess
+    import sys
+
+    from trt_mpq.errors import ConfigError
+    from trt_mpq.serve.housekeeping import lock_root
+
+    held = lock_root(tmp_path)
+    with pytest.raises(ConfigError, match="another trt-mpq serve"):
+        lock_root(tmp_path)  # a second open file description: flock refuses it too
+    code = ("import sys; from pathlib import Path; from trt_mpq.serve.housekeeping import "
+            "lock_root\ntry:\n    lock_root(Path(sys.argv[1]))\nexcept Exception as e:\n"
+            "    print(e); sys.exit(2)")
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True,
+                       text=True)
+    assert r.returncode == 2 and "another trt-mpq serve" in r.stdout
+    held.close()
+    lock_root(tmp_path).close()  # free again

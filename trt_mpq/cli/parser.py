@@ -162,10 +162,35 @@ def build_parser() -> argparse.ArgumentParser:
                         "trt_mpq.task.Task) that uploaded models may name; without it only "
                         "zoo models are taken")
     p.add_argument("--token", default=None,
-                   help="every request must carry it (Authorization: Bearer TOKEN, or "
-                        "?token=TOKEN); default $TRT_MPQ_TOKEN; required off loopback")
+                   help="every request must carry it (Authorization: Bearer TOKEN, or the "
+                        "cookie the page gets from /?token=TOKEN); required off loopback. "
+                        "Visible to every user in `ps`: prefer --token-file or $TRT_MPQ_TOKEN")
+    p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                   help="read the token from FILE (its first line)")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="without a token, also answer requests whose Host is NAME (e.g. a "
+                        "reverse proxy's name; default: loopback names only); repeatable")
+    p.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="where every job's plans are evaluated (a request cannot choose)")
+    p.add_argument("--ray-address", default=None, metavar="ADDRESS",
+                   help="with --executor ray: the cluster every job joins (auto, or "
+                        "HEAD:6379)")
     p.add_argument("--max-upload-mb", type=float, default=512,
                    help="largest ONNX upload (default 512 MB)")
+    p.add_argument("--max-concurrent-uploads", type=int, default=2, metavar="N",
+                   help="uploads received at once; more are refused with 429 (default 2)")
+    p.add_argument("--max-queued", type=int, default=20, metavar="N",
+                   help="queued or running jobs per client address; more are refused with "
+                        "429 (default 20)")
+    p.add_argument("--max-disk-gb", type=float, default=100, metavar="GB",
+                   help="disk the uploads and jobs may use; past it uploads and new jobs are "
+                        "refused with 507 (default 100; 0: no limit)")
+    p.add_argument("--retention-days", type=float, default=30, metavar="DAYS",
+                   help="finished jobs and unused uploads older than this are deleted, at "
+                        "start and hourly (default 30; 0: keep everything)")
+    p.add_argument("--request-timeout", type=float, default=30, metavar="S",
+                   help="a request's head must arrive within S seconds, its body without "
+                        "pauses over S seconds (default 30)")
     p.add_argument("--gpus", type=int, default=1,
                    help="GPUs that time TensorRT jobs, one job at a time each (cuda:0..N-1; "
                         "default 1); CPU jobs have their own queue")

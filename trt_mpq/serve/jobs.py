@@ -10,6 +10,11 @@ again (resume), and a job found `running` when the server starts was interrupted
 died), so it is queued again and resumed from its stored evaluations. Every write is one
 `BEGIN IMMEDIATE` transaction, as in `trt_mpq.store`, so several server threads (the request
 handlers and one worker per device) share the file safely.
+
+Nothing a client sent is stored unvalidated: a job's `spec` is the validated request as the
+server normalized it, written with `allow_nan=False`; a row that cannot be read back anyway (a
+store written by hand, or by an older server) reads as an `unreadable` spec, never as an error
+that would break the list of every other job.
 """
 
 from __future__ import annotations
@@ -42,13 +47,25 @@ CREATE TABLE IF NOT EXISTS jobs (
     exit_code INTEGER,
     message TEXT NOT NULL DEFAULT '',
     cancel INTEGER NOT NULL DEFAULT 0,
-    request TEXT
+    request TEXT,
+    client TEXT
 )
 """
-#: the columns in the order `Job` takes them (a table made before `request` existed has it
-#: added at the end, so SELECT * is not used)
+#: the columns in the order `Job` takes them (a table made before `request` or `client`
+#: existed has them added at the end, so SELECT * is not used)
 COLUMNS = ("id, seq, state, device, spec, argv, created, started, finished, attempts, "
-           "exit_code, message, cancel, request")
+           "exit_code, message, cancel, request, client")
+
+
+class QueueFull(Exception):
+    """A client already has as many unfinished jobs as the server takes from one (HTTP 429)."""
+
+
+def _loads(text, default):
+    try:
+        return json.loads(text) if text else default
+    except (TypeError, ValueError):
+        return default
 
 
 @dataclass(frozen=True)
@@ -67,6 +84,7 @@ class Job:
     message: str
     cancel: bool  # cancellation requested
     request: dict | None = None  # the SearchRequest it runs (JSON), None for an `argv` job
+    client: str = ""  # the address that submitted it (the per-client queue limit)
 
     def to_json_dict(self) -> dict:
         return {"id": self.id, "state": self.state, "device": self.device, "spec": self.spec,
@@ -83,8 +101,9 @@ class JobStore:
         with self._write() as db:
             db.execute(SCHEMA)
             have = {r[1] for r in db.execute("PRAGMA table_info(jobs)")}
-            if "request" not in have:  # a table an older server made
-                db.execute("ALTER TABLE jobs ADD COLUMN request TEXT")
+            for column in ("request", "client"):  # a table an older server made
+                if column not in have:
+                    db.execute(f"ALTER TABLE jobs ADD COLUMN {column} TEXT")
 
     def _db(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
@@ -110,19 +129,30 @@ class JobStore:
     @staticmethod
     def _job(row) -> Job:
         (id_, seq, state, device, spec, argv, created, started, finished, attempts, exit_code,
-         message, cancel, request) = row
-        return Job(id_, seq, state, device, json.loads(spec), json.loads(argv), created, started,
-                   finished, attempts, exit_code, message, bool(cancel),
-                   json.loads(request) if request else None)
+         message, cancel, request, client) = row
+        spec = _loads(spec, None)
+        return Job(id_, seq, state, device, spec if isinstance(spec, dict) else
+                   {"unreadable": True}, _loads(argv, []), created, started, finished,
+                   attempts, exit_code, message or "", bool(cancel), _loads(request, None),
+                   client or "")
 
-    def submit(self, spec: dict, request: dict, device: str) -> Job:
+    def submit(self, spec: dict, request: dict, device: str, client: str = "",
+               max_unfinished: int | None = None) -> Job:
+        """Queue a job; with `max_unfinished`, QueueFull when `client` already has that many
+        queued or running (checked in the same transaction as the insert)."""
+        texts = (json.dumps(spec, allow_nan=False), json.dumps(request, allow_nan=False))
         with self._write() as db:
+            if max_unfinished is not None:
+                n = db.execute("SELECT COUNT(*) FROM jobs WHERE client=? AND state IN (?, ?)",
+                               (client, QUEUED, RUNNING)).fetchone()[0]
+                if n >= max_unfinished:
+                    raise QueueFull(n)
             seq = db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM jobs").fetchone()[0]
             job_id = f"{seq:04d}-{uuid.uuid4().hex[:8]}"
-            db.execute("INSERT INTO jobs (id, seq, state, device, spec, argv, created, request) "
-                       "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       (job_id, seq, QUEUED, device, json.dumps(spec), "[]", time.time(),
-                        json.dumps(request)))
+            db.execute("INSERT INTO jobs (id, seq, state, device, spec, argv, created, request, "
+                       "client) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                       (job_id, seq, QUEUED, device, texts[0], "[]", time.time(), texts[1],
+                        client))
         job = self.get(job_id)
         assert job is not None
         return job
@@ -170,6 +200,14 @@ class JobStore:
                            (QUEUED, job_id, CANCELLED, FAILED)).rowcount
         return n == 1
 
+    def delete(self, job_id: str) -> bool:
+        """Forget a job that is not running (a queued one is taken off its queue in the same
+        transaction a worker's claim would use, so it is either claimed or deleted)."""
+        with self._write() as db:
+            n = db.execute("DELETE FROM jobs WHERE id=? AND state != ?",
+                           (job_id, RUNNING)).rowcount
+        return n == 1
+
     def recover(self) -> list[str]:
         """At server start: jobs left `running` by a server that died are queued again."""
         with self._write() as db:
@@ -180,4 +218,4 @@ class JobStore:
 
 
 __all__ = ["CANCELLED", "DONE", "FAILED", "FINISHED", "QUEUED", "RUNNING", "STATES", "Job",
-           "JobStore"]
+           "JobStore", "QueueFull"]

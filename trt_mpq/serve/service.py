@@ -1,6 +1,10 @@
 """The service's state without HTTP: its configuration, the jobs' measurements as the page
 shows them (read-only views of each job's evaluation store and outputs), and `Service`, which
-owns the job store and one worker per timing device."""
+owns the job store, one worker per timing device and the retention sweeps.
+
+What a client reads of a job passes `redact`: its phase and message show paths relative to
+the job (`<job>/out`), never the server's folders or internal addresses, and its spec is
+`clean`ed (it always serializes)."""
 
 from __future__ import annotations
 
@@ -14,13 +18,16 @@ from pathlib import Path
 
 from trt_mpq.backends import backend_spec
 from trt_mpq.pipeline.job import STORE_FILE
+from trt_mpq.pipeline.request import ExecutorConfig
+from trt_mpq.serve.housekeeping import Housekeeper
 from trt_mpq.serve.jobs import FINISHED, QUEUED, RUNNING, Job, JobStore
+from trt_mpq.serve.redact import Redactor, clean
 from trt_mpq.serve.spec import SpecError
 from trt_mpq.serve.worker import Worker, job_dir
 
 log = logging.getLogger(__name__)
 
-JOB_ID = re.compile(r"^[0-9]{4,}-[0-9a-f]{8}$")
+JOB_ID = re.compile(r"[0-9]{4,}-[0-9a-f]{8}")  # fullmatch
 #: what a job hands back: the files a CLI search writes (the artifact is model.onnx or
 #: model.engine) and the search's own log
 DOWNLOADS = ("model.onnx", "model.engine", "plan.json", "result.json", "pareto.csv",
@@ -37,6 +44,16 @@ class ServeConfig:
     gpus: int = 1  # timing devices cuda:0..N-1 (besides the CPU)
     devices: list[str] = field(default_factory=list)
     poll_s: float = 0.5  # how often live views look for new measurements
+    port: int = 8765  # names the session cookie (cookies are per host, not per port)
+    allowed_hosts: frozenset[str] = frozenset()  # Host names besides loopback (no token)
+    executor: ExecutorConfig = field(default_factory=ExecutorConfig)  # every job's
+    max_job_bytes: int = 64 * 1024  # a POST /api/jobs body
+    max_concurrent_uploads: int = 2
+    max_queued: int = 20  # unfinished jobs per client address
+    max_disk_bytes: int | None = 100 * 2**30  # uploads + jobs
+    retention_days: float = 30.0  # 0: keep everything
+    sweep_s: float = 3600.0  # how often retention runs
+    request_timeout: float = 30.0  # a request's head, and each pause in its body
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
@@ -59,17 +76,25 @@ def evaluations(out: Path) -> list[dict]:
             db.close()
     except sqlite3.Error:  # being created: nothing to show yet
         return []
-    return [json.loads(r[0]) for r in rows]
+    out = []
+    for (payload,) in rows:
+        try:
+            ev = json.loads(payload)
+        except (TypeError, ValueError):
+            continue
+        if isinstance(ev, dict):
+            out.append(ev)
+    return out
 
 
-def point(ev: dict, seq: int) -> dict:
-    """One measured plan as the page plots it."""
+def point(ev: dict, seq: int, redact=str) -> dict:
+    """One measured plan as the page plots it (`redact`: for the text of its reason)."""
     return {"seq": seq, "digest": ev.get("plan_digest"), "label": ev.get("label", ""),
             "status": ev.get("status"),
             "ratio": ev.get("latency_ratio"), "ratio_ci": ev.get("latency_ratio_ci"),
             "drop": ev.get("drop"), "rel_drop": ev.get("rel_drop"),
             "drop_upper": ev.get("drop_upper"), "samples": ev.get("samples"),
-            "counts": ev.get("precision_counts"), "reason": ev.get("reason", "")}
+            "counts": ev.get("precision_counts"), "reason": redact(str(ev.get("reason") or ""))}
 
 
 def frontier(points: list[dict]) -> list[int]:
@@ -112,6 +137,9 @@ class Service:
         self.uploads.mkdir(parents=True, exist_ok=True)
         self.jobs = JobStore(self.root / "jobs.sqlite")
         self.workers: list[Worker] = []
+        self.housekeeper: Housekeeper | None = None
+        self.redact = Redactor.for_server(self.root, config.env.get("TRT_MPQ_CACHE"),
+                                          config.tasks_dir, config.executor.ray_address)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -123,8 +151,14 @@ class Service:
                         for d in self.config.devices]
         for w in self.workers:
             w.start()
+        if self.config.retention_days > 0:
+            self.housekeeper = Housekeeper(self.root, self.jobs, self.config.retention_days,
+                                           self.config.sweep_s)
+            self.housekeeper.start()
 
     def stop(self) -> None:
+        if self.housekeeper is not None:
+            self.housekeeper.stop()
         for w in self.workers:
             w.stop()
         for w in self.workers:
@@ -143,9 +177,27 @@ class Service:
                 load[j.device] += 1
         return min(gpus, key=lambda d: (load[d], d))
 
+    def redactor(self, job_id: str) -> Redactor:
+        return self.redact.for_job(job_dir(self.root, job_id))
+
+    def summaries(self) -> list[dict]:
+        """Every job as the API lists it; a job that cannot be shown is listed as such, and
+        never stops the others from being listed."""
+        out = []
+        for job in self.jobs.all():
+            try:
+                out.append(self.summary(job))
+            except Exception:  # noqa: BLE001 - one bad job must not break the list
+                log.exception("showing job %s", job.id)
+                out.append({"id": job.id, "state": job.state, "device": job.device,
+                            "spec": {}, "message": "this job cannot be shown (see the "
+                            "server's log)", "evaluations": 0, "files": [], "best": None})
+        return out
+
     def summary(self, job: Job, evs: list[dict] | None = None) -> dict:
         """The job as the API shows it (`evs`: its stored evaluations, when already read)."""
         out = job_dir(self.root, job.id) / "out"
+        redact = self.redactor(job.id)
         evs = evaluations(out) if evs is None else evs
         points = [point(e, i) for i, e in enumerate(evs, start=1)]
         ok = [p for p in points if p["status"] == "ok" and p["ratio"] is not None]
@@ -164,14 +216,17 @@ class Service:
         files = [n for n in DOWNLOADS if (out / n).is_file()] if job.state in FINISHED else []
         if (job_dir(self.root, job.id) / "log.txt").is_file():
             files = [*[f for f in files if f != "log.txt"], "log.txt"]
-        return {**job.to_json_dict(), "evaluations": len(points), "measured_ok": len(ok),
-                "phase": _last_line(job_dir(self.root, job.id) / "log.txt")
-                if job.state == RUNNING else "",
-                "best": best, "files": files}
+        shown = job.to_json_dict()
+        return clean({**shown, "message": redact(shown["message"] or ""),
+                      "evaluations": len(points), "measured_ok": len(ok),
+                      "phase": redact(_last_line(job_dir(self.root, job.id) / "log.txt"))
+                      if job.state == RUNNING else "",
+                      "best": best, "files": files})
 
     def plans(self, job: Job) -> dict:
         out = job_dir(self.root, job.id) / "out"
-        points = [point(e, i) for i, e in enumerate(evaluations(out), start=1)]
+        redact = self.redactor(job.id)
+        points = [point(e, i, redact) for i, e in enumerate(evaluations(out), start=1)]
         result = _result(out) if job.state in FINISHED else None
         answer = None
         if result and result.get("best"):
@@ -186,27 +241,10 @@ class Service:
                       "holdout_rel_drop_upper": result["best"].get("holdout_rel_drop_upper"),
                       "plan_digest": result["best"].get("plan_digest"),
                       "groups": [[g, groups.get(g, "?")] for g in order]}
-        return {"job": job.id, "state": job.state, "max_drop": job.spec.get("max_drop"),
-                "budget": (result or {}).get("budget"), "plans": points,
-                "frontier": frontier(points), "answer": answer}
+        return clean({"job": job.id, "state": job.state, "max_drop": job.spec.get("max_drop"),
+                      "budget": (result or {}).get("budget"), "plans": points,
+                      "frontier": frontier(points), "answer": answer})
 
 
-def check_onnx(data: bytes) -> str:
-    """'' if `data` is an ONNX model with a graph that passes onnx's checker, else why not."""
-    import onnx
-
-    try:
-        model = onnx.load_model_from_string(data)
-    except Exception as e:  # noqa: BLE001 - protobuf's DecodeError and friends
-        return f"it does not parse as an ONNX protobuf ({type(e).__name__})"
-    if not model.graph.node:
-        return "its graph has no nodes"
-    try:
-        onnx.checker.check_model(model)
-    except Exception as e:  # noqa: BLE001 - onnx.checker.ValidationError
-        return f"onnx's checker refused it: {str(e).splitlines()[0][:300]}"
-    return ""
-
-
-__all__ = ["DOWNLOADS", "JOB_ID", "ServeConfig", "Service", "check_onnx", "evaluations",
-           "frontier", "point"]
+__all__ = ["DOWNLOADS", "JOB_ID", "ServeConfig", "Service", "evaluations", "frontier",
+           "point"]

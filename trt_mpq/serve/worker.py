@@ -6,14 +6,15 @@ Each job runs the CLI itself on its request (`python -m trt_mpq search --request
 same search, a job's outputs are the files a CLI
 search writes, and a crash or a cancel cannot take the server down. A cancel interrupts the
 child (SIGINT, as Ctrl-C: the search saves its state); a job started again resumes with
-`--resume` from its stored evaluations. The child dies with the server (PR_SET_PDEATHSIG), so
-a server killed with -9 leaves no search timing in the background; the restarted server finds
-the job `running`, queues it again and it resumes.
+`--resume` from its stored evaluations. The child dies with the server: it is started as
+`python -m trt_mpq.serve.child --parent PID search ...`, which sets its own PR_SET_PDEATHSIG
+before it becomes the search (no `preexec_fn` in a forked child of this threaded server), so a
+server killed with -9 leaves no search timing in the background; the restarted server finds the
+job `running`, queues it again and it resumes.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -35,13 +36,6 @@ EXIT_MESSAGES = {0: "budget met", 1: "budget not met: no quantized plan faster t
 
 def job_dir(root: Path, job_id: str) -> Path:
     return root / "jobs" / job_id
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child before exec
-    try:
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
-    except OSError:
-        pass
 
 
 def last_error(log_file: Path) -> str:
@@ -99,11 +93,11 @@ class Worker(threading.Thread):
             search = ["--request", str(request)]
         else:  # queued by an older server: the arguments it was validated into
             search = list(job.argv)
-        argv = [sys.executable, "-m", "trt_mpq", "search", *search, "--out", str(out),
-                "--no-progress"]
+        argv = [*search, "--out", str(out), "--no-progress"]
         if (out / STORE_FILE).is_file():
             argv.append("--resume")
-        return argv
+        return [sys.executable, "-m", "trt_mpq.serve.child", "--parent", str(os.getpid()),
+                "search", *argv]
 
     def _run(self, job: Job) -> None:
         d = job_dir(self.root, job.id)
@@ -119,10 +113,10 @@ class Worker(threading.Thread):
             env["CUDA_VISIBLE_DEVICES"] = self.device.split(":", 1)[1]
         argv = self.command(job, out)
         with open(d / "log.txt", "ab") as logf:
-            logf.write(f"$ {' '.join(argv[1:])}\n".encode())
+            logf.write(f"$ trt-mpq {' '.join(argv[argv.index('search'):])}\n".encode())
             logf.flush()
             proc = subprocess.Popen(argv, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                                    cwd=d, preexec_fn=_die_with_parent)
+                                    cwd=d)
             interrupted = False
             while True:
                 try:

@@ -1,17 +1,22 @@
 // trt-mpq serve: the page's own code (no third-party scripts). It lists jobs, submits new
 // ones, and draws a job's measured plans live (server-sent events) on a latency-ratio vs
 // accuracy-drop plot with the frontier, the budget line and the chosen plan.
+// The server's CSP allows no inline style: element styles are set through the CSSOM. Requests
+// that change something carry the server's CSRF token (the page's meta tag); with a token
+// server, the session cookie (set by /?token=...) authenticates every request.
 "use strict";
-const TOKEN = new URLSearchParams(location.search).get("token");
+const CSRF = (document.querySelector('meta[name="trt-mpq-csrf"]') || {}).content || "";
 const COLORS = {"fp32": "#d9d9d9", "fp16": "#b7d7a8", "int8": "#3c78d8", "int8-dynamic": "#6fa8dc",
                 "int4w": "#8e7cc3", "fp8": "#e69138"};
 let current = null;   // {id, source, points: Map(seq -> point), job, plans}
 
-function url(path) {
-  return TOKEN ? path + (path.includes("?") ? "&" : "?") + "token=" + encodeURIComponent(TOKEN)
-               : path;
-}
+function url(path) { return path; }
 async function api(path, opts) {
+  opts = Object.assign({credentials: "same-origin"}, opts || {});
+  if (opts.method && opts.method !== "GET") {
+    opts.headers = Object.assign({"Content-Type": "application/json", "X-TRT-MPQ-CSRF": CSRF},
+                                 opts.headers || {});
+  }
   const r = await fetch(url(path), opts);
   const body = await r.json().catch(() => ({error: r.statusText}));
   if (!r.ok) throw new Error(body.error || r.statusText);
@@ -20,7 +25,11 @@ async function api(path, opts) {
 function el(tag, attrs, text) {
   const e = document.createElementNS(tag === "svg" || attrs && attrs.svg ?
       "http://www.w3.org/2000/svg" : "http://www.w3.org/1999/xhtml", tag);
-  for (const [k, v] of Object.entries(attrs || {})) if (k !== "svg") e.setAttribute(k, v);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "svg") continue;
+    if (k === "style") Object.assign(e.style, v);   // the CSSOM: allowed by the CSP
+    else e.setAttribute(k, v);
+  }
   if (text !== undefined) e.textContent = text;
   return e;
 }
@@ -235,26 +244,25 @@ function strip() {
   const seen = new Set();
   for (const [group, prec] of a.groups) {
     s.append(el("div", {title: group + ": " + prec, "data-precision": prec,
-                        style: "background:" + (COLORS[prec] || "#999")}));
+                        style: {background: COLORS[prec] || "#999"}}));
     seen.add(prec);
   }
   for (const prec of seen) {
     const span = el("span");
-    span.append(el("i", {style: "background:" + (COLORS[prec] || "#999")}), prec);
+    span.append(el("i", {style: {background: COLORS[prec] || "#999"}}), prec);
     legend.append(span);
   }
 }
 
 async function act(what) {
   if (!current) return;
+  const message = document.getElementById("job-message");
   try {
     await api("/api/jobs/" + current.id + "/" + what, {method: "POST"});
     if (what === "resume") select(current.id);
     refreshJobs();
   } catch (e) {
-    document.getElementById("cancel").disabled = !(j.state === "queued" || j.state === "running");
-  document.getElementById("resume").disabled = !(j.state === "cancelled" || j.state === "failed");
-  document.getElementById("job-message").textContent = e.message;
+    message.textContent = e.message;   // e.g. 409: the job finished meanwhile
   }
 }
 
