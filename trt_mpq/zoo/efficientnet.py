@@ -204,15 +204,25 @@ def fidelity_split(d: Path) -> Split:
 
 
 def labelled_digit_views(fidelity: Split) -> Split:
-    """The fidelity split's digit views, labelled with their digit: a large labelled split of
-    seeded views of the digits outside the calibration split (the task's fallback)."""
+    """The fidelity split's digit views without their pixel noise, labelled with their digit:
+    a large labelled split of shifted, rotated and scaled views of the digits outside the
+    calibration split (the task's fallback). FP32's probe gets about 71% of them right (98% of
+    the plain digits; with the views' noise, which the photo-trained features read as texture,
+    24%: no measure of accuracy)."""
     from sklearn.datasets import load_digits
 
     rows = np.flatnonzero(fidelity.inputs["kind"] == DIGIT)
-    views = fidelity.take(rows)
-    labels = load_digits().target[views.inputs["source"]].astype(np.int64)
-    return Split(views.inputs, labels, transform=fidelity.transform,
-                 transform_id=fidelity.transform_id)
+    stored = {k: fidelity.inputs[k][rows] for k in ("digits8", "view", "noise_seed", "source")}
+    stored["view"] = stored["view"].copy()
+    stored["view"][:, 4] = 0.0  # no noise
+    labels = load_digits().target[stored["source"]].astype(np.int64)
+
+    def inputs(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        x = digit_views_to_input(batch["digits8"], batch["view"], batch["noise_seed"])
+        return {"input": np.repeat(x, 3, axis=1)}
+
+    return Split(stored, labels, transform=inputs,
+                 transform_id=f"{FIDELITY_VERSION}:digit-views-without-noise")
 
 
 _PROBE_CLASS = None
@@ -353,8 +363,8 @@ def build(cache_dir: Path, progress: bool | None = None) -> Task:
                 "read the probe logits on both)")),
         torch_model=f"{__name__}:make_torch_model", fidelity=fidelity,
         # 469 labelled holdout digits cannot certify 1%: accuracy on the fidelity split's
-        # 25,000 labelled digit views instead (agreement would also count the photo crops,
-        # whose digit-probe scores flip at the first quantized layers)
+        # 25,000 digit views instead, labelled and without noise (agreement would also count
+        # the photo crops, whose digit-probe scores flip at the first quantized layers)
         fallback_metric="accuracy", fallback_split=views)
 
 
