@@ -58,7 +58,8 @@ def boundary_layers(layers: Sequence[Mapping], boundaries: Sequence[Boundary],
                 if target & (mine | set(ops)):
                     hits.append({"name": layer.name, "type": layer.kind or layer.type,
                                  "why": "reformat"})
-            elif layer.ops and set(layer.ops) <= conversions and set(layer.ops) & mine:
+            elif (made := set(layer.metadata_ops) or set(layer.ops)) and made <= conversions \
+                    and made & mine:  # Myelin names its kernels "__myl_...": trust Metadata
                 hits.append({"name": layer.name, "type": layer.kind or layer.type,
                              "why": "conversion kernel"})
         out.append(hits)
