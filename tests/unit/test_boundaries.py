@@ -166,7 +166,7 @@ def _outcome(ws, plan, latency_model, frontier=()):
 
 
 def test_accounts_reach_result_pareto_and_the_report(tmp_path):
-    from trt_mpq.pipeline.boundaries import account, add_to_outputs
+    from trt_mpq.pipeline.boundaries import account, insert
     from trt_mpq.report.boundaries import boundary_lines
 
     ws = models.cnn_workspace(tmp_path)
@@ -190,7 +190,7 @@ def test_accounts_reach_result_pareto_and_the_report(tmp_path):
     evals = [{"plan_digest": plan.digest, "on_frontier": True, "label": "the answer"},
              {"plan_digest": other.plan.digest, "on_frontier": True, "label": "all int8",
               "latency_ratio": 0.8, "rel_drop": 0.01}]
-    add_to_outputs(result, evals, accounts)
+    insert(result, evals, accounts)
     assert result["best"]["boundaries"] is a and all("boundaries" in e for e in evals)
     text = "\n".join(boundary_lines(result, evals))
     assert "## Precision boundaries" in text and "fitted on the 6 measured plans" in text

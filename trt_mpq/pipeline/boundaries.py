@@ -160,8 +160,19 @@ def _layer_report(path: Path, ws: Workspace, found, rows: list[dict]) -> dict:
             "layers": sum(len(r["layers"]) for r in rows)}
 
 
-def add_to_outputs(result: dict, evaluations: list[dict], accounts: dict[str, dict]) -> None:
-    """result.json's answer and pareto.json's evaluations get their accounts."""
+def add_to_outputs(result: dict, evaluations: list[dict], ws: Workspace, backend: Backend,
+                   ranges: Ranges, outcome: SearchOutcome, out_dir: Path) -> None:
+    """result.json's answer and pareto.json's evaluations get their accounts (`account`); the
+    time it took is a phase of the search (`boundaries_s`) and part of its wall time."""
+    t = time.perf_counter()
+    insert(result, evaluations, account(ws, backend, ranges, outcome, out_dir))
+    spent = time.perf_counter() - t
+    result.setdefault("phases", {})["boundaries_s"] = spent
+    result["wall_s"] = result.get("wall_s", 0.0) + spent
+
+
+def insert(result: dict, evaluations: list[dict], accounts: dict[str, dict]) -> None:
+    """Put each account where its plan is: result.json's answer, pareto.json's evaluations."""
     best = result.get("best")
     if best and best.get("plan_digest") in accounts:
         best["boundaries"] = accounts[best["plan_digest"]]
@@ -171,4 +182,4 @@ def add_to_outputs(result: dict, evaluations: list[dict], accounts: dict[str, di
 
 
 __all__ = ["PROFILE_BUDGET_S", "PROFILE_RUNS", "account", "add_to_outputs", "estimate_basis",
-           "plans_to_account"]
+           "insert", "plans_to_account"]

@@ -180,8 +180,7 @@ def write_search_outputs(out_dir: Path, ws: Workspace, backend: Backend, outcome
     result = search_result(ws, backend, outcome, config, argv, setup_s, metric_choice)
     evals = evaluation_dicts(outcome, config.budget)
     # the answer's and the frontier plans' precision boundaries (estimated and measured)
-    boundaries.add_to_outputs(result, evals,
-                              boundaries.account(ws, backend, ranges, outcome, out_dir))
+    boundaries.add_to_outputs(result, evals, ws, backend, ranges, outcome, out_dir)
     write_json(out_dir / "pareto.json", {"model": result["model"], "backend": result["backend"],
                                          "baseline_metric": outcome.baseline_metric,
                                          "evaluations": evals})
