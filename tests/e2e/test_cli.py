@@ -113,6 +113,29 @@ def test_report_regenerates(searched, env):
     r = cli("report", out, env=env)
     assert r.returncode == 0, r.stderr
     assert "Budget met" in (out / "report.md").read_text()
+    assert "## Precision boundaries" in (out / "report.md").read_text()
+
+
+def test_the_answer_and_the_frontier_carry_their_precision_boundaries(searched):
+    """result.json's answer, pareto.json's frontier plans and report.md list each boundary:
+    its tensor, the conversion nodes of the deployed graph there, the latency model's estimate
+    and the conversion kernels ONNX Runtime's profiler timed there."""
+    import onnx
+
+    out, _ = searched
+    res = json.loads((out / "result.json").read_text())
+    account = res["best"]["boundaries"]
+    assert account["estimate"]["fitted"] and account["count"] == len(account["boundaries"]) >= 1
+    assert account["measured"]["source"] == "onnxruntime profiler"
+    deployed = {n.name: n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
+    report = (out / "report.md").read_text().split("## Precision boundaries")[1]
+    for b in account["boundaries"]:
+        assert b["from"] != b["to"] and b["tensors"] and b["estimated_cost"] >= 0
+        assert all(deployed[n["name"]] == n["op_type"] for n in b["nodes"])
+        assert b["measured_ms"] is None or b["measured_ms"] > 0
+        assert f"`{b['tensors'][0]}`" in report
+    pareto = json.loads((out / "pareto.json").read_text())["evaluations"]
+    assert all("boundaries" in e for e in pareto if e["on_frontier"])
 
 
 def test_evaluate_uniform_int8(digits_model, env):

@@ -181,6 +181,7 @@ def test_a_job_gives_the_clis_answer_and_its_files(server, digits_model, cli_ans
     assert len(plans["plans"]) == job["evaluations"] >= 3 and plans["frontier"]
     assert plans["answer"]["plan_digest"] == best[0]
     assert [g for g, _ in plans["answer"]["groups"]]  # the strip, in graph order
+    assert plans["answer"]["boundaries"]["list"]  # and its precision boundaries
     # the live stream replays every measured plan, then the end
     with urllib.request.urlopen(f"{server.base}/api/jobs/{job['id']}/events", timeout=30) as r:
         text = r.read().decode()
@@ -357,6 +358,13 @@ def test_page_in_a_real_browser(server, digits_model, tmp_path):
         cells = browser.find_elements(By.CSS_SELECTOR, "#strip div")
         assert [c.get_attribute("data-precision") for c in cells] == \
             [p for _, p in plans["answer"]["groups"]]
+        # a marker where each precision boundary enters its group, its tooltip what is there
+        listed = plans["answer"]["boundaries"]["list"]
+        markers = browser.find_elements(By.CSS_SELECTOR, "#strip span.boundary")
+        assert listed and sum(int(m.get_attribute("data-count")) for m in markers) == len(listed)
+        tips = "\n".join(m.get_attribute("title") for m in markers)
+        assert all(f"tensor: {b['tensors'][0]}" in tips for b in listed)
+        assert tips.count("estimated cost: ") == len(listed)
         rows = browser.find_elements(By.CSS_SELECTOR, f'#jobs tr[data-job-id="{job["id"]}"]')
         assert rows and "done" in rows[0].text
         link = browser.find_element(By.CSS_SELECTOR, 'a.download[download="model.onnx"]')

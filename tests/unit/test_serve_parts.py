@@ -368,3 +368,22 @@ def test_one_server_per_root(tmp_path):
     assert r.returncode == 2 and "another trt-mpq serve" in r.stdout
     held.close()
     lock_root(tmp_path).close()  # free again
+
+
+def test_the_plans_view_gives_the_answers_boundaries_as_the_strip_shows_them():
+    from trt_mpq.serve.boundaries import answer_boundaries
+
+    assert answer_boundaries({"plan_digest": "x"}) is None  # a result from before accounts
+    row = {"src": "a", "dst": "b", "from": "fp32", "to": "int8", "tensors": ["t"],
+           "nodes": [{"name": "t_QuantizeLinear", "op_type": "QuantizeLinear"}],
+           "estimated_cost": 0.02, "measured_ms": 0.05, "elements": 9,
+           "kernels": [{"name": "t_QuantizeLinear", "op": "QuantizeLinear", "ms": 0.05,
+                        "shared": 1}]}
+    view = answer_boundaries({"boundaries": {
+        "estimate": {"fitted": True, "plans": 3}, "measured": {"source": "onnxruntime profiler"},
+        "boundaries": [row]}})
+    assert view["estimate"] == {"fitted": True, "reason": ""}
+    assert view["measured"]["source"] == "onnxruntime profiler"
+    (b,) = view["list"]
+    assert b["kernels"] == [["QuantizeLinear", 0.05]] and b["layers"] == []
+    assert b["tensors"] == ["t"] and "elements" not in b

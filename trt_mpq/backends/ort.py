@@ -266,6 +266,15 @@ class OrtBackend(Backend):
                        work_dir: Path | None = None) -> tuple[dict[str, float], float]:
         """Per-group kernel milliseconds (mean of `runs` profiled runs after a warm-up) and the
         time in kernels no group owns; see `group_times`."""
+        optimized, events = self.profiled_run(model, feed, runs, work_dir=work_dir)
+        return group_times(optimized, events, groups, model, runs)
+
+    def profiled_run(self, model: onnx.ModelProto, feed: Mapping[str, np.ndarray],
+                     runs: int, options: Mapping[str, str] | None = None,
+                     work_dir: Path | None = None) -> tuple[onnx.ModelProto, list[dict]]:
+        """The graph ONNX Runtime optimized `model` into and the profiler's events of `runs`
+        runs of `feed`, after a warm-up in a session of its own (with `options`, a plan's
+        runtime options)."""
         import tempfile
 
         with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
@@ -274,8 +283,8 @@ class OrtBackend(Backend):
             onnx.save(model, str(path))
             qdq = has_qdq(model)
             try:
-                warm = self._session(path, qdq)
-                sess = self._session(path, qdq, profile_prefix=str(Path(tmp) / "profile"),
+                warm = self._session(path, qdq, options)
+                sess = self._session(path, qdq, options, profile_prefix=str(Path(tmp) / "profile"),
                                      optimized_path=optimized)
             except Exception as e:
                 raise BuildError(f"ONNX Runtime could not create a session to profile: "
@@ -290,8 +299,7 @@ class OrtBackend(Backend):
                 raise MeasurementError(f"ONNX Runtime failed to run the model it profiles: "
                                        f"{_first_line(e)}") from None
             events = json.loads(Path(sess.end_profiling()).read_text())
-            return group_times(onnx.load(str(optimized), load_external_data=False), events,
-                               groups, model, runs)
+            return onnx.load(str(optimized), load_external_data=False), events
 
     # -- run ------------------------------------------------------------------------------------
     def open(self, artifact: Artifact) -> OrtRunner:

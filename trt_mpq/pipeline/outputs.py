@@ -7,6 +7,7 @@ from pathlib import Path
 from trt_mpq.backends.base import Backend
 from trt_mpq.calib import CalibConfig, Ranges
 from trt_mpq.measure.latency import MeasureConfig
+from trt_mpq.pipeline import boundaries
 from trt_mpq.pipeline.search import Confirmation, SearchConfig, SearchOutcome
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.qdq import BASELINE
@@ -178,6 +179,8 @@ def write_search_outputs(out_dir: Path, ws: Workspace, backend: Backend, outcome
     preparation, calibration), counted in the reported wall time."""
     result = search_result(ws, backend, outcome, config, argv, setup_s, metric_choice)
     evals = evaluation_dicts(outcome, config.budget)
+    # the answer's and the frontier plans' precision boundaries (estimated and measured)
+    boundaries.add_to_outputs(result, evals, ws, backend, ranges, outcome, out_dir)
     write_json(out_dir / "pareto.json", {"model": result["model"], "backend": result["backend"],
                                          "baseline_metric": outcome.baseline_metric,
                                          "evaluations": evals})

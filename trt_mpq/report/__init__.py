@@ -17,6 +17,7 @@ from pathlib import Path
 
 from trt_mpq.errors import TrtMpqError
 from trt_mpq.plan import Precision
+from trt_mpq.report.boundaries import boundary_lines
 from trt_mpq.report.files import file_mode, write_json, write_text
 from trt_mpq.report.plots import plot_orders, plot_pareto
 
@@ -272,6 +273,7 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             lines.append(f"- {t['label']}: latency x{t['latency_ratio']:.3f} (re-measured), "
                          f"holdout drop {_pct(t['holdout_rel_drop'])}{level} -> {verdict}")
     lines += _decided_by(result)
+    lines += boundary_lines(result, evaluations)
     s = result["sensitivity"]
     lines += ["", "## How it was found", "",
               f"Sensitivity metric `{s['metric']}` ({s['passes']} passes over {s['samples']} "

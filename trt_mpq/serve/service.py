@@ -19,6 +19,7 @@ from pathlib import Path
 from trt_mpq.backends import backend_spec
 from trt_mpq.pipeline.job import STORE_FILE
 from trt_mpq.pipeline.request import ExecutorConfig
+from trt_mpq.serve.boundaries import answer_boundaries
 from trt_mpq.serve.housekeeping import Housekeeper
 from trt_mpq.serve.jobs import FINISHED, QUEUED, RUNNING, Job, JobStore
 from trt_mpq.serve.redact import Redactor, clean
@@ -240,7 +241,8 @@ class Service:
                       "holdout_rel_drop": result["best"].get("holdout_rel_drop"),
                       "holdout_rel_drop_upper": result["best"].get("holdout_rel_drop_upper"),
                       "plan_digest": result["best"].get("plan_digest"),
-                      "groups": [[g, groups.get(g, "?")] for g in order]}
+                      "groups": [[g, groups.get(g, "?")] for g in order],
+                      "boundaries": answer_boundaries(result["best"])}
         return clean({"job": job.id, "state": job.state, "max_drop": job.spec.get("max_drop"),
                       "budget": (result or {}).get("budget"), "plans": points,
                       "frontier": frontier(points), "answer": answer})

@@ -236,20 +236,66 @@ function draw() {
   }
 }
 
+function boundaryText(b, basis) {
+  const pct = x => (100 * x).toFixed(2) + "%";
+  const lines = [b.src + " (" + b.from + ") -> " + b.dst + " (" + b.to + ")",
+                 "tensor: " + (b.tensors || []).join(", "),
+                 "nodes: " + ((b.nodes || []).map(n => n.name + " (" + n.op_type + ")").join(", ") ||
+                              "none (the runtime converts inside the kernel)"),
+                 "estimated cost: " + (b.estimated_cost != null ?
+                     pct(b.estimated_cost) + " of the baseline's latency" :
+                     "none (" + (basis.estimate.reason || "no latency model") + ")")];
+  if (b.measured_ms != null) {
+    lines.push("measured: " + b.measured_ms.toFixed(3) + " ms per run (" +
+               b.kernels.filter(k => k[1] != null).map(k => k[0] + " " + k[1].toFixed(3))
+                        .join(", ") + ")");
+  } else if (b.layers && b.layers.length) {
+    lines.push("layers: " + b.layers.map(l => l[0] + " " + l[1]).join("; "));
+  } else {
+    lines.push("measured: " + (basis.measured.source ? "no kernel of its own" :
+                               basis.measured.reason || "not measured"));
+  }
+  return lines.join("\n");
+}
+
 function strip() {
   const a = current.plans && current.plans.answer;
   const s = document.getElementById("strip"), legend = document.getElementById("strip-legend");
   s.replaceChildren(); legend.replaceChildren();
   if (!a) return;
+  // a precision boundary is drawn where the stream enters its group (the graph's output:
+  // after the last group), its tooltip saying what converts there and what it costs
+  const basis = a.boundaries || {estimate: {}, measured: {}, list: []};
+  const at = new Map(), index = new Map(a.groups.map(([g], i) => [g, i]));
+  for (const b of basis.list) {
+    const i = index.has(b.dst) ? index.get(b.dst) : a.groups.length;
+    if (!at.has(i)) at.set(i, []);
+    at.get(i).push(b);
+  }
+  const marker = i => {
+    const list = at.get(i);
+    if (!list) return;
+    s.append(el("span", {"class": "boundary", "data-dst": list[0].dst, "data-count": list.length,
+                         title: list.map(b => boundaryText(b, basis)).join("\n\n")}));
+  };
   const seen = new Set();
-  for (const [group, prec] of a.groups) {
+  a.groups.forEach(([group, prec], i) => {
+    marker(i);
     s.append(el("div", {title: group + ": " + prec, "data-precision": prec,
                         style: {background: COLORS[prec] || "#999"}}));
     seen.add(prec);
-  }
+  });
+  marker(a.groups.length);
   for (const prec of seen) {
     const span = el("span");
     span.append(el("i", {style: {background: COLORS[prec] || "#999"}}), prec);
+    legend.append(span);
+  }
+  if (basis.list.length) {
+    const span = el("span");
+    span.append(el("i", {"class": "sw-boundary"}),
+                basis.list.length + " precision boundar" + (basis.list.length === 1 ? "y" : "ies") +
+                " (hover for tensor, nodes, cost)");
     legend.append(span);
   }
 }
