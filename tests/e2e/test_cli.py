@@ -406,7 +406,12 @@ def test_the_answer_carries_its_paired_holdout_bound(searched):
     n = best["holdout_n"]
     assert best["holdout_drop"] == pytest.approx(
         (bound["discordant_worse"] - bound["discordant_better"]) / n)
-    assert "upper bound (paired" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    tests = res["holdout_tests"]
+    assert tests["judged"] == len(res["tried_on_holdout"]) >= 1 and tests["levels"][0] == 0.975
+    level = tests["levels"][tests["judged"] - 1]  # the answer is the last plan judged
+    assert best["test_level"] == level
+    assert f"upper bound certified at 95% (its test at {100 * level:.4g}%; paired" in report
     assert "at 95% confidence" in r.stdout
     lo, hi = best["latency_ratio_ci"]
     assert lo <= best["latency_ratio"] <= hi and "95% CI" in r.stdout
