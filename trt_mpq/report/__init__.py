@@ -19,6 +19,7 @@ from trt_mpq.errors import TrtMpqError
 from trt_mpq.plan import Precision
 from trt_mpq.report.files import file_mode, write_json, write_text
 from trt_mpq.report.plots import plot_orders, plot_pareto
+from trt_mpq.report.shapes import add_shape_columns, shape_lines
 
 PRECISION_COLUMNS = tuple(p.value for p in Precision)
 
@@ -77,6 +78,7 @@ def pareto_rows(evaluations: Sequence[Mapping]) -> list[dict]:
                                           sorted((e.get("options") or {}).items()))
         row["reason"] = e.get("reason", "")
         rows.append(row)
+    add_shape_columns(rows, evaluations)  # per deployment shape, when several were declared
     return rows
 
 
@@ -272,6 +274,7 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
             lines.append(f"- {t['label']}: latency x{t['latency_ratio']:.3f} (re-measured), "
                          f"holdout drop {_pct(t['holdout_rel_drop'])}{level} -> {verdict}")
     lines += _decided_by(result)
+    lines += shape_lines(result, evaluations)  # deployment shapes, when declared
     s = result["sensitivity"]
     lines += ["", "## How it was found", "",
               f"Sensitivity metric `{s['metric']}` ({s['passes']} passes over {s['samples']} "
