@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import shlex
+import statistics
 import subprocess
 import sys
 import time
@@ -91,9 +92,9 @@ def joint_timing(model: str, mix: str, runs: list[dict], repeats: int, cap: floa
     try:
         for shape in ws.shape_set:
             times, precision = time_until_precise(runners, shape.feed, measure, 0.02, cap)
-            base_ms[shape.label] = 1e3 * sorted(times[-1])[len(times[-1]) // 2]
+            base_ms[shape.label] = 1e3 * statistics.median(times[-1])
             for d, t in zip(plans, times):
-                med = sorted(t)[len(t) // 2] / sorted(times[-1])[len(times[-1]) // 2]
+                med = statistics.median(t) / statistics.median(times[-1])
                 ratios[d][shape.label] = [med, *ratio_interval(t, times[-1]),
                                           precision.rounds]
     finally:
