@@ -223,3 +223,33 @@ def test_profile_dims_span_every_shape_with_opt_at_the_most_weighted():
     assert profile_dims([-1, -1], (8, 128), [(1, 32), (1, 64)], 16) == \
         ((1, 32), (8, 128), (16, 128))
     assert profile_dims([4, -1], (4, 64), [(4, 32)], 16) == ((4, 32), (4, 64), (4, 64))
+
+
+def test_the_gate_recheck_compares_two_plans_by_the_weighted_objective(split):
+    from trt_mpq.measure.shaped import relative
+
+    shapes = _resolve("batch=1,8", split, weights=(1, 3))
+    # plan 0 vs plan 1: x0.5 at batch 1, x2 at batch 8 -> 0.25 * 0.5 + 0.75 * 2
+    times = [[[1.0] * 3, [2.0] * 3, [4.0] * 3], [[8.0] * 3, [4.0] * 3, [4.0] * 3]]
+    assert relative(times, shapes, 0, 1) == pytest.approx(1.625)
+
+
+def test_the_report_says_when_the_answer_is_slower_at_some_shape():
+    from trt_mpq.report.shapes import shape_lines
+
+    lat = {"median_ms": 2.0, "p90_ms": 2.0, "p10_ms": 2.0, "mean_ms": 2.0, "std_ms": 0.0,
+           "min_ms": 2.0, "n": 3, "spread": 0.0}
+    per = [{"shape": "batch=1", "weight": 0.5, "latency_ratio": 0.6, "latency_ratio_ci": None,
+            "latency": lat, "baseline_latency": lat},
+           {"shape": "batch=32", "weight": 0.5, "latency_ratio": 1.1, "latency_ratio_ci": None,
+            "latency": lat, "baseline_latency": lat}]
+    result = {"shapes": {"primary": "batch=1", "shapes": [
+        {"shape": "batch=1", "weight": 0.5, "dims": {"x": [1, 3]}},
+        {"shape": "batch=32", "weight": 0.5, "dims": {"x": [32, 3]}}]},
+        "best": {"shapes": per}}
+    text = "\n".join(shape_lines(result, [{"label": "k=3", "latency_ratio": 0.85,
+                                           "shapes": per}]))
+    assert "slower than the baseline at batch=32 (x1.100)" in text
+    assert "| 1 | k=3 | 0.600 | 1.100 | 0.850 |" in text
+    assert "k=3 (batch=1 x0.600, batch=32 x1.100)" in text
+    assert shape_lines({"best": None}, []) == []
