@@ -253,3 +253,15 @@ def test_the_report_says_when_the_answer_is_slower_at_some_shape():
     assert "| 1 | k=3 | 0.600 | 1.100 | 0.850 |" in text
     assert "k=3 (batch=1 x0.600, batch=32 x1.100)" in text
     assert shape_lines({"best": None}, []) == []
+
+
+def test_noise_around_x1_is_not_a_plan_faster_at_one_shape_and_slower_at_another():
+    from trt_mpq.report.shapes import mixed_plans
+
+    def ev(*cis):
+        return {"shapes": [{"shape": f"s{i}", "latency_ratio": sum(ci) / 2,
+                            "latency_ratio_ci": list(ci)} for i, ci in enumerate(cis)]}
+
+    noise = ev((0.98, 1.001), (0.99, 1.02))  # the baseline against itself
+    flip = ev((0.60, 0.65), (1.05, 1.10))
+    assert mixed_plans([noise, flip]) == [flip]

@@ -32,12 +32,20 @@ def _ratio(s: Mapping) -> str:
     return f"x{s['latency_ratio']:.3f}" + (f" ({ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
 
 
+def _side(s: Mapping) -> int:
+    """-1 faster than the baseline at this shape, +1 slower, 0 within the timing noise (its
+    95% interval holds x1; without an interval, by the ratio alone)."""
+    lo, hi = s.get("latency_ratio_ci") or (s["latency_ratio"], s["latency_ratio"])
+    return -1 if hi < 1.0 else 1 if lo > 1.0 else 0
+
+
 def mixed_plans(evaluations: Sequence[Mapping]) -> list[Mapping]:
-    """Plans measured faster than the baseline at some shapes and slower at others."""
+    """Plans measured faster than the baseline at some shapes and slower at others, each
+    beyond its timing noise."""
     out = []
     for e in evaluations:
-        ratios = [s["latency_ratio"] for s in e.get("shapes") or ()]
-        if ratios and min(ratios) < 1.0 < max(ratios):
+        sides = {_side(s) for s in e.get("shapes") or ()}
+        if {-1, 1} <= sides:
             out.append(e)
     return out
 
@@ -53,7 +61,8 @@ def shape_lines(result: Mapping, evaluations: Sequence[Mapping]) -> list[str]:
              f"Every plan was timed at each of {len(shapes)} shape(s), interleaved with the "
              "baseline at the same shape; plans are ranked by the **weighted mean of their "
              "per-shape latency ratios** (the latency ratio quoted above). Latencies in ms "
-             f"are at {declared['primary']} (the most-weighted shape).", ""]
+             f"are at {declared['primary']} (the most-weighted shape, the first of equals).",
+             ""]
     best = result.get("best") or {}
     timed = {s["shape"]: s for s in best.get("shapes") or ()}
     lines += ["| shape | weight | dims | baseline | chosen plan | latency ratio (95% CI) |",
@@ -65,7 +74,7 @@ def shape_lines(result: Mapping, evaluations: Sequence[Mapping]) -> list[str]:
                      + (f"{t['baseline_latency']['median_ms']:.3f} ms | "
                         f"{t['latency']['median_ms']:.3f} ms | {_ratio(t)} |" if t
                         else "n/a | n/a | n/a |"))
-    slower = [s for s in timed.values() if s["latency_ratio"] > 1.0]
+    slower = [s for s in timed.values() if _side(s) > 0]
     if slower:
         lines += ["", "**The chosen plan is slower than the baseline at "
                   + ", ".join(f"{s['shape']} (x{s['latency_ratio']:.3f})" for s in slower)
@@ -87,7 +96,7 @@ def shape_lines(result: Mapping, evaluations: Sequence[Mapping]) -> list[str]:
     mixed = mixed_plans(evaluations)
     if mixed:
         lines += ["", f"{len(mixed)} plan(s) are faster than the baseline at some shapes and "
-                  "slower at others: " + ", ".join(
+                  "slower at others (beyond their 95% intervals): " + ", ".join(
                       f"{e.get('label', '')} (" + ", ".join(
                           f"{s['shape']} x{s['latency_ratio']:.3f}" for s in e["shapes"]) + ")"
                       for e in mixed[:8])]
