@@ -196,7 +196,12 @@ def coerce(opt: Option, value: Any) -> Any:
         raise bad()
     if isinstance(value, float) and not math.isfinite(value):
         raise bad("a finite value")
-    if kind is tuple and isinstance(value, list):  # the JSON form of a tuple
+    if kind is tuple and isinstance(value, (list, tuple)) and opt.parse is not None:
+        # a JSON list (or a tuple built in code) is checked as its text would be
+        if not all(isinstance(v, (str, int, float)) and not isinstance(v, bool) for v in value):
+            raise bad()
+        value = ",".join(map(str, value))
+    elif kind is tuple and isinstance(value, list):  # the JSON form of a tuple
         if not all(isinstance(v, str) for v in value):
             raise bad()
         value = tuple(value)

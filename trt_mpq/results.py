@@ -90,6 +90,36 @@ class LatencyStats:
                                         "min_ms", "n")})
 
 
+@dataclass(frozen=True)
+class ShapeTiming:
+    """One plan timed against the baseline, interleaved, at one deployment shape
+    (`trt_mpq.shapes`): its label (batch=8), weight in the objective, both latencies and
+    the ratio's 95% interval over the paired rounds."""
+
+    label: str
+    weight: float
+    latency: LatencyStats
+    baseline_latency: LatencyStats
+    ratio_ci: tuple[float, float] | None = None
+
+    @property
+    def ratio(self) -> float:
+        return self.latency.median_ms / self.baseline_latency.median_ms
+
+    def to_json_dict(self) -> dict:
+        return {"shape": self.label, "weight": self.weight, "latency_ratio": self.ratio,
+                "latency_ratio_ci": list(self.ratio_ci) if self.ratio_ci else None,
+                "latency": self.latency.to_json_dict(),
+                "baseline_latency": self.baseline_latency.to_json_dict()}
+
+    @classmethod
+    def from_json_dict(cls, d: Mapping) -> ShapeTiming:
+        return cls(label=str(d["shape"]), weight=float(d["weight"]),
+                   latency=LatencyStats.from_json_dict(d["latency"]),
+                   baseline_latency=LatencyStats.from_json_dict(d["baseline_latency"]),
+                   ratio_ci=tuple(d["latency_ratio_ci"]) if d.get("latency_ratio_ci") else None)
+
+
 class Status(enum.Enum):
     OK = "ok"
     BUILD_FAILED = "build-failed"
@@ -111,7 +141,9 @@ class Evaluation:
     rel_drop: float | None = None  # drop / |baseline metric|
     latency: LatencyStats | None = None
     baseline_latency: LatencyStats | None = None  # timed in the same rounds
-    latency_ratio: float | None = None  # latency.median / baseline_latency.median
+    #: latency.median / baseline_latency.median; with several deployment shapes, the weighted
+    #: mean of the per-shape ratios (`shapes`; `latency` is then at the most-weighted shape)
+    latency_ratio: float | None = None
     ratio_ci: tuple[float, float] | None = None  # its 95% interval over the paired rounds
     census: Census | None = None
     samples: int | None = None  # search-split samples the metric used (adaptive evaluation)
@@ -122,6 +154,7 @@ class Evaluation:
     wall_s: float = 0.0
     device: str = ""  # where it was measured, when not this process (a Ray worker's node)
     cached: bool = field(default=False, compare=False)
+    shapes: tuple[ShapeTiming, ...] = ()  # per deployment shape, when several were declared
 
     @property
     def ok(self) -> bool:
@@ -152,6 +185,7 @@ class Evaluation:
             "build_s": self.build_s,
             "wall_s": self.wall_s,
             "device": self.device,
+            **({"shapes": [s.to_json_dict() for s in self.shapes]} if self.shapes else {}),
         }
 
     @classmethod
@@ -177,6 +211,7 @@ class Evaluation:
             build_s=d.get("build_s", 0.0),
             wall_s=d.get("wall_s", 0.0),
             device=d.get("device", ""),
+            shapes=tuple(ShapeTiming.from_json_dict(s) for s in d.get("shapes") or ()),
         )
 
 

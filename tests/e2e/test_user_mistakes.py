@@ -61,7 +61,8 @@ def setup(tmp_path):
     (tmp_path / "broken_task.py").write_text("import numpy as np\n"
                                              "DATA = np.load('/no/such/file.npy')\n")
     model = models.tiny_cnn(tmp_path / "cnn.onnx")
-    env = dict(os.environ, PYTHONPATH=str(tmp_path), TRT_MPQ_CACHE=str(tmp_path / "cache"))
+    path = os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])  # + the checkout
+    env = dict(os.environ, PYTHONPATH=path, TRT_MPQ_CACHE=str(tmp_path / "cache"))
     return tmp_path, model, env
 
 
@@ -218,3 +219,19 @@ def test_evaluate_exits_1_when_its_plan_fails(setup):
             "--repeats", "5", env=env, cwd=tmp)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "precision-mismatch" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("shapes,needles", [
+    (["--shapes", "input=1x3x32x32"], ["fixed at 16 on axis 2", "[batch, 3, 16, 16]",
+                                       "dynamic axes (0)"]),
+    (["--shapes", "batch=0"], ["--shapes", "every size must be in 1.."]),
+    (["--shapes", "pixels=1x3"], ["names input 'pixels'", "inputs are input"]),
+    (["--shapes", "batch=1,8", "--shape-weights", "1"], ["1 weight(s) for 2 shape(s)"]),
+    (["--shape-weights", "1,2"], ["--shape-weights needs --shapes"]),
+])
+def test_shapes_that_do_not_fit_the_model_exit_2_before_any_work(setup, shapes, needles):
+    tmp, model, env = setup
+    r = cli("search", model, "--task", "user_task:make_task", "--out", tmp / "out", *SEARCH,
+            *shapes, env=env, cwd=tmp)
+    _one_clear_line(r, *needles)
+    assert not (tmp / "out").exists()

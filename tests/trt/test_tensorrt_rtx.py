@@ -197,3 +197,28 @@ def test_every_zoo_model_builds_with_planned_precisions(rtx, name, tmp_path_fact
         a = rtx.build(materialize(model, groups, plan, ranges, rtx.dialect), work / plan_name,
                       groups, feed, max_batch=4)
         assert a.census.mismatches(plan) == [], (plan_name, a.census.mismatches(plan)[:3])
+
+
+def test_an_engine_for_several_shapes_has_one_profile_spanning_them(rtx, prepared_transformer,
+                                                                    transformer_ranges, tmp_path):
+    """Deployment shapes (`--shapes`): one engine whose optimization profile spans the batch
+    sizes and sequence lengths declared, tuned (opt) for the most-weighted shape; the
+    transformer's sequence axis, fixed at 8 in its file, made dynamic as `Task.free_axes`
+    does. The engine builds, runs the plan's precisions, and its sidecar records the profile."""
+    from trt_mpq.pipeline.workspace import relax_inputs
+
+    path, _, groups = prepared_transformer
+    relaxed = relax_inputs(path, {"input": (1,)})
+    model = onnx.load(str(relaxed))
+    assert model.graph.input[0].type.tensor_type.shape.dim[1].dim_param == "input_1"
+    plan = _plans(groups)["mixed"]
+    opt = {"input": models.transformer_inputs(4, seq=16)}  # the most-weighted: 4 x 16
+    shapes = [{"input": (1, 4, 32)}, {"input": (4, 16, 32)}, {"input": (2, 32, 32)},
+              {"input": (1, 8, 32)}]  # the accuracy batches' own shape, at batch 1
+    a = rtx.build(materialize(model, groups, plan, transformer_ranges, rtx.dialect), tmp_path,
+                  groups, opt, max_batch=8, shapes=shapes)
+    assert a.census.mismatches(plan) == [], a.census.executed
+    sidecar = json.loads((tmp_path / "model.engine.json").read_text())
+    assert sidecar["profile"] == {"input": {"min": [1, 4, 32], "opt": [4, 16, 32],
+                                            "max": [8, 32, 32]}}
+    assert sidecar["inputs"] == {"input": [4, 16, 32]}

@@ -9,7 +9,7 @@ backends only through this contract.
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,11 +68,14 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
               sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None,
-              options: Mapping[str, str] | None = None) -> Artifact:
+              options: Mapping[str, str] | None = None,
+              shapes: Sequence[Mapping[str, tuple[int, ...]]] | None = None) -> Artifact:
         """Build `model` (already materialized for `dialect`) into `out_dir`; fill the census.
-        `sample_feed` is a representative input (its shapes are the ones timed); `max_batch` the
-        largest batch the artifact must accept (accuracy runs in batches); `options` the plan's
-        runtime options (`runtime_options`), recorded in the artifact and applied by `open`.
+        `sample_feed` is a representative input (its shapes are the ones timed, the
+        most-weighted of several); `max_batch` the largest batch the artifact must accept
+        (accuracy runs in batches); `options` the plan's runtime options (`runtime_options`),
+        recorded in the artifact and applied by `open`; `shapes` (given only when deployment
+        shapes are declared, `trt_mpq.shapes`) every other input shape it must run at.
         Raises `BuildError` if the runtime refuses the graph, `MeasurementError` if it builds
         but cannot run."""
 

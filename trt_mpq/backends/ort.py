@@ -18,7 +18,7 @@ import logging
 import os
 import time
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -206,7 +206,9 @@ class OrtBackend(Backend):
     # -- build ----------------------------------------------------------------------------------
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
               sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None,
-              options: Mapping[str, str] | None = None) -> Artifact:
+              options: Mapping[str, str] | None = None,
+              shapes: Sequence[Mapping[str, tuple[int, ...]]] | None = None) -> Artifact:
+        # one session runs every shape the graph's dynamic axes allow: `shapes` needs nothing
         options = dict(options or {})
         self.check_options(options)
         out_dir.mkdir(parents=True, exist_ok=True)

@@ -26,6 +26,7 @@ from trt_mpq.backends.base import Runner
 from trt_mpq.errors import ConfigError
 from trt_mpq.options import flag
 from trt_mpq.results import LatencyStats
+from trt_mpq.shapes import ShapeSpec, parse_shapes, parse_weights
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,18 @@ class MeasureConfig:
         "interleaved with the baseline runs with its own weights in the caches, as deployed "
         "(0: time cold turns)", lo=0, hi=1_000))
     per_turn: int = 3  # timed runs per turn, after the settling ones
+    shapes: ShapeSpec | None = field(default=None, metadata=flag(
+        "--shapes", "the input shapes the model is deployed at, each timed interleaved with "
+        "the baseline at the same shape: batch=1,8,32 (every input at these batch sizes) or "
+        "input_ids=1x64,8x128 (one input's full dims; inputs of the same shape follow it; "
+        "several inputs: a=...;b=...); plans are ranked by the weighted mean of their "
+        "per-shape latency ratios (docs/shapes.md); auto: the task's own shapes (by default "
+        "its latency batch at its data's shape)", parse=parse_shapes, dump=str,
+        metavar="SHAPES"))
+    shape_weights: tuple[float, ...] | None = field(default=None, metadata=flag(
+        "--shape-weights", "the weight of each of --shapes in the objective, in their order, "
+        "e.g. 1,1,2 (normalized to sum to 1; auto: equal weights)", parse=parse_weights,
+        metavar="W[,W...]"))
 
     def __post_init__(self) -> None:
         options.check(self)
@@ -52,11 +65,20 @@ class MeasureConfig:
             raise ConfigError("min_repeats must be in [3, repeats]")
         if self.max_seconds <= 0:
             raise ConfigError("max_seconds must be > 0")
+        if self.shapes is not None and self.shape_weights is not None \
+                and len(self.shape_weights) != len(self.shapes):
+            raise ConfigError(f"--shape-weights gives {len(self.shape_weights)} weight(s) for "
+                              f"{len(self.shapes)} shape(s) ({self.shapes}); give one per "
+                              "shape, in their order")
 
     def to_json_dict(self) -> dict:
         return {"warmup": self.warmup, "repeats": self.repeats, "max_seconds": self.max_seconds,
                 "min_repeats": self.min_repeats, "settle": self.settle,
-                "per_turn": self.per_turn}
+                "per_turn": self.per_turn,
+                # only when declared: a search without them has the context it always had
+                **({"shapes": str(self.shapes)} if self.shapes is not None else {}),
+                **({"shape_weights": list(self.shape_weights)}
+                   if self.shape_weights is not None else {})}
 
 
 def measure_interleaved(runners: Sequence[Runner], feed: Mapping[str, np.ndarray],

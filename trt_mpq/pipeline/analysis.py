@@ -165,7 +165,7 @@ def latency_gains(ws: Workspace, backend: Backend, ranges: Ranges, low: Mapping[
                           "bisection, frontier or greedy strategy")
     profile = backend.profile_groups  # type: ignore[attr-defined]
     names = ws.group_names()
-    feed = ws.task.latency_feed()
+    feed = ws.latency_feed()  # the most-weighted shape's, when several are declared
     base_plan = Plan.uniform(names, BASELINE[backend.dialect])
     base, other_b = profile(materialize(ws.model, ws.groups, base_plan, ranges, backend.dialect),
                             ws.groups, feed, runs=runs)

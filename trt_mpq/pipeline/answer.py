@@ -13,8 +13,9 @@ from pathlib import Path
 
 from trt_mpq.backends.base import Backend
 from trt_mpq.measure.accuracy import compute_outputs
-from trt_mpq.measure.latency import LatencyStats, MeasureConfig, measure_pair
+from trt_mpq.measure.latency import LatencyStats, MeasureConfig
 from trt_mpq.measure.sequential import IN, SequentialRule, sequential_drop
+from trt_mpq.measure.shaped import time_pair
 from trt_mpq.measure.stats import DropBound
 from trt_mpq.pipeline.artifacts import install_artifact
 from trt_mpq.pipeline.config import SearchConfig
@@ -41,9 +42,13 @@ class Confirmation:
     bound: DropBound | None = None  # the holdout drop's upper confidence bound (paired)
     ratio_ci: tuple[float, float] | None = None  # the latency ratio's 95% interval
     samples: int | None = None  # holdout samples the decision used (adaptive evaluation)
+    ratio: float | None = None  # the objective at several shapes (None: latency / baseline)
+    shapes: tuple = ()  # `ShapeTiming` per deployment shape, when several were declared
 
     @property
     def latency_ratio(self) -> float:
+        if self.ratio is not None:
+            return self.ratio
         return self.latency.median_ms / self.baseline_latency.median_ms
 
 
@@ -108,8 +113,9 @@ def confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluatio
     graph = materialize(ws.model, ws.groups, ev.plan, evaluator.ranges, backend.dialect)
     cand_dir = out_dir / ".candidate"
     shutil.rmtree(cand_dir, ignore_errors=True)
-    artifact = backend.build(graph, cand_dir, ws.groups, task.latency_feed(),
-                             max_batch=task.eval_batch, options=dict(ev.plan.options))
+    artifact = backend.build(graph, cand_dir, ws.groups, ws.latency_feed(),
+                             max_batch=task.eval_batch, options=dict(ev.plan.options),
+                             **ws.shape_kwargs())
     with backend.open(artifact) as runner:
         def run(part) -> dict:
             return compute_outputs(runner, part, task.eval_batch, desc="confirm (holdout)",
@@ -124,11 +130,10 @@ def confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluatio
             outputs = run(task.holdout)
             metric = task.metric(outputs, task.metric.target(task.holdout.labels,
                                                              base_outputs))
-        if timing is not None:
-            lat, base_lat, ratio_ci = timing
-        else:
-            lat, base_lat, ratio_ci = measure_pair(runner, evaluator.baseline.runner,
-                                                   task.latency_feed(), measure)
+        if timing is None:
+            timing = time_pair(runner, evaluator.baseline.runner, ws.shape_set, measure)
+        lat, base_lat, ratio_ci = timing
+        shaped = getattr(timing, "shapes", ())
         extra = {}
         for check in task.extra_checks:
             ref = evaluator.reference_outputs(check.split, f"check {check.name}")
@@ -144,14 +149,16 @@ def confirm(ws: Workspace, backend: Backend, evaluator: Evaluator, ev: Evaluatio
     conf = Confirmation(evaluation=ev, holdout_metric=metric, holdout_drop=drop,
                         holdout_rel_drop=rel, latency=lat, baseline_latency=base_lat,
                         in_budget=in_budget, extra=extra, bound=bound, ratio_ci=ratio_ci,
-                        samples=samples)
+                        samples=samples, ratio=timing.ratio if shaped else None,
+                        shapes=tuple(shaped))
     if in_budget:
         conf.artifact = install_artifact(artifact, out_dir, {
             "plan": ev.plan.to_json_dict()["groups"], "runtime_options": dict(ev.plan.options),
             "model": task.name,
             "latency": lat.to_json_dict(), "baseline_latency": base_lat.to_json_dict(),
             "latency_ratio": conf.latency_ratio, "holdout_metric": metric,
-            "holdout_drop": drop})
+            "holdout_drop": drop,
+            **({"shapes": [s.to_json_dict() for s in shaped]} if shaped else {})})
     shutil.rmtree(cand_dir, ignore_errors=True)
     return conf
 

@@ -34,14 +34,15 @@ from trt_mpq.measure.latency import (
     LatencyStats,
     MeasureConfig,
     measure_interleaved,
-    measure_pair,
 )
 from trt_mpq.measure.sequential import SequentialRule, sequential_drop
+from trt_mpq.measure.shaped import relative, time_pair, time_shapes
 from trt_mpq.pipeline.gate import Gate
 from trt_mpq.pipeline.workspace import Workspace
 from trt_mpq.plan import Plan
 from trt_mpq.qdq import BASELINE, materialize
 from trt_mpq.search.evaluation import Evaluation, Status, drop_of
+from trt_mpq.shapes import ShapeSet
 from trt_mpq.store import Store
 from trt_mpq.store.shared import SharedCache
 from trt_mpq.task import Split
@@ -85,7 +86,11 @@ class Evaluator:
         self.baseline: Baseline | None = None
         self.fresh = 0  # evaluations measured in this process
         self.cached = 0  # evaluations reused from the store
-        self._feed = ws.task.latency_feed()
+        declared = getattr(ws, "shapes", None)  # the deployment shapes (`Workspace.at_shapes`)
+        #: every plan is timed at each shape, against the baseline (undeclared: the task's own)
+        self.shapes = declared or ShapeSet.single(ws.task.latency_feed())
+        self._feed = dict(self.shapes.primary.feed)
+        self._build_kw = ws.shape_kwargs() if declared else {}  # every shape a build accepts
         self._search_reference: dict[str, np.ndarray] | None = None
         self._rival: tuple[str, Runner, Path] | None = None  # (plan digest, runner, its dir)
         self.rechecks = 0  # plans timed again side by side with the rival (`Gate`)
@@ -111,11 +116,14 @@ class Evaluator:
             graph = materialize(self.ws.model, self.ws.groups, plan, self.ranges,
                                 self.backend.dialect)
             artifact = self.backend.build(graph, self.workdir / "baseline", self.ws.groups,
-                                          self._feed, max_batch=self.ws.task.eval_batch)
+                                          self._feed, max_batch=self.ws.task.eval_batch,
+                                          **self._build_kw)
         except (MaterializeError, BuildError, MeasurementError) as e:
             raise DataError(f"the unquantized model does not build/run on {self.backend.name}: "
                             f"{e}") from None
         runner = self.backend.open(artifact).__enter__()
+        if self.shapes.declared:
+            self._runs_at_every_shape(runner)
         cached = self.store.get_blob("baseline_metric") if self.store else None
         if cached is not None:
             metric = float(cached)
@@ -136,6 +144,17 @@ class Evaluator:
                 self.store.put_blob("baseline_metric", metric)
         self.baseline = Baseline(plan=plan, artifact=artifact, runner=runner, metric=metric)
         return self.baseline
+
+    def _runs_at_every_shape(self, runner: Runner) -> None:
+        """DataError (exit 2) when the unquantized model does not run at a declared shape."""
+        for shape in self.shapes:
+            try:
+                runner.run(shape.feed)
+            except MeasurementError as e:
+                runner.close()
+                raise DataError(f"the unquantized model does not run at shape {shape.label} "
+                                f"on {self.backend.name} ({e}); declare shapes it accepts "
+                                "(--shapes)") from None
 
     def time_self(self) -> tuple[LatencyStats, LatencyStats]:
         """The baseline artifact opened a second time, timed interleaved with the baseline
@@ -252,7 +271,7 @@ class Evaluator:
                                 self.backend.dialect)
             artifact = self.backend.build(graph, out_dir, self.ws.groups, self._feed,
                                           max_batch=self.ws.task.eval_batch,
-                                          options=dict(plan.options))
+                                          options=dict(plan.options), **self._build_kw)
             runner = self.backend.open(artifact).__enter__()
         except (MaterializeError, BuildError, MeasurementError) as e:
             log.debug("the gate's rival %s does not build again (%s)", plan.digest, e)
@@ -281,9 +300,13 @@ class Evaluator:
             assert self.baseline is not None
             self.rechecks += 1
             try:
-                cand, riv, _ = measure_interleaved([runner, rival, self.baseline.runner],
-                                                   self._feed, self.measure)
-                rel = cand.median_ms / riv.median_ms
+                if self.shapes.several:  # the weighted mean of the per-shape ratios
+                    rel = relative(time_shapes([runner, rival, self.baseline.runner],
+                                               self.shapes, self.measure), self.shapes, 0, 1)
+                else:
+                    cand, riv, _ = measure_interleaved([runner, rival, self.baseline.runner],
+                                                       self._feed, self.measure)
+                    rel = cand.median_ms / riv.median_ms
             except MeasurementError as e:  # the rival's fault, not the plan's: decide on ratio
                 log.debug("side-by-side timing failed (%s)", e)
                 rel = math.inf
@@ -314,7 +337,7 @@ class Evaluator:
         try:
             artifact = self.backend.build(graph, out_dir, self.ws.groups, self._feed,
                                           max_batch=self.ws.task.eval_batch,
-                                          options=dict(plan.options))
+                                          options=dict(plan.options), **self._build_kw)
         except BuildError as e:
             self._cleanup(out_dir)
             return Evaluation(**base, status=Status.BUILD_FAILED, reason=str(e),
@@ -345,9 +368,10 @@ class Evaluator:
                                   wall_s=time.perf_counter() - t0)
         try:
             with self.backend.open(artifact) as runner:
-                cand, base_lat, ratio_ci = measure_pair(runner, self.baseline.runner,
-                                                        self._feed, self.measure)
-                ratio = cand.median_ms / base_lat.median_ms
+                pair = time_pair(runner, self.baseline.runner, self.shapes, self.measure)
+                cand, base_lat, ratio_ci = pair
+                ratio = pair.ratio  # with several shapes, the weighted mean of their ratios
+                common["shapes"] = pair.shapes
                 slower = self._slower(runner, ratio, gate, label)
                 if slower is not None:
                     return Evaluation(**common, status=Status.SLOWER, latency=cand,

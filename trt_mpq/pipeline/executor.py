@@ -108,7 +108,8 @@ def open_evaluator(spec: WorkerSpec):
         if p and p not in sys.path:
             sys.path.insert(0, p)
     request = SearchRequest.from_json_dict(spec.request)
-    ws = request.model.open(progress=False)
+    ws = request.model.open(progress=False).at_shapes(request.measure.shapes,
+                                                      request.measure.shape_weights)
     check_same_data(ws, spec.digests)
     backend = request.backend.create(request.model.cache)
     backend.check_can_run()

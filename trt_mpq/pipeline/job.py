@@ -42,7 +42,9 @@ def store_context(ws: Workspace, backend: Backend, ranges: Ranges,
     resumed search never mixes measurements of another model, data, backend or setting."""
     return {"model": ws.model_digest, "task_data": ws.task.data_digest,
             "backend": dict(backend.describe()), "ranges": ranges.digest,
-            "measure": measure.to_json_dict(), "latency_batch": ws.task.latency_batch}
+            "measure": measure.to_json_dict(), "latency_batch": ws.task.latency_batch,
+            # the declared deployment shapes and weights (absent: the task's own shape)
+            **({"shapes": ws.shapes.to_json_dict()} if ws.shapes is not None else {})}
 
 
 def run_request(request: SearchRequest, progress: bool | None = None,
@@ -66,6 +68,7 @@ def run_request(request: SearchRequest, progress: bool | None = None,
         log.warning("%s", metric_choice["reason"])
         # workers and a rerun of request.json open the task judged the same way
         request = replace(request, model=replace(request.model, metric="fallback"))
+    ws = ws.at_shapes(request.measure.shapes, request.measure.shape_weights)  # fit the model?
     low_precisions(ws, backend, config.precision)  # refuse impossible precisions
     resolvable(ws.task, config)  # and budgets the holdout cannot certify
     executor = make_executor(request, backend)  # and an executor that cannot run

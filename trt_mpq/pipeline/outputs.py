@@ -168,6 +168,13 @@ def search_result(ws: Workspace, backend: Backend, outcome: SearchOutcome, confi
             "census_source": ev.census.source if ev.census else "",
             "unverified_groups": ev.census.unverified(ev.plan) if ev.census else [],
         }
+    if ws.shapes is not None:  # declared deployment shapes: the objective and each shape
+        result["shapes"] = ws.shapes.to_json_dict()
+        if best and best.shapes:
+            result["best"]["shapes"] = [s.to_json_dict() for s in best.shapes]
+        for entry, c in zip(result["tried_on_holdout"], outcome.tried):
+            if c.shapes:
+                entry["shapes"] = [s.to_json_dict() for s in c.shapes]
     return result
 
 

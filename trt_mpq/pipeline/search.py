@@ -22,7 +22,8 @@ from pathlib import Path
 from trt_mpq.backends.base import Backend
 from trt_mpq.calib import Ranges
 from trt_mpq.errors import PlanError, TrtMpqError
-from trt_mpq.measure.latency import LatencyStats, MeasureConfig, TimingCheck
+from trt_mpq.measure.latency import MeasureConfig, TimingCheck
+from trt_mpq.measure.shaped import PairTiming
 from trt_mpq.model.groups import group_edges
 from trt_mpq.pipeline import analysis
 from trt_mpq.pipeline.answer import Confirmation, confirm, holdout_baseline, pick_answer
@@ -266,7 +267,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
 
             t = time.perf_counter()
             final = final_measure(evaluator.measure, config.final_repeats_factor)
-            timings: dict[str, tuple[LatencyStats, LatencyStats, tuple[float, float]]] = {}
+            timings: dict[str, PairTiming] = {}  # unpacks as (latency, baseline, interval)
             final_timing: dict = {}
 
             def remeasure(finalists: list[Evaluation]) -> dict[str, float]:
@@ -274,8 +275,7 @@ def run_search(ws: Workspace, backend: Backend, ranges: Ranges, measure: Measure
                                                    config, store, out_dir)
                 timings.update(found)
                 final_timing.update(precision)
-                return {d: lat.median_ms / base.median_ms
-                        for d, (lat, base, _) in timings.items()}
+                return {d: t.ratio for d, t in timings.items()}  # the objective
 
             def confirm_one(ev: Evaluation) -> Confirmation:
                 return confirm(ws, backend, evaluator, ev, final, config, out_dir, holdout_base,
@@ -334,9 +334,10 @@ def _finalists(timings: dict, evaluations: list[Evaluation]) -> list[dict]:
     """The finalists as their joint re-timing ranked them (fastest first): the measurement
     that decided the order in which the holdout judged them."""
     labels = {e.plan.digest: e.label for e in evaluations}
-    rows = [{"plan_digest": d, "label": labels.get(d, ""),
-             "latency_ratio": lat.median_ms / base.median_ms, "latency_ratio_ci": list(ci)}
-            for d, (lat, base, ci) in timings.items()]
+    rows = [{"plan_digest": d, "label": labels.get(d, ""), "latency_ratio": t.ratio,
+             "latency_ratio_ci": list(t.ratio_ci),
+             **({"shapes": [s.to_json_dict() for s in t.shapes]} if t.shapes else {})}
+            for d, t in timings.items()]
     return sorted(rows, key=lambda r: r["latency_ratio"])
 
 

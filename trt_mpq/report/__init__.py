@@ -20,6 +20,7 @@ from trt_mpq.plan import Precision
 from trt_mpq.report.boundaries import boundary_lines
 from trt_mpq.report.files import file_mode, write_json, write_text
 from trt_mpq.report.plots import plot_orders, plot_pareto
+from trt_mpq.report.shapes import add_shape_columns, shape_lines
 
 PRECISION_COLUMNS = tuple(p.value for p in Precision)
 
@@ -78,6 +79,7 @@ def pareto_rows(evaluations: Sequence[Mapping]) -> list[dict]:
                                           sorted((e.get("options") or {}).items()))
         row["reason"] = e.get("reason", "")
         rows.append(row)
+    add_shape_columns(rows, evaluations)  # per deployment shape, when several were declared
     return rows
 
 
@@ -274,6 +276,7 @@ def render_report(result: Mapping, evaluations: Sequence[Mapping]) -> str:
                          f"holdout drop {_pct(t['holdout_rel_drop'])}{level} -> {verdict}")
     lines += _decided_by(result)
     lines += boundary_lines(result, evaluations)
+    lines += shape_lines(result, evaluations)  # deployment shapes, when declared
     s = result["sensitivity"]
     lines += ["", "## How it was found", "",
               f"Sensitivity metric `{s['metric']}` ({s['passes']} passes over {s['samples']} "

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from trt_mpq.errors import DataError, TaskError, user_code
+from trt_mpq.shapes import ShapeSpec, parse_shapes, parse_weights
 from trt_mpq.task.metrics import (
     FIDELITY_METRICS,
     Metric,
@@ -150,8 +151,21 @@ class Task:
     #: None: always `metric`
     fallback_metric: str | None = None
     fallback_split: Split | None = None
+    #: the shapes the model is deployed at (`trt_mpq.shapes`; text like "batch=1,8,32" or a
+    #: ShapeSpec) and their weights; --shapes / --shape-weights override them. None: its
+    #: latency batch at its data's shape, as a single shape
+    shapes: ShapeSpec | str | None = None
+    shape_weights: tuple[float, ...] | None = None
+    #: input axes the ONNX file fixes but the graph computes for any size (an export that
+    #: fixed the sequence length): {input name: (axis, ...)}; declared shapes may change them
+    free_axes: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if isinstance(self.shapes, str):
+            object.__setattr__(self, "shapes", parse_shapes(self.shapes))
+        if self.shape_weights is not None:
+            object.__setattr__(self, "shape_weights",
+                               parse_weights(",".join(map(str, self.shape_weights))))
         named = [(f"the {s} split", getattr(self, s)) for s in SPLITS]
         named += [(f"the split of extra check {c.name!r}", c.split) for c in self.extra_checks]
         if self.fidelity is not None:

@@ -225,7 +225,10 @@ def build(cache_dir: Path, progress: bool | None = None) -> Task:
                + (f"; FP32 search accuracy {base:.4f}" if base is not None else ""),
                VADER_CITATION, fidelity_note),
         torch_model=f"{__name__}:make_torch_model", fidelity=fidelity,
-        fallback_metric="agreement")
+        fallback_metric="agreement",
+        # the export fixed the sequence at SEQ, but the graph computes from the input's length
+        # (position ids, masks and reshapes follow it): --shapes input_ids=8x128 runs it there
+        free_axes={"input_ids": (1,), "attention_mask": (1,)})
 
 
 def make_torch_model(cache_dir: Path):

@@ -19,7 +19,7 @@ import importlib
 import json
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from trt_mpq.model.groups import Group
 from trt_mpq.options import flag
 from trt_mpq.qdq import Dialect
 from trt_mpq.results import Census
+from trt_mpq.shapes import profile_dims
 
 log = logging.getLogger(__name__)
 
@@ -220,7 +221,8 @@ class TensorRTBackend(Backend):
 
     def build(self, model: onnx.ModelProto, out_dir: Path, groups: list[Group],
               sample_feed: Mapping[str, np.ndarray], max_batch: int | None = None,
-              options: Mapping[str, str] | None = None) -> Artifact:
+              options: Mapping[str, str] | None = None,
+              shapes: Sequence[Mapping[str, tuple[int, ...]]] | None = None) -> Artifact:
         options = dict(options or {})
         self.check_options(options)
         trt = self.trt
@@ -245,7 +247,7 @@ class TensorRTBackend(Backend):
             cfg.num_compute_capabilities = len(self.config.compute_capabilities)
             for i, cc in enumerate(self.config.compute_capabilities):
                 cfg.set_compute_capability(getattr(trt.ComputeCapability, cc.upper()), i)
-        self._add_profile(builder, network, cfg, sample_feed, max_batch)
+        dims_by_input = self._add_profile(builder, network, cfg, sample_feed, max_batch, shapes)
         if self.config.typing == "weak":
             from trt_mpq.backends.tensorrt.weak import apply_weak_typing
 
@@ -279,32 +281,35 @@ class TensorRTBackend(Backend):
             "build_s": build_s, "census": census.to_json_dict(),
             "inputs": {k: list(v.shape) for k, v in sample_feed.items()},
             "max_batch": max_batch,
+            # the optimization profile (dynamic inputs): min/opt/max dims per input
+            "profile": {k: {"min": list(lo), "opt": list(opt), "max": list(hi)}
+                        for k, (lo, opt, hi) in dims_by_input.items()},
         }, indent=2))
         return Artifact(path=engine_path, backend=self.name, build_s=build_s, census=census,
                         files=(sidecar, layers_path), options=options)
 
     def _add_profile(self, builder, network, cfg, feed: Mapping[str, np.ndarray],
-                     max_batch: int | None) -> None:
-        """One optimization profile: batch 1 .. max(max_batch, feed batch), opt = feed."""
+                     max_batch: int | None,
+                     shapes: Sequence[Mapping[str, tuple[int, ...]]] | None = None) -> dict:
+        """One optimization profile (`shapes.profile_dims`): opt = the feed (the
+        most-weighted deployment shape), each dynamic axis spanning every shape in `shapes`,
+        a dynamic batch 1 .. max(max_batch, the largest). Returns {input: (min, opt, max)}."""
         profile = builder.create_optimization_profile()
-        dynamic = False
+        dims_of = {}
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
             dims = list(tensor.shape)
             if tensor.name not in feed:
                 raise BuildError(f"the engine input {tensor.name!r} has no sample data")
-            shape = list(feed[tensor.name].shape)
             if all(d >= 0 for d in dims):
                 continue
-            dynamic = True
-            opt = [s if d < 0 else d for d, s in zip(dims, shape)]
-            lo = [1 if (d < 0 and k == 0) else v for k, (d, v) in enumerate(zip(dims, opt))]
-            hi = list(opt)
-            if dims[0] < 0:
-                hi[0] = max(opt[0], max_batch or opt[0])
+            others = [s[tensor.name] for s in shapes or () if tensor.name in s]
+            lo, opt, hi = profile_dims(dims, feed[tensor.name].shape, others, max_batch)
             profile.set_shape(tensor.name, lo, opt, hi)
-        if dynamic:
+            dims_of[tensor.name] = (lo, opt, hi)
+        if dims_of:
             cfg.add_optimization_profile(profile)
+        return dims_of
 
     def _census(self, serialized, logger, groups: list[Group],
                 feed: Mapping[str, np.ndarray]) -> tuple[list[LayerInfo], Census]:
