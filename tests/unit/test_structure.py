@@ -131,3 +131,22 @@ def test_the_options_reference_is_generated_from_the_config_classes():
                                    "trt_mpq.cli.reference > docs/options.md")
     for flag in ("--max-drop", "--threads", "--repeats", "--strategy", "--prune", "--executor"):
         assert f"`{flag}`" in committed
+
+
+def test_every_mutant_still_names_code_that_exists():
+    """tests/mutants.py breaks the search's guarantees by replacing exact source text; a
+    refactor that moves that text would silently retire its mutant."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("mutants", ROOT / "tests" / "mutants.py")
+    mutants = importlib.util.module_from_spec(spec)
+    sys.modules["mutants"] = mutants  # its dataclass looks its module up
+    try:
+        spec.loader.exec_module(mutants)
+    finally:
+        del sys.modules["mutants"]
+    counts = {m.name: (ROOT / m.path).read_text().count(m.old) for m in mutants.MUTANTS}
+    assert {name: n for name, n in counts.items() if n != 1} == {}
+    for m in mutants.MUTANTS:
+        assert all((ROOT / t).is_file() for t in m.tests), m.name
