@@ -117,7 +117,31 @@ def table(rows: list[dict], max_drop: str) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     cmds = ["", "Commands:", ""] + [f"- `{r['command']}`" for r in rows]
-    return "\n".join(head + [fmt_row(r) for r in rows] + cmds)
+    return "\n".join(head + [fmt_row(r) for r in rows] + boundary_table(rows) + cmds)
+
+
+def boundary_table(rows: list[dict]) -> list[str]:
+    """The answers' precision boundaries (result.json best.boundaries): how many, the latency
+    model's estimate of their cost, and ONNX Runtime's profiled conversion kernels."""
+    lines = ["", "The answers' precision boundaries (report.md, result.json `best.boundaries`): "
+             "where a lowered region meets a float one, the latency model's estimated cost of "
+             "all of them (share of FP32's latency), and the conversion kernels ONNX Runtime's "
+             "profiler timed there (ms per run, against the answer's own latency).", "",
+             "| model | boundaries | estimated cost | conversion kernels: ms per run "
+             "(of the answer's ms) |", "|---|---|---|---|"]
+    for r in rows:
+        best = "error" not in r and r["result"].get("best")
+        acc = (best or {}).get("boundaries")
+        if not acc:
+            continue
+        est = acc.get("estimated_total")
+        meas = acc.get("measured") or {}
+        ms = meas.get("boundaries_ms")
+        lines.append(f"| {r['model']} | {acc.get('count', 0)} | "
+                     + (f"{100 * est:.1f}%" if est is not None else "not fitted") + " | "
+                     + (f"{ms:.3f} ({best['latency_ms']:.2f})" if ms is not None
+                        else meas.get("reason") or "-") + " |")
+    return lines if len(lines) > 6 else []
 
 
 def write_results(text: str) -> Path:
