@@ -7,6 +7,7 @@ from scipy.stats import binom
 
 from trt_mpq.errors import ConfigError
 from trt_mpq.measure.accuracy import drop_bound
+from trt_mpq.measure.paired import paired_upper
 from trt_mpq.measure.stats import (
     bootstrap_bound,
     cp_lower,
@@ -32,8 +33,8 @@ def test_no_discordant_sample_is_the_rule_of_three():
     right = np.ones(1000, bool)
     b = discordant_bound(right, right, 0.95)
     assert b.drop == 0 and b.worse == b.better == 0 and b.n == 1000
-    assert b.upper == pytest.approx(1 - 0.025 ** (1 / 1000))  # ~3.7 / n
-    assert 3.6 / 1000 < b.upper < 3.8 / 1000
+    assert b.upper == pytest.approx(paired_upper(0, 0, 1000, 0.05))  # ~3.0 / n
+    assert 2.9 / 1000 < b.upper < 3.1 / 1000
     assert b.rel_upper == pytest.approx(b.upper)  # baseline accuracy 1
 
 
@@ -42,7 +43,9 @@ def test_discordant_counts_and_point_estimate():
     plan = np.array([1, 0, 0, 1, 0, 1, 1, 0], bool)
     b = discordant_bound(base, plan, 0.95)
     assert (b.worse, b.better) == (2, 1) and b.drop == pytest.approx(1 / 8)
-    assert b.upper == pytest.approx(cp_upper(2, 8, 0.025) - cp_lower(1, 8, 0.025))
+    assert b.upper == pytest.approx(paired_upper(2, 1, 8, 0.05))
+    assert b.lower == pytest.approx(-paired_upper(1, 2, 8, 0.05))
+    assert b.method.startswith("discordant pairs: exact unconditional")
     assert b.baseline_metric == pytest.approx(5 / 8)
     with pytest.raises(ValueError):
         discordant_bound(base, plan[:4], 0.95)
@@ -52,7 +55,9 @@ def test_discordant_counts_and_point_estimate():
                                                 (0.05, 0.03, 400), (0.002, 0.004, 2000)])
 def test_discordant_bound_covers_the_true_drop(p_worse, p_better, n):
     """Simulated paired outcomes with known discordance rates: the 95% bound is at or above
-    the true drop in at least 95% of trials (exact and Bonferroni: usually more)."""
+    the true drop in about 95% of trials or more. The bound is exact, not conservative (its
+    exact coverage at 0.05/0.03 on 400 samples is 95.12%, tests/unit/test_paired.py checks it by
+    enumeration), so 1,500 seeded trials allow their sampling error (0.56%) below 95%."""
     rng = np.random.default_rng(7)
     true = p_worse - p_better
     trials, covered = 1500, 0
@@ -64,7 +69,7 @@ def test_discordant_bound_covers_the_true_drop(p_worse, p_better, n):
         both = (u >= p_worse) & (u < p_worse + p_better)
         base[both] = False  # baseline wrong, plan right
         covered += discordant_bound(base, plan, 0.95).upper >= true - 1e-12
-    assert covered / trials >= 0.95
+    assert covered / trials >= 0.94
 
 
 def test_bootstrap_bound_covers_a_continuous_metric():

@@ -3,10 +3,10 @@ confidence bound, computed on the same samples for both (paired).
 
 - Accuracy-type metrics (the metric is the mean of a per-sample 0/1 term, e.g. top-1 correct):
   the drop is (b - c) / n, where b samples the baseline gets right and the plan wrong and c the
-  reverse (the discordant pairs). The bound is exact and needs no asymptotics: one-sided
-  Clopper-Pearson bounds at level alpha/2 on both discordant rates (b's upper, c's lower),
-  combined with Bonferroni, so P(drop > bound) <= alpha whatever the rates. With no discordant
-  sample it is the "rule of three": about 3.7 / n at 95%. For a fidelity metric (agreement with
+  reverse (the discordant pairs). The bound is exact and needs no asymptotics: the largest drop
+  an exact unconditional score test of the paired difference does not reject
+  (`trt_mpq.measure.paired`), so P(drop > bound) <= alpha whatever the rates. With no discordant
+  sample it is the "rule of three": about 3.0 / n at 95%. For a fidelity metric (agreement with
   the baseline's own outputs) the baseline is right on every sample by construction, so only
   the disagreement rate is bounded, at the full alpha (about 3.0 / n with none).
 - Any other metric: a paired bootstrap over samples (the same resampled indices for baseline
@@ -25,6 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from trt_mpq.errors import ConfigError
+from trt_mpq.measure.paired import paired_lower, paired_upper
 
 BOOTSTRAP_ROUNDS = 2000
 #: resamples beyond a bootstrap bound's percentile, at least: its rounds grow with its level
@@ -106,9 +107,9 @@ def discordant_bound(base_right: np.ndarray, plan_right: np.ndarray,
         upper, lower = cp_upper(worse, n, alpha), cp_lower(worse, n, alpha)
         method = "disagreements with the baseline: Clopper-Pearson"
     else:
-        upper = cp_upper(worse, n, alpha / 2) - cp_lower(better, n, alpha / 2)
-        lower = cp_lower(worse, n, alpha / 2) - cp_upper(better, n, alpha / 2)
-        method = "discordant pairs: Clopper-Pearson on both rates, Bonferroni"
+        upper = paired_upper(worse, better, n, alpha)
+        lower = paired_lower(worse, better, n, alpha)
+        method = "discordant pairs: exact unconditional score bound (Berger-Boos)"
     return DropBound(drop=(worse - better) / n, upper=upper,
                      baseline_metric=float(np.mean(base_right)), n=n, confidence=confidence,
                      method=method, worse=worse, better=better, lower=lower)
@@ -136,10 +137,10 @@ def bootstrap_bound(metric: Callable[[np.ndarray], tuple[float, float]], n: int,
 
 def best_case_upper(n: int, confidence: float, *, reference: bool = False) -> float:
     """The smallest upper bound `discordant_bound` can give on n samples: that of a plan that
-    changes no sample's result (about 3.7 / n at 95%; 3.0 / n for a fidelity metric). A budget
+    changes no sample's result (about 3.0 / n at 95%, for a fidelity metric too). A budget
     below it cannot be certified on n samples, whatever the plan."""
     alpha = 1 - confidence
-    return cp_upper(0, n, alpha if reference else alpha / 2)
+    return cp_upper(0, n, alpha) if reference else paired_upper(0, 0, n, alpha)
 
 
 def samples_needed(allowed: float, confidence: float, *, reference: bool = False) -> int:

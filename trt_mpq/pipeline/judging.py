@@ -116,7 +116,7 @@ def search_decision(ws: Workspace, config: SearchConfig, rule: SequentialRule | 
 def resolvable(task, config: SearchConfig, baseline_metric: float | None = None) -> None:
     """Refuse (ConfigError, exit 2) a budget the holdout split cannot certify at the confidence
     level, before any work: for a 0/1 metric even a plan that changes no sample's result gets
-    an upper bound of about 3.7 / n at 95% (3.0 / n for a fidelity metric). Without the
+    an upper bound of about 3.0 / n at 95%. Without the
     baseline's metric yet, a relative budget is checked at the largest metric (1), which only
     lets through budgets that may still fail once the metric is known."""
     metric = task.metric
