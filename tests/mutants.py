@@ -71,6 +71,8 @@ MUTANTS = [
     Mutant("the paired bound without Berger-Boos's gamma", "trt_mpq/measure/paired.py",
            "return min(worst + gamma, 1.0)", "return min(worst, 1.0)",
            ("tests/unit/test_paired.py",)),
+    Mutant("the latency prior from one profiled session", "trt_mpq/pipeline/analysis.py",
+           "PROFILE_SESSIONS = 3", "PROFILE_SESSIONS = 1", ("tests/unit/test_analysis.py",)),
     Mutant("a budget the holdout cannot certify is let through", "trt_mpq/pipeline/judging.py",
            "    if floor <= allowed:\n        return\n", "    if True:\n        return\n",
            ("tests/unit/test_sequential.py", "tests/unit/test_resume_phases.py")),

@@ -135,6 +135,36 @@ def test_profile_groups_attributes_kernel_time(prepared_cnn, cnn_ranges):
         assert all(t > 0 for t in times.values()) and other >= 0
 
 
+def test_one_slow_profiled_session_does_not_set_a_groups_gain(tmp_path):
+    """The latency model's prior comes from profiled sessions; one session that times a group's
+    kernels 3x slower (as ONNX Runtime's sometimes do) must not turn the group's loss into a
+    gain: the median over the sessions, the baseline's and the lowered plan's alternating."""
+    from trt_mpq.backends import get_backend
+    from trt_mpq.calib import CalibConfig
+    from trt_mpq.pipeline import analysis
+
+    ws = models.cnn_workspace(tmp_path / "ws")
+    ranges = ws.calibrate(CalibConfig(num_samples=16))
+    low = {g: P.INT8 for g in ws.group_names()}
+    victim = ws.group_names()[0]
+    backend = get_backend("ort-cpu", threads=1)
+    real, calls = backend.profile_groups, []
+
+    def profile(graph, groups, feed, runs):
+        times, other = real(graph, groups, feed, runs=runs)
+        lowered = any(n.op_type == "QuantizeLinear" for n in graph.graph.node)
+        calls.append(lowered)
+        if not lowered and calls.count(False) == 1:  # the baseline's first session is slow
+            times = {**times, victim: times[victim] * 3 + 1.0}
+        return times, other
+
+    backend.profile_groups = profile
+    gains = analysis.latency_gains(ws, backend, ranges, low, runs=2)
+    assert calls == [False, True] * analysis.PROFILE_SESSIONS
+    assert gains.base_ms[victim] < 1.0 and gains.runs == 2 * analysis.PROFILE_SESSIONS
+    calls.clear()
+    one = analysis.latency_gains(ws, backend, ranges, low, runs=2, sessions=2)
+    assert one.base_ms[victim] > 0.5  # two sessions cannot outvote it: the test can fail
 # -- sensitivity values, not only their order ------------------------------------------------
 
 def _softmax(x):
