@@ -4,6 +4,7 @@ plans the bisection measured; against a fake evaluator whose latency has boundar
 
 import itertools
 import random
+from dataclasses import replace
 
 import pytest
 from test_boundary_search import FakeEvaluator, _chain
@@ -18,13 +19,15 @@ from trt_mpq.search.prune import Prune
 F32, I8 = Precision.FP32, Precision.INT8
 
 
-def _bisection(names, sens, accept, fake, gain_prior, edges, prune):
-    """The default strategy's pieces, as `_bisection` builds them, against `fake`."""
+def _bisection(names, sens, accept, fake, gain_prior, edges, prune, profile_step=False):
+    """The default strategy's pieces, as `_bisection` builds them, against `fake` (the model's
+    steps alone unless `profile_step`)."""
     order = sorted(names, key=lambda g: sens[(g, I8)])
     prefixes = PrefixPlans(order, {g: I8 for g in names}, F32)
     bis = Bisection(prefixes, accept)
     strategies = [bis, Around(prefixes, lambda: bis.best_k), PrefixSweep(prefixes, 4)]
-    pruner = Prune(names, edges, F32, gain_prior, accept, sensitivity=sens, steps=prune)
+    pruner = Prune(names, edges, F32, gain_prior, accept, sensitivity=sens, steps=prune,
+                   profile_step=profile_step)
     strategies.append(pruner)
     evs = drive(strategies, fake)
     best = min((e for e in evs if accept(e) and e.latency_ratio < 1),
@@ -58,6 +61,45 @@ def test_prune_raises_groups_slower_lowered_that_every_prefix_keeps():
     best0, evs0, _ = _bisection(names, sens, accept, fake, prior, edges, prune=0)
     assert best0.plan != optimum and best0.latency_ratio > fake.truth(optimum) + 0.05
     assert len(evs0) == len(evs) - 1
+
+
+def test_the_profiles_slow_groups_are_raised_first_whatever_the_timing_noise():
+    """Two identical searches must measure the same prune candidate: before the model (refitted
+    on noisy timings, its optimum within noise of other subsets), the anchor with every group the
+    profile timed slower lowered raised, from the in-budget plan the model predicts fastest
+    (not the one timed fastest). Timing noise here moves each measured ratio by up to 0.05, more
+    than the all-lowered plan gains over the next prefix at times; the first prune plan is the
+    same in every run, and it is the true optimum."""
+    names, edges = _chain(8)
+    gain = {(g, I8): 0.08 for g in names}
+    for g in ("g5", "g6", "g7"):
+        gain[(g, I8)] = -0.02
+    sens = {(g, I8): 0.001 * (8 - i) for i, g in enumerate(names)}  # g7, g6, g5 lowered first
+    fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.01)
+    accept = lambda e: e.ok and e.drop <= 1.0  # noqa: E731
+    feasible = [Plan.of(dict(zip(names, c))) for c in itertools.product((F32, I8), repeat=8)]
+    optimum = min(feasible, key=fake.truth)
+    assert optimum.groups_at(F32) == ("g5", "g6", "g7")
+    firsts, anchors, timed_fastest = set(), set(), set()
+    for seed in range(6):
+        rng = random.Random(seed)
+
+        def noisy(plan, label="", rng=rng):
+            ev = fake(plan, label)
+            ratio = ev.latency_ratio + rng.uniform(-0.05, 0.05)  # each timing says as much
+            return replace(ev, latency_ratio=ratio, ratio_ci=(ratio - 0.05, ratio + 0.05))
+
+        _, evs, pruner = _bisection(names, sens, accept, noisy, gain, edges, prune=2,
+                                    profile_step=True)
+        pruned = [e for e in evs if e.label.startswith("prune")]
+        assert pruned[0].label == "prune: 3 raised (slower lowered in the profile)"
+        assert pruner.steps[0]["from"] == "profile"
+        firsts.add(pruned[0].plan)
+        anchors.add(pruner.anchor)
+        timed_fastest.add(min((e for e in evs if not e.label.startswith("prune")),
+                              key=lambda e: e.latency_ratio).plan)
+    assert firsts == {optimum} and anchors == {Plan.uniform(names, I8)}
+    assert len(timed_fastest) > 1  # the noise does reorder the plans' timings
 
 
 def test_prune_takes_out_an_island_its_boundaries_make_slower():
