@@ -19,15 +19,13 @@ from trt_mpq.search.prune import Prune
 F32, I8 = Precision.FP32, Precision.INT8
 
 
-def _bisection(names, sens, accept, fake, gain_prior, edges, prune, profile_step=False):
-    """The default strategy's pieces, as `_bisection` builds them, against `fake` (the model's
-    steps alone unless `profile_step`)."""
+def _bisection(names, sens, accept, fake, gain_prior, edges, prune):
+    """The default strategy's pieces, as `_bisection` builds them, against `fake`."""
     order = sorted(names, key=lambda g: sens[(g, I8)])
     prefixes = PrefixPlans(order, {g: I8 for g in names}, F32)
     bis = Bisection(prefixes, accept)
     strategies = [bis, Around(prefixes, lambda: bis.best_k), PrefixSweep(prefixes, 4)]
-    pruner = Prune(names, edges, F32, gain_prior, accept, sensitivity=sens, steps=prune,
-                   profile_step=profile_step)
+    pruner = Prune(names, edges, F32, gain_prior, accept, sensitivity=sens, steps=prune)
     strategies.append(pruner)
     evs = drive(strategies, fake)
     best = min((e for e in evs if accept(e) and e.latency_ratio < 1),
@@ -63,13 +61,12 @@ def test_prune_raises_groups_slower_lowered_that_every_prefix_keeps():
     assert len(evs0) == len(evs) - 1
 
 
-def test_the_profiles_slow_groups_are_raised_first_whatever_the_timing_noise():
-    """Two identical searches must measure the same prune candidate: before the model (refitted
-    on noisy timings, its optimum within noise of other subsets), the anchor with every group the
-    profile timed slower lowered raised, from the in-budget plan the model predicts fastest
-    (not the one timed fastest). Timing noise here moves each measured ratio by up to 0.05, more
-    than the all-lowered plan gains over the next prefix at times; the first prune plan is the
-    same in every run, and it is the true optimum."""
+def test_prune_anchors_on_the_plan_the_model_predicts_fastest_whatever_the_timing_noise():
+    """Two identical searches must prune from the same plan: of the in-budget plans, the one
+    the latency model (fitted on every timing) predicts fastest, not the one timed fastest.
+    Timing noise here moves each measured ratio by up to 0.05, more than the all-lowered plan
+    gains over the next prefix at times; the anchor is the same in every run, and every plan
+    pruning measures lowers a subset of it."""
     names, edges = _chain(8)
     gain = {(g, I8): 0.08 for g in names}
     for g in ("g5", "g6", "g7"):
@@ -77,10 +74,7 @@ def test_the_profiles_slow_groups_are_raised_first_whatever_the_timing_noise():
     sens = {(g, I8): 0.001 * (8 - i) for i, g in enumerate(names)}  # g7, g6, g5 lowered first
     fake = FakeEvaluator(names, edges, gain, sens, c_edge=0.01)
     accept = lambda e: e.ok and e.drop <= 1.0  # noqa: E731
-    feasible = [Plan.of(dict(zip(names, c))) for c in itertools.product((F32, I8), repeat=8)]
-    optimum = min(feasible, key=fake.truth)
-    assert optimum.groups_at(F32) == ("g5", "g6", "g7")
-    firsts, anchors, timed_fastest = set(), set(), set()
+    anchors, timed_fastest = set(), set()
     for seed in range(6):
         rng = random.Random(seed)
 
@@ -89,16 +83,14 @@ def test_the_profiles_slow_groups_are_raised_first_whatever_the_timing_noise():
             ratio = ev.latency_ratio + rng.uniform(-0.05, 0.05)  # each timing says as much
             return replace(ev, latency_ratio=ratio, ratio_ci=(ratio - 0.05, ratio + 0.05))
 
-        _, evs, pruner = _bisection(names, sens, accept, noisy, gain, edges, prune=2,
-                                    profile_step=True)
-        pruned = [e for e in evs if e.label.startswith("prune")]
-        assert pruned[0].label == "prune: 3 raised (slower lowered in the profile)"
-        assert pruner.steps[0]["from"] == "profile"
-        firsts.add(pruned[0].plan)
+        _, evs, pruner = _bisection(names, sens, accept, noisy, gain, edges, prune=2)
         anchors.add(pruner.anchor)
         timed_fastest.add(min((e for e in evs if not e.label.startswith("prune")),
                               key=lambda e: e.latency_ratio).plan)
-    assert firsts == {optimum} and anchors == {Plan.uniform(names, I8)}
+        for e in evs:
+            if e.label.startswith("prune"):
+                assert set(e.plan.groups_at(I8)) <= set(pruner.anchor.groups_at(I8))
+    assert anchors == {Plan.uniform(names, I8)}
     assert len(timed_fastest) > 1  # the noise does reorder the plans' timings
 
 

@@ -15,15 +15,7 @@ them. The plan is proposed only where the model predicts it faster than the in-b
 since the accuracy side may still move. An in-budget plan faster than the best becomes the best the
 next step must beat; the next step refits the model on it too and is again a subset of the anchor (a
 few prefix plans cannot tell apart groups that are always lowered together, so a first step may
-raise one too many). At most `steps` plans from the model.
-
-Before them, one plan needs no model: the anchor with every group the profile timed slower
-lowered than in float raised (`profile_step`). The model's optimum can sit within its noise of
-plans that differ by which of those groups they raise (resnet-digits: raising layer4.1's conv2
-and the fc alone predicted 0.658, all four slow groups 0.666; measured together, 0.696 and
-0.683), so two identical searches measured different candidates and answered differently; this
-plan is the same in every search whose profile agrees on the signs, and the finalists' joint
-re-timing then decides between it and what the model adds. """
+raise one too many). At most `steps` plans from the model. """
 
 from __future__ import annotations
 
@@ -50,8 +42,7 @@ class Prune(Strategy):
     def __init__(self, groups: Sequence[str], edges: Iterable[Edge], base: Precision,
                  prior_gain: Mapping[Option, float], accept: Accept, *,
                  sensitivity: Mapping[Option, float] | None = None, steps: int = 2,
-                 improve: float = 0.005, time_limit: float | None = 10.0,
-                 profile_step: bool = True) -> None:
+                 improve: float = 0.005, time_limit: float | None = 10.0) -> None:
         super().__init__()
         if steps < 0:
             raise ValueError("steps must be >= 0")
@@ -64,7 +55,6 @@ class Prune(Strategy):
         self.steps_left = steps
         self.improve = improve
         self.time_limit = time_limit
-        self.profile_step = profile_step
         self.base_plan = Plan.uniform(self.groups, base)
         self.data: dict[str, Measured] = {}
         self.measured: dict[str, Plan] = {}
@@ -102,21 +92,13 @@ class Prune(Strategy):
             return [self._asked]
         if self.steps_left <= 0 or self.best is None:
             return []
+        self.model.fit(list(self.data.values()))
         if self.anchor is None:
             # the in-budget plan the model, fitted on every plan measured, predicts fastest: one
             # timing of a plan can be off by 15% (resnet-digits: a prefix timed at x0.64 that
             # ran at x0.77 beside the others), the model pools them all
-            self.model.fit(list(self.data.values()))
             self.anchor = min(self.in_budget.values(),
                               key=lambda p: (self.model.predict(p), p != self.best.plan))
-            slow = self._profile_plan(self.anchor)
-            if slow is not None:
-                raised = sum(1 for g in self.groups if slow[g] is not self.anchor[g])
-                self._asked = (slow, f"prune: {raised} raised (slower lowered in the profile)")
-                self.steps.append({"plan": slow.digest, "beat": self.anchor.digest,
-                                   "predicted": None, "measured": None, "from": "profile"})
-                return [self._asked]
-        self.model.fit(list(self.data.values()))
         start, anchor = self.best.plan, self.anchor
         lowered = {(g, anchor[g]) for g in self.groups if anchor[g] is not self.base}
         plan = solve_program(self.model, self.sensitivity,
@@ -131,22 +113,8 @@ class Prune(Strategy):
         raised = sum(1 for g in self.groups if plan[g] is not anchor[g])  # all to the base
         self._asked = (plan, f"prune: {raised} raised")
         self.steps.append({"plan": plan.digest, "beat": start.digest, "predicted": predicted,
-                           "measured": None, "from": "model"})
+                           "measured": None})
         return [self._asked]
-
-    def _profile_plan(self, anchor: Plan) -> Plan | None:
-        """The anchor with every lowered group whose profiled gain is negative raised to the
-        baseline precision; None where that raises nothing, everything, or a measured plan."""
-        if not self.profile_step:
-            return None
-        slow = {g for g in self.groups
-                if anchor[g] is not self.base and self.model.prior[(g, anchor[g])] < 0}
-        if not slow:
-            return None
-        plan = Plan.of({g: self.base if g in slow else anchor[g] for g in self.groups})
-        if plan == self.base_plan or plan.digest in self.measured:
-            return None
-        return plan
 
     def tell(self, plan: Plan, evaluation: Evaluation) -> None:
         if self._asked is None or plan != self._asked[0]:
