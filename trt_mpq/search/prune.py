@@ -15,7 +15,7 @@ them. The plan is proposed only where the model predicts it faster than the in-b
 since the accuracy side may still move. An in-budget plan faster than the best becomes the best the
 next step must beat; the next step refits the model on it too and is again a subset of the anchor (a
 few prefix plans cannot tell apart groups that are always lowered together, so a first step may
-raise one too many). At most `steps` plans from the model. """
+raise one too many). At most `steps` plans. """
 
 from __future__ import annotations
 
