@@ -53,12 +53,17 @@ def test_prune_raises_groups_slower_lowered_that_every_prefix_keeps():
 
     best, evs, pruner = _bisection(names, sens, accept, fake, prior, edges, prune=2)
     assert best.plan == optimum
-    assert [e.label for e in evs if e.label.startswith("prune")] == ["prune: 2 raised"]
-    assert pruner.evaluations == 1 and pruner.steps[0]["measured"] == fake.truth(optimum)
+    # the model's two best plans, not only its optimum: a near-tie there is measured, not guessed
+    # (resnet-digits: the second was the plan the finalists' joint timing found fastest)
+    pruned = [e for e in evs if e.label.startswith("prune")]
+    assert [e.label for e in pruned] == ["prune: 2 raised", "prune: 3 raised"]
+    assert pruned[1].plan != optimum and set(pruned[1].plan.groups_at(F32)) > {"g6", "g7"}
+    assert pruner.evaluations == 2 and pruner.steps[0]["measured"] == fake.truth(optimum)
+    assert all(st["predicted"] < fake.truth(Plan.uniform(names, I8)) for st in pruner.steps)
 
     best0, evs0, _ = _bisection(names, sens, accept, fake, prior, edges, prune=0)
     assert best0.plan != optimum and best0.latency_ratio > fake.truth(optimum) + 0.05
-    assert len(evs0) == len(evs) - 1
+    assert len(evs0) == len(evs) - 2
 
 
 def test_prune_anchors_on_the_plan_the_model_predicts_fastest_whatever_the_timing_noise():
