@@ -176,9 +176,10 @@ class BisectionConfig:
         "--refine", "bisection: also measure k +- this around the boundary", lo=0, hi=100))
     speculate: int = speculate_field()
     prune: int = field(default=2, metadata=flag(
-        "--prune", "bisection: plans measured at most that raise back to the baseline the "
-                   "lowered groups a boundary-aware latency model, fitted on every measured "
-                   "plan, says cost more latency than they gain (0: none)", lo=0, hi=100))
+        "--prune", "bisection: pruning steps at most (each measures the latency model's 2 "
+                   "best plans) that raise back to the baseline the lowered groups a "
+                   "boundary-aware latency model, fitted on every measured plan, says cost "
+                   "more latency than they gain (0: none)", lo=0, hi=100))
 
     def __post_init__(self) -> None:
         options.check(self)
