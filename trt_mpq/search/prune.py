@@ -67,12 +67,13 @@ class Prune(Strategy):
         self.measured: dict[str, Plan] = {}
         self.best: Evaluation | None = None
         self.in_budget: dict[str, Plan] = {}  # every in-budget plan measured faster than FP32
-        #: the fastest in-budget plan when pruning began: every step lowers a subset of its
-        #: groups (a later step may lower again a group an earlier one raised, where the refit
-        #: says that step raised too many)
+        #: the in-budget plan the model predicted fastest when pruning began: every step lowers
+        #: a subset of its groups (a later step may lower again a group an earlier one raised,
+        #: where the refit says that step raised too many)
         self.anchor: Plan | None = None
         self._asked: dict[str, Proposal] = {}  # this step's plans not yet told
-        #: per step: its plan's digest, the best plan it had to beat, predicted and measured ratio
+        #: per plan proposed: its digest, the best plan it had to beat, predicted and measured
+        #: ratio
         self.steps: list[dict] = []
 
     def _modelled(self, plan: Plan) -> bool:
@@ -114,13 +115,14 @@ class Prune(Strategy):
             plan = solve_program(self.model, self.sensitivity,
                                  sum(self.sensitivity[o] for o in lowered), allowed=lowered,
                                  exclude=exclude, time_limit=self.time_limit)
-            if plan is None or plan == self.base_plan or self.model.predict(plan) > limit:
+            predicted = self.model.predict(plan) if plan is not None else math.inf
+            if plan is None or plan == self.base_plan or predicted > limit:
                 break
             exclude.append(plan)
             raised = sum(1 for g in self.groups if plan[g] is not anchor[g])  # all to the base
             self._asked[plan.digest] = (plan, f"prune: {raised} raised")
             self.steps.append({"plan": plan.digest, "beat": start.digest,
-                               "predicted": self.model.predict(plan), "measured": None})
+                               "predicted": predicted, "measured": None})
         if not self._asked:
             self.steps_left = 0  # nothing to raise: the model and the measurements agree
             return []
