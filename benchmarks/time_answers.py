@@ -1,6 +1,6 @@
 """Time the answers of several finished searches of one model together: each run's model.onnx
-(with the graph transformers its model.onnx.json disables, in the sessions the search times
-with: ort-cpu's threads, no spinning), interleaved round by round with the prepared FP32 model
+(opened by ort-cpu as the search opens it, with the runtime options its model.onnx.json
+records), interleaved round by round with the prepared FP32 model
 and with each other, in one process. Answers timed in separate searches carry each search's
 own host drift (up to about 8% here); timed together, their ratios compare.
 
@@ -22,13 +22,6 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE.parent))
 
 
-def census(plan: dict[str, str]) -> str:
-    counts: dict[str, int] = {}
-    for p in plan.values():
-        counts[p] = counts.get(p, 0) + 1
-    return ", ".join(f"{p} {n}" for p, n in sorted(counts.items()))
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("runs", nargs="+", type=Path, help="search output folders (--out) of one model")
@@ -36,9 +29,8 @@ def main() -> int:
     ap.add_argument("--max-seconds", type=float, default=180.0)
     args = ap.parse_args()
 
-    import onnxruntime as ort
-
-    from trt_mpq.backends.ort import OrtBackend, OrtRunner
+    from trt_mpq.backends.base import Artifact
+    from trt_mpq.backends.ort import OrtBackend
     from trt_mpq.measure.latency import MeasureConfig, ratio_interval, time_rounds
     from trt_mpq.pipeline.workspace import Workspace
     from trt_mpq.task import default_cache_dir
@@ -58,17 +50,16 @@ def main() -> int:
               "give the runs of one model", file=sys.stderr)
         return 2
 
-    backend = OrtBackend()  # the search's own timing sessions: its threads, no spinning
+    backend = OrtBackend()  # the search's own sessions: its threads, no spinning
 
-    def session(path: Path, disabled: list[str]):
-        return OrtRunner(ort.InferenceSession(str(path), backend.session_options(),
-                                              providers=["CPUExecutionProvider"],
-                                              disabled_optimizers=disabled))
+    def runner(path: Path, options: dict):
+        return backend.open(Artifact(path=path, backend=backend.name, build_s=0.0,
+                                     options=options))
 
     model = models.pop()
     ws = Workspace.open(model, None, default_cache_dir(), progress=False)
-    runners = [session(ws.prepared_path, [])]
-    runners += [session(out / "model.onnx", s.get("disabled_optimizers", [])) for out, _, s in runs]
+    runners = [runner(ws.prepared_path, {})]
+    runners += [runner(out / "model.onnx", s.get("runtime_options", {})) for out, _, s in runs]
     config = MeasureConfig(repeats=args.repeats, max_seconds=args.max_seconds)
     times = time_rounds(runners, ws.task.latency_feed(), config)
     base = statistics.median(times[0])
@@ -76,10 +67,11 @@ def main() -> int:
           "every model timed interleaved in this process\n")
     print("| run | plan | ratio together (95% CI) | ratio in its own search |")
     print("|---|---|---|---|")
-    for (out, result, s), t in zip(runs, times[1:]):
+    for (out, result, _), t in zip(runs, times[1:]):
         lo, hi = ratio_interval(t, times[0])
         ratio = statistics.median(t) / base
-        print(f"| {out.name} | {census(s['plan'])} | x{ratio:.3f} ({lo:.3f}-{hi:.3f}) | "
+        mix = ", ".join(f"{k} {v}" for k, v in sorted(result["best"]["precision_counts"].items()))
+        print(f"| {out.name} | {mix} | x{ratio:.3f} ({lo:.3f}-{hi:.3f}) | "
               f"x{result['best']['latency_ratio']:.3f} |")
     return 0
 
